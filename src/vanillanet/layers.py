@@ -1,0 +1,129 @@
+"""Building blocks of VanillaNet and the pure re-parameterisation maths.
+
+The maths (``fold_bn``, ``merge_convs``) lives in pure functions on tensors so that it can be tested on its own;
+the modules only call them. Merges are computed in float64 and cast back, so an fp32 conversion loses nothing
+beyond the final rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConversionError
+
+BN_EPS = 1e-6
+
+
+def fold_bn(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the conv before it: returns (W', b') with W' = W*s, b' = beta + (b-mean)*s."""
+    dtype = weight.dtype
+    w, mean, var = weight.double(), running_mean.double(), running_var.double()
+    gamma = torch.ones_like(mean) if gamma is None else gamma.double()
+    beta = torch.zeros_like(mean) if beta is None else beta.double()
+    b = torch.zeros_like(mean) if bias is None else bias.double()
+    scale = gamma / torch.sqrt(var + eps)
+    w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+    b = beta + (b - mean) * scale
+    return w.to(dtype).contiguous(), b.to(dtype).contiguous()
+
+
+def fold_bn_module(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, ...]:
+    """``fold_bn`` with the statistics taken from a BatchNorm module (which must track running statistics)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ConversionError("BatchNorm without running statistics cannot be folded: build it with "
+                              "track_running_stats=True")
+    return fold_bn(weight, bias, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def merge_convs(
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge conv1 (any kernel) followed by a 1x1 conv2 with nothing between them into one conv.
+
+    W = W2 @ W1 over the shared channel axis, b = b2 + W2 @ b1. Valid because a 1x1 conv is pointwise.
+    Returns plainly laid-out (NCHW-contiguous) tensors.
+    """
+    if w2.shape[2:] != (1, 1):
+        raise ValueError(f"the second conv must be 1x1, got kernel {tuple(w2.shape[2:])}")
+    dtype = w1.dtype
+    m2 = w2.double().flatten(1)  # [C2, C1]
+    w = torch.einsum("oc,cikl->oikl", m2, w1.double())
+    b = b2.double() + m2 @ b1.double()
+    return w.to(dtype).contiguous(), b.to(dtype).contiguous()
+
+
+def conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, padding: int = 0) -> nn.Sequential:
+    """Conv (with bias) + BatchNorm(eps 1e-6): keys ``0.{weight,bias}`` and ``1.*`` as in the original."""
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding, bias=True),
+        nn.BatchNorm2d(out_chs, eps=BN_EPS),
+    )
+
+
+def fold_conv_bn(seq: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W', b') of a ``conv_bn`` pair with its BN folded."""
+    conv, bn = seq[0], seq[1]
+    return fold_bn_module(conv.weight, conv.bias, bn)
+
+
+def new_conv(weight: torch.Tensor, bias: torch.Tensor, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+    """A Conv2d holding the given weight and bias (copied into fresh, contiguous parameters)."""
+    out_chs, in_chs, kh, kw = weight.shape
+    conv = nn.Conv2d(in_chs, out_chs, (kh, kw), stride=stride, padding=padding, bias=True,
+                     device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    return conv
+
+
+class SeriesActivation(nn.Module):
+    """Series-informed activation: ReLU, then a depthwise (2n+1)x(2n+1) conv, then BN (train form).
+
+    Deploy form: the BN is folded into the depthwise weight and a bias. Keys: ``weight`` [C,1,k,k] and ``bn.*``
+    (train) or ``bias`` (deploy), as in the original.
+    """
+
+    def __init__(self, dim: int, act_num: int = 3, deploy: bool = False):
+        super().__init__()
+        self.dim = dim
+        self.act_num = act_num
+        self.deploy = deploy
+        k = 2 * act_num + 1
+        self.weight = nn.Parameter(torch.empty(dim, 1, k, k))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        if deploy:
+            self.bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.bias = None
+            self.bn = nn.BatchNorm2d(dim, eps=BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(F.relu(x), self.weight, self.bias, padding=self.act_num, groups=self.dim)
+        return x if self.deploy else self.bn(x)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the BN into the depthwise weight and a bias. Idempotent."""
+        if self.deploy:
+            return
+        weight, bias = fold_bn_module(self.weight, None, self.bn)
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+        del self.bn
+        self.deploy = True
+
+    switch_to_deploy = reparameterize
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, act_num={self.act_num}, deploy={self.deploy}"

@@ -1,0 +1,456 @@
+"""VanillaNet: the variant table, the Block, the model class and its timm registration.
+
+Train form (``deploy=False``) and deploy form (``deploy=True``) use the original state_dict key names, so
+original checkpoints load with ``strict=True``. ``reparameterize()`` converts the train form to the deploy form
+in place and exactly (see ``layers.py`` for the maths).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from .layers import (
+    BN_EPS,
+    ConversionError,
+    SeriesActivation,
+    conv_bn,
+    fold_conv_bn,
+    merge_convs,
+    new_conv,
+)
+
+__all__ = ["VARIANTS", "VariantSpec", "Block", "DeepTrainingSlope", "VanillaNet", "variant_names"]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Architecture of one published variant (SPEC.md section 1)."""
+
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+    ada_pool: tuple[int, ...] | None = None
+
+
+def _deep(n_mid: int) -> VariantSpec:
+    """vanillanet_{7+n_mid}: 512,512,1024, 2048 x (n_mid+1), 4096,4096 with strides 1,2,2,1 x n_mid,2,1."""
+    return VariantSpec((512, 512, 1024) + (2048,) * (n_mid + 1) + (4096, 4096), (1, 2, 2) + (1,) * n_mid + (2, 1))
+
+
+_X15 = tuple(int(d * 1.5) for d in _deep(6).dims)
+VARIANTS: dict[str, VariantSpec] = {
+    "vanillanet_5": VariantSpec((512, 1024, 2048, 4096), (2, 2, 2)),
+    "vanillanet_6": VariantSpec((512, 1024, 2048, 4096, 4096), (2, 2, 2, 1)),
+    "vanillanet_7": VariantSpec((512, 512, 1024, 2048, 4096, 4096), (1, 2, 2, 2, 1)),
+        **{f"vanillanet_{7 + n}": _deep(n) for n in range(1, 7)},
+    "vanillanet_13_x1_5": VariantSpec(_X15, _deep(6).strides),
+    "vanillanet_13_x1_5_ada_pool": VariantSpec(_X15, _deep(6).strides, (0, 38, 19, 0, 0, 0, 0, 0, 0, 10, 0)),
+}
+
+
+def variant_names() -> list[str]:
+    return list(VARIANTS)
+
+
+class DeepTrainingSlope(nn.Module):
+    """The deep-training slope ``act_learn``: one module shared by the stem, every block and the head.
+
+    ``forward`` is leaky_relu with slope ``act_learn`` (0 = ReLU, 1 = identity). The value is a non-persistent
+    buffer, so it moves with the model, costs no host sync, is no state_dict key and does not make torch.compile
+    recompile when the schedule changes it. Being the model's first child, it is also the hook through which
+    ``timm.utils.reparameterize_model`` (which only visits children) converts the whole model.
+    """
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.register_buffer("value", torch.tensor([float(value)]), persistent=False)
+        object.__setattr__(self, "_owner", None)  # plain back-reference, not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, self.value.to(x.dtype))
+
+    def reparameterize(self) -> None:
+        if self._owner is not None:
+            self._owner.reparameterize()
+
+    def extra_repr(self) -> str:
+        return f"act_learn={float(self.value):.6g}"
+
+
+class Block(nn.Module):
+    """One VanillaNet layer. Train: conv1(1x1)+BN, slope, conv2(1x1)+BN, pool, activation. Deploy: conv, pool, act."""
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        act_num: int = 3,
+        stride: int = 2,
+        deploy: bool = False,
+        ada_pool: int | None = None,
+        slope: DeepTrainingSlope | None = None,
+    ):
+        super().__init__()
+        self.deploy = deploy
+        if deploy:
+            self.conv = nn.Conv2d(dim, dim_out, 1)
+        else:
+            self.slope = slope if slope is not None else DeepTrainingSlope()
+            self.conv1 = conv_bn(dim, dim)
+            self.conv2 = conv_bn(dim, dim_out)
+        if stride == 1:
+            self.pool = nn.Identity()
+        elif ada_pool:
+            self.pool = nn.AdaptiveMaxPool2d((ada_pool, ada_pool))
+        else:
+            self.pool = nn.MaxPool2d(stride)
+        self.act = SeriesActivation(dim_out, act_num, deploy=deploy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deploy:
+            x = self.conv(x)
+        else:
+            x = self.conv2(self.slope(self.conv1(x)))
+        return self.act(self.pool(x))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Merge conv1+BN, the (identity) slope and conv2+BN into one 1x1 conv; fold the activation's BN."""
+        if self.deploy:
+            return
+        _check_slope(self.slope)
+        w, b = merge_convs(*fold_conv_bn(self.conv1), *fold_conv_bn(self.conv2))
+        self.act.reparameterize()
+        self._modules = OrderedDict(conv=new_conv(w, b), pool=self.pool, act=self.act)  # deploy key order
+        self.deploy = True
+
+    switch_to_deploy = reparameterize
+
+
+def _check_slope(slope: DeepTrainingSlope) -> None:
+    value = float(slope.value)
+    if value != 1.0:
+        raise ConversionError(
+            f"act_learn is {value:.6g}, not 1: the two convs of each layer are separated by a nonlinearity and "
+            "cannot be merged (the deploy model would give different outputs). Finish the deep-training schedule "
+            "(decay_epochs) or set model.act_learn = 1.0 only if the weights were trained to that point."
+        )
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class VanillaNet(nn.Module):
+    """VanillaNet (Chen et al., 2023) in train form (deep training, BN everywhere) or deploy form (plain convs).
+
+    Args mirror the original: ``in_chans``, ``num_classes``, ``dims``, ``strides``, ``drop_rate`` (head dropout),
+    ``act_num`` (activation kernel 2n+1), ``deploy``, ``ada_pool``. ``width_mult`` scales every width (narrow
+    models for CPU training). ``num_classes=0`` gives a headless feature extractor (timm convention).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        dims: Sequence[int] = (512, 1024, 2048, 4096),
+        strides: Sequence[int] = (2, 2, 2),
+        drop_rate: float = 0.0,
+        act_num: int = 3,
+        deploy: bool = False,
+        ada_pool: Sequence[int] | None = None,
+        width_mult: float = 1.0,
+        global_pool: str = "avg",
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if len(dims) != len(strides) + 1:
+            raise ValueError(f"need len(dims) == len(strides) + 1, got {len(dims)} dims and {len(strides)} strides")
+        if ada_pool is not None and len(ada_pool) != len(strides):
+            raise ValueError(f"ada_pool needs one entry per block ({len(strides)}), got {len(ada_pool)}")
+        if global_pool != "avg":
+            raise ValueError(f"VanillaNet pools by average only, got global_pool={global_pool!r}")
+        if drop_path_rate:
+            raise ValueError("VanillaNet has no residual branches, so drop_path_rate must be 0")
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        dims = [max(1, int(round(d * width_mult))) for d in dims]
+        self.in_chans, self.num_classes, self.drop_rate = in_chans, num_classes, drop_rate
+        self.dims, self.strides = tuple(dims), tuple(strides)
+        self.act_num, self.deploy = act_num, deploy
+        self.ada_pool = tuple(ada_pool) if ada_pool is not None else None
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = False
+        stem_stride, stem_pad = (3, 1) if ada_pool is not None else (4, 0)
+
+        if deploy:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad),
+                SeriesActivation(dims[0], act_num, deploy=True),
+            )
+        else:
+            self.slope = DeepTrainingSlope()
+            object.__setattr__(self.slope, "_owner", self)
+            self.stem1 = conv_bn(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad)
+            self.stem2 = nn.Sequential(*conv_bn(dims[0], dims[0]), SeriesActivation(dims[0], act_num))
+        self.stages = nn.ModuleList(
+            Block(dims[i], dims[i + 1], act_num, strides[i], deploy,
+                  ada_pool[i] if ada_pool is not None else None, None if deploy else self.slope)
+            for i in range(len(strides))
+        )
+        self.feature_info = []
+        reduction = stem_stride
+        for i, stride in enumerate(strides):
+            reduction *= stride
+            self.feature_info.append(dict(num_chs=dims[i + 1], reduction=reduction, module=f"stages.{i}"))
+        self._build_head(num_classes)
+        self.apply(_init_weights)
+
+    # ---- head -------------------------------------------------------------------------------------------------
+    def _build_head(self, num_classes: int) -> None:
+        c = self.num_features
+        pool_drop = [nn.AdaptiveAvgPool2d((1, 1)), nn.Dropout(self.drop_rate)]
+        if self.deploy:
+            self.cls = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1) if num_classes else nn.Identity())
+        elif num_classes:
+            self.cls1 = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1), nn.BatchNorm2d(num_classes, eps=BN_EPS))
+            self.cls2 = nn.Sequential(nn.Conv2d(num_classes, num_classes, 1))
+        else:
+            self.cls1 = nn.Sequential(*pool_drop, nn.Identity(), nn.Identity())
+            self.cls2 = nn.Sequential(nn.Identity())
+        self.num_classes = num_classes
+
+    def get_classifier(self) -> nn.Module:
+        return self.cls[2] if self.deploy else self.cls2[0]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head by a freshly initialised one for ``num_classes`` (0 = no head), in the current form."""
+        if global_pool not in (None, "", "avg"):
+            raise ValueError(f"VanillaNet pools by average only, got global_pool={global_pool!r}")
+        ref = next(self.parameters())
+        self._build_head(num_classes)
+        head = [self.cls] if self.deploy else [self.cls1, self.cls2]
+        for m in head:
+            m.apply(_init_weights)
+            m.to(device=ref.device, dtype=ref.dtype)
+
+    # ---- act_learn (deep training) ------------------------------------------------------------------------------
+    @property
+    def act_learn(self) -> float:
+        """Slope between each pair of convs: 0 = ReLU (start of deep training), 1 = identity (mergeable)."""
+        return 1.0 if self.deploy else float(self.slope.value)
+
+    @act_learn.setter
+    def act_learn(self, value: float) -> None:
+        self.set_act_learn(value)
+
+    @torch.no_grad()
+    def set_act_learn(self, value: float) -> None:
+        """The one setter: stem, every block and head share one slope, so this reaches all of them."""
+        value = float(value)
+        if not 0.0 <= value <= 1.0 or math.isnan(value):
+            raise ValueError(f"act_learn must lie in [0, 1], got {value}")
+        if self.deploy:
+            if value != 1.0:
+                raise ConversionError("this model is in deploy form: its layers are merged and act_learn is fixed "
+                                      "at 1; build it with deploy=False to train with deep training")
+            return
+        self.slope.value.fill_(value)
+
+    change_act = set_act_learn  # name used by the original code
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deploy:
+            return self.stem(x)
+        return self.stem2(self.slope(self.stem1(x)))
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        for stage in self.stages:
+            x = self._run_stage(stage, x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        head = self.cls if self.deploy else self.cls1
+        x = head[1](head[0](x))
+        if pre_logits:
+            return x.flatten(1)
+        if self.deploy:
+            return head[2](x).flatten(1)
+        x = self.cls1[3](self.cls1[2](x))
+        if self.num_classes:
+            x = self.cls2(self.slope(x))
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block outputs at ``indices`` (timm's feature API; index i = output of block i, see ``feature_info``)."""
+        if output_fmt != "NCHW":
+            raise ValueError("VanillaNet features are NCHW only")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.forward_stem(x)
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        for i, stage in enumerate(stages):
+            x = self._run_stage(stage, x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last wanted index (and the head), for feature extraction."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        self.feature_info = self.feature_info[: max_index + 1]
+        self.num_features = self.head_hidden_size = self.feature_info[-1]["num_chs"]
+        if prune_head:
+            self.reset_classifier(0)
+        return take_indices
+
+    # ---- timm conveniences --------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay: stem, then each block, then the head."""
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    # ---- conversion ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Convert to the deploy form in place, exactly (eval-mode BN statistics). Idempotent.
+
+        Raises ConversionError when act_learn != 1 (the layers are not yet linear and cannot be merged).
+        """
+        if self.deploy:
+            return
+        _check_slope(self.slope)
+        stride, padding = self.stem1[0].stride, self.stem1[0].padding
+        w, b = merge_convs(*fold_conv_bn(self.stem1), *fold_conv_bn(self.stem2[:2]))
+        stem_act = self.stem2[2]
+        stem_act.reparameterize()
+        for block in self.stages:
+            block.reparameterize()
+        pool_drop = [self.cls1[0], self.cls1[1]]
+        if self.num_classes:
+            hw, hb = merge_convs(*fold_conv_bn(self.cls1[2:]), self.cls2[0].weight, self.cls2[0].bias)
+            head = nn.Sequential(*pool_drop, new_conv(hw, hb))
+        else:
+            head = nn.Sequential(*pool_drop, nn.Identity())
+        # A fresh module dict (not an in-place edit) so that a caller iterating our children, as timm's
+        # reparameterize_model does, is not disturbed.
+        self._modules = OrderedDict(
+            stem=nn.Sequential(new_conv(w, b, stride=stride, padding=padding), stem_act),
+            stages=self.stages,
+            cls=head,
+        )
+        object.__setattr__(self.slope if "slope" in self.__dict__ else self, "_owner", None)
+        self.deploy = True
+
+    switch_to_deploy = reparameterize
+
+
+# ---- timm registration ----------------------------------------------------------------------------------------
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem1.0",
+        "classifier": "cls2.0",
+        "license": "mit",
+        "paper_ids": "arXiv:2305.12972",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
+
+
+def default_out_indices(strides: Sequence[int]) -> tuple[int, ...]:
+    """The last block at each resolution (for vanillanet_13: blocks 0, 1, 8, 10, as the detection configs use)."""
+    n = len(strides)
+    return tuple(i for i in range(n) if i == n - 1 or strides[i + 1] != 1)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: VanillaNet) -> dict:
+    """Map any supported checkpoint layout onto ``model``'s keys (timm's pretrained hook; see checkpoint.py)."""
+    from .checkpoint import filter_state_dict
+
+    return filter_state_dict(state_dict, model)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> VanillaNet:
+    spec = VARIANTS[variant]
+    arch = dict(dims=spec.dims, strides=spec.strides)
+    if spec.ada_pool is not None:
+        arch["ada_pool"] = spec.ada_pool
+    arch.update(kwargs)
+    out_indices = arch.pop("out_indices", default_out_indices(arch["strides"]))
+    return build_model_with_cfg(
+        VanillaNet,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **arch,
+    )
+
+
+def _register(name: str) -> None:
+    def entry(pretrained: bool = False, **kwargs) -> VanillaNet:
+        return _create(name, pretrained, **kwargs)
+
+    entry.__name__ = name
+    entry.__qualname__ = name
+    entry.__doc__ = f"{name}: dims {VARIANTS[name].dims}, strides {VARIANTS[name].strides}."
+    entry.__module__ = __name__
+    globals()[name] = register_model(entry)
+
+
+for _name in VARIANTS:
+    _register(_name)
