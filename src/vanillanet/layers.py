@@ -13,6 +13,8 @@ from torch import nn
 
 from .errors import ConversionError
 
+__all__ = ["BN_EPS", "SeriesActivation", "fold_bn", "merge_convs"]
+
 BN_EPS = 1e-6
 
 

@@ -20,9 +20,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from .errors import ConversionError
 from .layers import (
     BN_EPS,
-    ConversionError,
     SeriesActivation,
     conv_bn,
     fold_conv_bn,

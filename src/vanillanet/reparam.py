@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import torch
 from torch import nn
 
 
@@ -21,6 +22,19 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
         if hasattr(m, "reparameterize"):
             m.reparameterize()
     return model
+
+
+@torch.no_grad()
+def conversion_error(model: nn.Module, x: torch.Tensor, deploy: nn.Module | None = None) -> float:
+    """max |deploy(x) - model(x)| / max |model(x)| in eval mode (the deploy copy is made when not given)."""
+    was_training = model.training
+    model.eval()
+    try:
+        deploy = reparameterize_model(model) if deploy is None else deploy.eval()
+        ref = model(x).double()
+        return float((deploy(x).double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    finally:
+        model.train(was_training)
 
 
 def act_learn_schedule(

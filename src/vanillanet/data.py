@@ -1,0 +1,521 @@
+"""Datasets, transforms and loaders for training and evaluation.
+
+Contract (used by ``train.py`` and ``evaluate.py``):
+
+- ``build_dataset(data, split, transform=None, *, in_chans=3, strict=False, root=None, synthetic_size=512,
+  num_classes=10, img_size=32) -> Dataset`` with ``.classes: list[str]``. ``data`` is an ImageFolder root holding
+  ``train/`` and ``val/``, ``"fashion-mnist"`` (or a folder holding its four IDX files), ``"digits"`` or
+  ``"synthetic"``; ``split`` is ``"train"`` or ``"val"`` (Fashion-MNIST's test set is its ``val``). Without a
+  transform an item is ``(PIL image, label)``; grayscale sources give mode ``L`` when ``in_chans == 1`` and
+  replicated ``RGB`` when ``in_chans == 3``. Unreadable images are skipped (the next good one is returned) with a
+  warning and counted: ``num_skipped(dataset_or_loader)``; with ``strict=True`` they raise ``DataError``.
+- ``dataset_defaults(data) -> DataDefaults`` (img_size, mean, std, crop_pct) suited to a source.
+- ``build_transform(is_training, img_size, *, in_chans, mean, std, crop_pct, interpolation, augment, auto_augment,
+  reprob, remode, hflip, scale, ratio, color_jitter, padding)``: ``augment="timm"`` is the paper's recipe through
+  ``timm.data.create_transform`` (RandAugment, bicubic RandomResizedCrop, flip, random erasing); ``"light"`` is
+  resize + random crop with padding + flip (+ erasing if ``reprob``), for small grayscale images; ``"none"`` is the
+  eval transform. Eval: bicubic resize to ``img_size / crop_pct``, centre crop, normalise.
+- ``build_loader(dataset, batch_size, *, is_training, num_workers=0, distributed=False, seed=0, drop_last=None)
+  -> DataLoader`` whose batch order AND augmentation depend only on ``(seed, epoch, batch index)``.
+  The caller calls ``set_epoch(loader, epoch, start_batch=0)`` before iterating each epoch (also when not
+  distributed). To resume mid-epoch after ``k`` finished batches: ``set_epoch(loader, epoch, start_batch=k)``;
+  the loader then yields batches ``k, k+1, ...`` of that epoch, identical to an uninterrupted run, whatever
+  ``num_workers`` is, and without touching the global RNG streams (model dropout etc. stay the caller's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.random_erasing import RandomErasing
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIRS",
+    "ArrayDataset",
+    "DataDefaults",
+    "EpochBatchSampler",
+    "SafeImageFolder",
+    "build_dataset",
+    "build_loader",
+    "build_transform",
+    "dataset_defaults",
+    "load_fashion_mnist",
+    "mean_std",
+    "num_skipped",
+    "set_epoch",
+]
+
+_log = logging.getLogger(__name__)
+
+SOURCES = ("fashion-mnist", "digits", "synthetic")
+SPLITS = ("train", "val")
+FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)  # where Debian's dataset-fashion-mnist installs
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+_FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class DataDefaults:
+    """Preprocessing that suits a source: network input size, normalisation and eval crop fraction."""
+
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float
+
+
+def dataset_defaults(data: str) -> DataDefaults:
+    """Defaults for ``data``: the small grayscale sets are upscaled to 32 px (the stem's stride 4 and three
+    stride-2 blocks of vanillanet_5 need at least 32) with their own single-channel mean/std; folders get ImageNet's."""
+    if data == "fashion-mnist" or _is_idx_folder(data):
+        return DataDefaults(32, (0.2860,), (0.3530,), 1.0)  # mean/std of the 60k training images
+    if data == "digits":
+        return DataDefaults(32, (0.3053,), (0.3760,), 1.0)
+    if data == "synthetic":
+        return DataDefaults(32, (0.5,), (0.25,), 1.0)
+    return DataDefaults(224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875)
+
+
+# --------------------------------------------------------------------------------------------------- datasets
+
+
+class ArrayDataset(Dataset):
+    """In-memory uint8 images (N,H,W grayscale or N,H,W,3 RGB) with integer labels; items are PIL images so that
+    the same transforms serve folders and arrays."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int], classes: Sequence[str], *, in_chans: int = 3,
+                 transform: Callable | None = None):
+        if in_chans not in (1, 3):
+            raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}; use 1 for grayscale or 3 for RGB input")
+        self.images = np.ascontiguousarray(images, dtype=np.uint8)
+        self.targets = [int(t) for t in targets]
+        self.classes = list(classes)
+        self.in_chans = in_chans
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img = Image.fromarray(self.images[index])
+        img = img.convert("L" if self.in_chans == 1 else "RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+
+class SafeImageFolder(ImageFolder):
+    """torchvision's ImageFolder that survives unreadable files: it logs each one, marks it in a shared-memory mask
+    (so counts made in DataLoader workers reach the main process) and returns the next readable sample; with
+    ``strict=True`` the first unreadable file raises ``DataError`` instead."""
+
+    def __init__(self, root: str | Path, transform: Callable | None = None, *, in_chans: int = 3,
+                 strict: bool = False):
+        mode = {1: "L", 3: "RGB"}.get(in_chans)
+        if mode is None:
+            raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}; use 1 for grayscale or 3 for RGB input")
+        try:
+            super().__init__(str(root), transform=transform, loader=lambda p: _open_image(p, mode))
+        except FileNotFoundError as err:  # no class folders, or class folders without images
+            raise DataError(f"{root}: {_first_line(err)}; put the images in one subfolder per class") from None
+        self.strict = strict
+        self.bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def num_skipped(self) -> int:
+        return int(self.bad.sum())
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        n = len(self.samples)
+        for step in range(n):
+            i = (index + step) % n
+            if self.bad[i]:
+                continue
+            path, target = self.samples[i]
+            try:
+                img = self.loader(path)
+            except _UNREADABLE as err:
+                if self.strict:
+                    raise DataError(f"cannot read image {path} ({_first_line(err)}); fix or delete it, or train "
+                                    "without --strict-data to skip unreadable images") from None
+                self.bad[i] = True
+                _log.warning("skipping unreadable image %s (%s); %d skipped so far", path, _first_line(err),
+                             self.num_skipped)
+                continue
+            if self.transform is not None:
+                img = self.transform(img)
+            return img, target
+        raise DataError(f"no readable image in {self.root}; check the files (every one failed to decode)")
+
+
+def _open_image(path: str, mode: str) -> Image.Image:
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert(mode)  # convert() forces the full decode inside the try of the caller
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def num_skipped(obj: Any) -> int:
+    """Unreadable images skipped so far by a dataset, a wrapped dataset or a DataLoader (0 for in-memory sets)."""
+    while obj is not None:
+        if isinstance(obj, SafeImageFolder):
+            return obj.num_skipped
+        obj = getattr(obj, "dataset", None)
+    return 0
+
+
+def build_dataset(
+    data: str | Path,
+    split: str,
+    transform: Callable | None = None,
+    *,
+    in_chans: int = 3,
+    strict: bool = False,
+    root: str | Path | None = None,
+    synthetic_size: int = 512,
+    num_classes: int = 10,
+    img_size: int = 32,
+) -> Dataset:
+    """One split of a dataset; see the module docstring. ``root`` is where Fashion-MNIST's IDX files are (default:
+    the Debian package's folder); ``synthetic_size`` (train; val gets a quarter), ``num_classes`` and ``img_size``
+    shape the synthetic set."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    data = str(data)
+    if data == "fashion-mnist" or _is_idx_folder(data):
+        folder = root if data == "fashion-mnist" else data
+        images, labels = load_fashion_mnist(split, folder)
+        return ArrayDataset(images, labels, FASHION_MNIST_CLASSES, in_chans=in_chans, transform=transform)
+    if data == "digits":
+        images, labels = _digits(split)
+        return ArrayDataset(images, labels, [str(d) for d in range(10)], in_chans=in_chans, transform=transform)
+    if data == "synthetic":
+        n = synthetic_size if split == "train" else max(num_classes, synthetic_size // 4)
+        images, labels = synthetic_arrays(n, num_classes, img_size, seed=0 if split == "train" else 1)
+        classes = [f"class_{c}" for c in range(num_classes)]
+        return ArrayDataset(images, labels, classes, in_chans=in_chans, transform=transform)
+    return _image_folder(Path(data), split, transform, in_chans=in_chans, strict=strict)
+
+
+def _image_folder(base: Path, split: str, transform: Callable | None, *, in_chans: int,
+                  strict: bool) -> SafeImageFolder:
+    if not base.is_dir():
+        raise DataError(f"dataset folder {base} does not exist; pass an ImageFolder root (with train/ and val/) or "
+                        f"one of {', '.join(SOURCES)}")
+    split_dirs = {s: base / s for s in SPLITS}
+    missing = [s for s, d in split_dirs.items() if not d.is_dir()]
+    if missing:
+        raise DataError(f"{base} has no {' or '.join(m + '/' for m in missing)} subfolder; an ImageFolder root needs "
+                        "train/ and val/, each with one subfolder per class")
+    classes = {s: {p.name for p in d.iterdir() if p.is_dir()} for s, d in split_dirs.items()}
+    if classes["train"] != classes["val"]:
+        only_t = sorted(classes["train"] - classes["val"])
+        only_v = sorted(classes["val"] - classes["train"])
+        raise DataError(f"{base}: train/ and val/ have different classes (only in train: {_short(only_t)}; only in "
+                        f"val: {_short(only_v)}); give both the same class subfolders")
+    return SafeImageFolder(split_dirs[split], transform, in_chans=in_chans, strict=strict)
+
+
+def _short(names: list[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "") if names else "none"
+
+
+def _is_idx_folder(data: str) -> bool:
+    p = Path(data)
+    return p.is_dir() and any((p / (_FMNIST_FILES["train"][0] + ext)).is_file() for ext in (".gz", ""))
+
+
+def load_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N,28,28], labels int64 [N]) of Fashion-MNIST's ``train`` or ``val`` (= t10k test) split,
+    parsed from the IDX files (``.gz`` or not) in ``root`` or, by default, where Debian's package puts them."""
+    folders = [Path(root)] if root is not None else list(FASHION_MNIST_DIRS)
+    img_name, lbl_name = _FMNIST_FILES[split]
+    for folder in folders:
+        paths = [_find_idx(folder, name) for name in (img_name, lbl_name)]
+        if all(paths):
+            images, labels = _read_idx(paths[0]), _read_idx(paths[1])
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise DataError(f"Fashion-MNIST files in {folder} do not match (images {images.shape}, labels "
+                                f"{labels.shape}); re-install them with apt-get install --reinstall dataset-fashion-mnist")
+            return images, labels.astype(np.int64)
+    where = ", ".join(str(f) for f in folders)
+    raise DataError(f"Fashion-MNIST files ({img_name}.gz, {lbl_name}.gz) not found in {where}; run apt-get install "
+                    "dataset-fashion-mnist or pass the folder that holds them as --data")
+
+
+def _find_idx(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file: 2 zero bytes, a type code (0x08 = uint8), the number of dimensions, big-endian int32 sizes,
+    then the data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path} ({_first_line(err)}); re-download or re-install the file") from None
+    ndim = raw[3] if len(raw) >= 4 else 0
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:3] != b"\x00\x00\x08" or ndim == 0:
+        raise DataError(f"{path} is not a uint8 IDX file; pass the folder with the original Fashion-MNIST files")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, 4))
+    if len(raw) - header != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated ({len(raw) - header} bytes of data for shape {shape}); re-download it")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (values 0-16, scaled to 0-255) with a fixed stratified 80/20 train/val split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = np.round(d.images * (255 / 16)).astype(np.uint8)
+    x_tr, x_va, y_tr, y_va = train_test_split(images, d.target, test_size=0.2, random_state=0, stratify=d.target)
+    return (x_tr, y_tr) if split == "train" else (x_va, y_va)
+
+
+def synthetic_arrays(n: int, num_classes: int, img_size: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable, deterministic RGB set: each class is a fixed low-frequency colour pattern (a 4x4 grid scaled up,
+    the same for every split), each sample that pattern plus noise and a brightness shift; labels cycle through
+    the classes."""
+    patterns = np.random.default_rng(12345).uniform(0, 255, size=(num_classes, 4, 4, 3))
+    reps = -(-img_size // 4)
+    patterns = patterns.repeat(reps, 1).repeat(reps, 2)[:, :img_size, :img_size]
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    noise = rng.normal(0, 40, size=(n, img_size, img_size, 3)) + rng.normal(0, 20, size=(n, 1, 1, 1))
+    return np.clip(patterns[labels] + noise, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def mean_std(dataset: Dataset, max_samples: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (in [0, 1]) of a dataset's raw images, e.g. to normalise a grayscale folder;
+    in-memory sets use all images, others the first ``max_samples``."""
+    if isinstance(dataset, ArrayDataset):
+        x = dataset.images.astype(np.float64) / 255
+        if x.ndim == 3:
+            x = x[..., None]
+        if dataset.in_chans == 1 and x.shape[-1] == 3:
+            x = x @ np.array([0.299, 0.587, 0.114])[:, None]
+        elif dataset.in_chans == 3 and x.shape[-1] == 1:
+            x = x.repeat(3, -1)
+        flat = x.reshape(-1, x.shape[-1])
+        return tuple(flat.mean(0).tolist()), tuple(flat.std(0).tolist())
+    total = total_sq = None
+    count = 0
+    transform, dataset.transform = getattr(dataset, "transform", None), T.ToTensor()
+    try:
+        for i in range(min(len(dataset), max_samples)):
+            x = dataset[i][0].flatten(1).double()
+            total = x.sum(1) if total is None else total + x.sum(1)
+            total_sq = (x * x).sum(1) if total_sq is None else total_sq + (x * x).sum(1)
+            count += x.shape[1]
+    finally:
+        dataset.transform = transform
+    if not count:
+        raise DataError("cannot compute mean/std of an empty dataset; check the dataset folder")
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# ------------------------------------------------------------------------------------------------- transforms
+
+
+def _fit_channels(values: Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    if in_chans == 1:
+        return (sum(values) / len(values),)
+    raise ConfigError(f"{what} has {len(values)} values but in_chans is {in_chans}; give 1 or {in_chans} values")
+
+
+def build_transform(
+    is_training: bool,
+    img_size: int = 224,
+    *,
+    in_chans: int = 3,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
+    augment: str = "timm",
+    auto_augment: str | None = "rand-m7-mstd0.5-inc1",
+    reprob: float = 0.25,
+    remode: str = "pixel",
+    hflip: float = 0.5,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    color_jitter: float = 0.4,
+    padding: int | None = None,
+) -> Callable:
+    """A PIL image -> normalised tensor transform; see the module docstring. ``mean``/``std`` with one value are
+    repeated for RGB, with three are averaged for grayscale. ``padding`` (light mode) defaults to img_size // 8."""
+    mean = _fit_channels(mean, in_chans, "mean")
+    std = _fit_channels(std, in_chans, "std")
+    if augment not in ("timm", "light", "none"):
+        raise ConfigError(f"augment must be timm, light or none, got {augment!r}")
+    if not is_training or augment == "none":
+        return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
+                                mean=mean, std=std)
+    if augment == "timm":
+        return create_transform(img_size, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip,
+                                color_jitter=color_jitter, auto_augment=auto_augment or None,
+                                interpolation=interpolation, mean=mean, std=std, re_prob=reprob, re_mode=remode)
+    mode = T.InterpolationMode(interpolation)
+    steps: list[Callable] = [
+        T.Resize(img_size, interpolation=mode),
+        T.RandomCrop(img_size, padding=img_size // 8 if padding is None else padding),
+        T.RandomHorizontalFlip(hflip),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ]
+    if reprob > 0:
+        steps.append(RandomErasing(reprob, mode=remode, device="cpu"))
+    return T.Compose(steps)
+
+
+# ---------------------------------------------------------------------------------------------------- loaders
+
+
+class EpochBatchSampler(Sampler):
+    """Batches whose content depends only on ``(seed, epoch)``: a seeded permutation (training) or the natural
+    order (eval), split across ranks as ``indices[rank::num_replicas]``. Training pads the permutation so that every
+    rank gets the same number of batches (DistributedSampler's rule); eval does not pad, so no sample counts twice
+    (ranks then differ by at most one sample: sum correct/total over ranks with all_reduce).
+
+    Each item is ``(index, batch_seed)``; ``build_loader``'s dataset view seeds the augmentation RNGs from it once
+    per batch, so augmentation, like order, is independent of the worker count and of where a run was resumed.
+    """
+
+    def __init__(self, length: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        self.length, self.batch_size, self.shuffle, self.drop_last = length, batch_size, shuffle, drop_last
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _rank_indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+            total = -(-self.length // self.num_replicas) * self.num_replicas
+            order += order[: total - len(order)]
+        else:
+            order = list(range(self.length))
+        return order[self.rank :: self.num_replicas]
+
+    def batches_per_epoch(self) -> int:
+        n = len(self._rank_indices()) if not self.shuffle else -(-self.length // self.num_replicas)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        indices = self._rank_indices()
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            batch_seed = int(np.random.SeedSequence([self.seed, self.epoch, self.rank, b]).generate_state(1)[0])
+            yield [(i, batch_seed) for i in indices[b * self.batch_size : (b + 1) * self.batch_size]]
+
+
+class _SeededBatches(Dataset):
+    """View of a dataset that takes ``(index, batch_seed)`` items and seeds python/numpy/torch-CPU RNGs once per
+    batch before the transforms run; in the main process the previous RNG states are restored afterwards."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+        with _seeded_rngs(items[0][1], restore=get_worker_info() is None):
+            return [self.dataset[i] for i, _ in items]
+
+
+@contextlib.contextmanager
+def _seeded_rngs(seed: int, restore: bool) -> Iterator[None]:
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if restore else None
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.random.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    is_training: bool,
+    num_workers: int = 0,
+    distributed: bool = False,
+    seed: int = 0,
+    drop_last: bool | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` driven by an ``EpochBatchSampler`` (shuffled, padded and, by default,
+    dropping the last partial batch when training; in order and complete for eval). ``distributed`` splits the data
+    by the process group's rank. Call ``set_epoch(loader, epoch, start_batch)`` before each epoch."""
+    num_replicas, rank = 1, 0
+    if distributed:
+        num_replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=is_training,
+                                drop_last=is_training if drop_last is None else drop_last, seed=seed,
+                                num_replicas=num_replicas, rank=rank)
+    return DataLoader(_SeededBatches(dataset), batch_sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
+
+
+def set_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Select the epoch (order and augmentation) and the first batch to yield (``k`` to resume after ``k``
+    finished batches) of a loader made by ``build_loader``."""
+    loader.batch_sampler.set_epoch(epoch, start_batch)

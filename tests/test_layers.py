@@ -1,0 +1,88 @@
+"""The pure re-parameterisation maths and the series-informed activation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import rel_err
+from torch import nn
+
+from vanillanet.layers import SeriesActivation, fold_bn_module, merge_convs
+
+
+def _random_bn(c: int, gen: torch.Generator) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(c, eps=1e-6).double().eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(c, generator=gen, dtype=torch.float64) + 0.5)
+        bn.bias.copy_(torch.randn(c, generator=gen, dtype=torch.float64))
+        bn.running_mean.copy_(torch.randn(c, generator=gen, dtype=torch.float64))
+        bn.running_var.copy_(torch.rand(c, generator=gen, dtype=torch.float64) + 0.1)
+    return bn
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(1, 1, 0), (4, 4, 0), (4, 3, 1), (7, 1, 3)])
+def test_fold_bn_equals_conv_then_bn(kernel, stride, padding):
+    gen = torch.Generator().manual_seed(kernel)
+    conv = nn.Conv2d(5, 6, kernel, stride=stride, padding=padding).double()
+    bn = _random_bn(6, gen)
+    x = torch.randn(2, 5, 17, 17, generator=gen, dtype=torch.float64)
+    w, b = fold_bn_module(conv.weight, conv.bias, bn)
+    assert rel_err(F.conv2d(x, w, b, stride=stride, padding=padding), bn(conv(x))) < 1e-13
+
+
+def test_merge_convs_equals_sequence_and_is_plain_layout():
+    gen = torch.Generator().manual_seed(1)
+    c1 = nn.Conv2d(3, 8, 4, stride=4).double()
+    c2 = nn.Conv2d(8, 5, 1).double()
+    x = torch.randn(2, 3, 16, 16, generator=gen, dtype=torch.float64)
+    w, b = merge_convs(c1.weight, c1.bias, c2.weight, c2.bias)
+    assert w.shape == (5, 3, 4, 4) and b.shape == (5,)
+    assert rel_err(F.conv2d(x, w, b, stride=4), c2(c1(x))) < 1e-13
+    assert w.stride() == torch.empty(w.shape).stride()
+
+
+def test_merge_convs_rejects_non_pointwise_second_conv():
+    w = torch.randn(4, 4, 3, 3)
+    with pytest.raises(ValueError, match="1x1"):
+        merge_convs(w, torch.zeros(4), w, torch.zeros(4))
+
+
+def test_merge_keeps_fp32_exact_to_rounding():
+    gen = torch.Generator().manual_seed(2)
+    w1, b1 = torch.randn(64, 64, 1, 1, generator=gen), torch.randn(64, generator=gen)
+    w2, b2 = torch.randn(32, 64, 1, 1, generator=gen), torch.randn(32, generator=gen)
+    w, b = merge_convs(w1, b1, w2, b2)
+    w_ref, b_ref = merge_convs(w1.double(), b1.double(), w2.double(), b2.double())
+    assert w.dtype == torch.float32
+    assert rel_err(w.double(), w_ref) < 1e-7 and rel_err(b.double(), b_ref) < 1e-7
+
+
+@pytest.mark.parametrize("act_num", [1, 3, 4])
+def test_series_activation_matches_its_formula(act_num):
+    """out[c,h,w] = BN_c(sum_{i,j in [-n,n]} a[c,i,j] * ReLU(x[c,h+i,w+j])), zero padding."""
+    gen = torch.Generator().manual_seed(act_num)
+    c, n, hw = 3, act_num, 6
+    act = SeriesActivation(c, act_num).double()
+    act.bn = _random_bn(c, gen)
+    x = torch.randn(1, c, hw, hw, generator=gen, dtype=torch.float64)
+    padded = F.pad(F.relu(x), (n, n, n, n))
+    expected = torch.zeros_like(x)
+    for i in range(-n, n + 1):
+        for j in range(-n, n + 1):
+            shifted = padded[:, :, n + i : n + i + hw, n + j : n + j + hw]
+            expected += act.weight[:, 0, i + n, j + n].view(1, c, 1, 1) * shifted
+    assert rel_err(act(x), act.bn(expected)) < 1e-13
+
+
+def test_series_activation_reparameterize_exact_and_idempotent():
+    gen = torch.Generator().manual_seed(3)
+    act = SeriesActivation(4, 3).double()
+    act.bn = _random_bn(4, gen)
+    x = torch.randn(2, 4, 9, 9, generator=gen, dtype=torch.float64)
+    y = act(x)
+    act.reparameterize()
+    act.reparameterize()
+    assert act.deploy and not hasattr(act, "bn")
+    assert set(dict(act.named_parameters())) == {"weight", "bias"}
+    assert rel_err(act(x), y) < 1e-13
+    fresh = SeriesActivation(4, 3, deploy=True)
+    assert list(fresh.state_dict()) == list(act.state_dict())
