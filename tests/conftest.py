@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -41,6 +43,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|."""
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(autouse=True)
+def _no_trace_logging():
+    """torch.export logs large structured-trace records at DEBUG; pytest's log capture makes them cost seconds."""
+    trace = logging.getLogger("torch.__trace")
+    old, trace.disabled = trace.disabled, True
+    yield
+    trace.disabled = old
 
 
 @pytest.fixture

@@ -261,7 +261,7 @@ def load_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[np.n
             images, labels = _read_idx(paths[0]), _read_idx(paths[1])
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                 raise DataError(f"Fashion-MNIST files in {folder} do not match (images {images.shape}, labels "
-                                f"{labels.shape}); re-install them with apt-get install --reinstall dataset-fashion-mnist")
+                                f"{labels.shape}); reinstall them: apt-get install --reinstall dataset-fashion-mnist")
             return images, labels.astype(np.int64)
     where = ", ".join(str(f) for f in folders)
     raise DataError(f"Fashion-MNIST files ({img_name}.gz, {lbl_name}.gz) not found in {where}; run apt-get install "

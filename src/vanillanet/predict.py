@@ -1,0 +1,151 @@
+"""Top-k classes for image files and folders (``vanillanet predict``).
+
+Class names: the checkpoint's own (fine-tuned models record them), else ImageNet's for 1000-class models (timm's
+``ImageNetInfo``, bundled with timm, no download), else ``class_<i>``. Unreadable or missing images are reported
+and skipped; the command fails only when none could be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+from .inference import BACKENDS, fast_inference, load_model
+
+__all__ = ["Prediction", "class_names_for", "collect_images", "predict_images"]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+@dataclass
+class Prediction:
+    """Top-k (index, name, probability) of one image, or why it could not be read."""
+
+    path: str
+    top: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Prediction]]:
+    """Files as given, folders expanded recursively to their image files (sorted); missing paths as errors."""
+    files: list[Path] = []
+    missing: list[Prediction] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+            if not found:
+                missing.append(Prediction(str(p), error="folder holds no image files"))
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            missing.append(Prediction(str(p), error="no such file or folder"))
+    return files, missing
+
+
+def class_names_for(num_classes: int, recorded: list[str] | None = None) -> list[str]:
+    """The checkpoint's names if it records them, ImageNet's for 1000 classes, else ``class_<i>``."""
+    if recorded and len(recorded) == num_classes:
+        return list(recorded)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i, detailed=False) for i in range(1000)]
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _read(path: Path, mode: str) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert(mode)  # forces the full decode
+
+
+@torch.no_grad()
+def predict_images(predict: Any, paths: list[Path], transform: Any, names: list[str], *, in_chans: int = 3,
+                   topk: int = 5, batch_size: int = 16) -> list[Prediction]:
+    """Run ``predict`` (images -> logits) on ``paths`` in batches; unreadable files become error entries."""
+    mode = "L" if in_chans == 1 else "RGB"
+    results: list[Prediction] = []
+    pending: list[tuple[Prediction, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs = predict(torch.stack([t for _, t in pending])).float().softmax(dim=1)
+        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+        for (pred, _), v, i in zip(pending, values.tolist(), indices.tolist()):
+            pred.top = [{"index": c, "name": names[c], "prob": p} for c, p in zip(i, v)]
+        pending.clear()
+
+    for path in paths:
+        pred = Prediction(str(path))
+        results.append(pred)
+        try:
+            pending.append((pred, transform(_read(path, mode))))
+        except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            pred.error = f"cannot read image ({(str(err).splitlines() or [type(err).__name__])[0]})"
+            continue
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    return results
+
+
+def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    parser.add_argument("--checkpoint", required=True, help="weights (train or deploy form, any layout)")
+    parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
+    parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--img-size", type=int, help="input size (default: from the checkpoint / model config)")
+    parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: from the model config)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--backend", default="eager", choices=BACKENDS, help="fast_inference backend (default eager)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint_file
+    from .evaluate import resolve_preprocess
+
+    if args.topk < 1:
+        raise DataError(f"--topk must be at least 1, got {args.topk}")
+    files, errors = collect_images(args.images)
+    if not files:
+        for r in errors:
+            print(f"vanillanet predict: {r.path}: {r.error}", file=sys.stderr)
+        raise DataError(f"none of the {len(errors)} inputs is an image file; check the paths")
+    model = load_model(args.model, args.checkpoint).eval()
+    meta = load_checkpoint_file(args.checkpoint).get("meta", {})
+    pre = resolve_preprocess(model, meta, img_size=args.img_size, crop_pct=args.crop_pct)
+    in_chans = int(getattr(model, "in_chans", 3))
+    names = class_names_for(int(model.num_classes), meta.get("class_names"))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    batch = max(1, min(args.batch_size, len(files)))
+    fast = fast_inference(model, device, batch_size=batch, image_size=pre.img_size, backend=args.backend)
+    results = errors + predict_images(fast, files, pre.transform(in_chans), names, in_chans=in_chans,
+                                      topk=args.topk, batch_size=batch)
+    good = [r for r in results if r.error is None]
+    if args.json:
+        print(json.dumps([{"path": r.path, "predictions": r.top} if r.error is None else
+                          {"path": r.path, "error": r.error} for r in results], indent=1))
+    else:
+        for r in good:
+            print(f"{r.path}: " + ", ".join(f"{t['name']} ({100 * t['prob']:.1f}%)" for t in r.top))
+    for r in results:
+        if r.error is not None:
+            print(f"vanillanet predict: {r.path}: {r.error}", file=sys.stderr)
+    if not good:
+        raise DataError(f"none of the {len(results)} inputs could be read as an image; check the paths and files")
+    return 0

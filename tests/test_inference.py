@@ -1,0 +1,97 @@
+"""fast_inference: every CPU backend reproduces the fp32 eager output; shape fallback; errors; GPU paths on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_variant, give_realistic_bn_stats, rel_err
+
+from vanillanet.errors import ConfigError, ConversionError
+from vanillanet.inference import fast_inference, min_input_size
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_variant("vanillanet_6", width_mult=1 / 16, num_classes=10)
+    give_realistic_bn_stats(m, (4, 3, 32, 32))
+    return m.eval()
+
+
+def _ref(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime", "compile"])
+def test_cpu_backends_match_fp32_train_form(model, backend):
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    fast = fast_inference(model, "cpu", torch.float32, batch_size=2, image_size=32, backend=backend)
+    assert fast.backend == backend and fast.max_rel_err < 1e-5
+    x = torch.randn(2, 3, 32, 32)
+    out = fast(x)
+    assert out.dtype == torch.float32 and rel_err(out, _ref(model, x)) < 1e-5
+    # other batch sizes: onnxruntime runs them natively, the fixed-shape backends fall back to eager
+    x3 = torch.randn(3, 3, 32, 32)
+    assert rel_err(fast(x3), _ref(model, x3)) < 1e-5
+    assert not model.deploy  # the original is untouched
+
+
+def test_bf16_error_is_reported_and_bounded(model):
+    fast = fast_inference(model, "cpu", torch.bfloat16, batch_size=1, image_size=32, backend="eager")
+    assert 1e-5 < fast.max_rel_err < 5e-2
+    x = torch.randn(1, 3, 32, 32)
+    assert rel_err(fast(x), _ref(model, x)) < 5e-2
+
+
+def test_auto_picks_a_verified_backend_and_records_timings(model, monkeypatch):
+    import vanillanet.inference as inf
+
+    monkeypatch.setattr(inf, "_available", lambda device, dtype: ["eager", "onnxruntime"])
+    pytest.importorskip("onnxruntime")
+    fast = fast_inference(model, "cpu", batch_size=1, image_size=32)
+    assert set(fast.timings_ms) == {"eager", "onnxruntime"}
+    assert fast.backend == min(fast.timings_ms, key=fast.timings_ms.get)
+    assert fast.max_rel_err < 1e-5
+
+
+def test_bad_inputs_give_one_line_errors(model):
+    fast = fast_inference(model, "cpu", batch_size=1, image_size=32, backend="eager")
+    with pytest.raises(ConfigError, match=r"\(N, 3, H, W\)"):
+        fast(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ConfigError, match="too small"):
+        fast_inference(model, image_size=16)
+    with pytest.raises(ConfigError, match="CUDA"):
+        fast_inference(model, backend="cudagraph", image_size=32)
+    with pytest.raises(ConfigError, match="backend"):
+        fast_inference(model, backend="tensorrt", image_size=32)
+    with pytest.raises(ConversionError, match="above"):
+        fast_inference(model, image_size=32, backend="eager", dtype=torch.bfloat16, tol=1e-7)
+    half_trained = build_variant("vanillanet_5", width_mult=1 / 32)
+    half_trained.act_learn = 0.3
+    with pytest.raises(ConversionError, match="act_learn"):
+        fast_inference(half_trained, image_size=32)
+
+
+def test_min_input_size():
+    assert min_input_size(build_variant("vanillanet_5")) == 32
+    assert min_input_size(build_variant("vanillanet_13")) == 32
+    assert min_input_size(build_variant("vanillanet_13_x1_5_ada_pool")) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("backend,dtype", [("cudagraph", torch.float16), ("cudagraph", torch.float32),
+                                           ("compile", torch.float16), ("eager", torch.bfloat16)])
+def test_gpu_backends(model, backend, dtype):
+    fast = fast_inference(model, "cuda", dtype, batch_size=4, image_size=32, backend=backend)
+    x = torch.randn(4, 3, 32, 32)
+    tol = 1e-4 if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32 else 5e-2
+    assert fast.max_rel_err < tol
+    out1, out2 = fast(x), fast(2 * x)  # the static output buffer must not alias earlier results
+    assert rel_err(out1.cpu(), _ref(model, x)) < tol
+    assert rel_err(out2.cpu(), _ref(model, 2 * x)) < tol
+    assert rel_err(fast(x[:3]).cpu(), _ref(model, x[:3])) < tol  # other shape: eager fallback

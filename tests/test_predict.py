@@ -1,0 +1,64 @@
+"""vanillanet predict on real PNG/JPEG files written here, a corrupt file, folders, class names, JSON output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_evaluate import BIAS, constant_checkpoint
+
+from vanillanet.cli import main
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pics"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(folder / "sub" / "b.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / "gray.png")  # mode L -> RGB
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image, ignored in folders")
+    return folder
+
+
+def test_predict_text_with_checkpoint_class_names(images, tmp_path, capsys):
+    ckpt = constant_checkpoint(tmp_path / "m.safetensors")
+    assert main(["predict", str(images), "--checkpoint", str(ckpt), "--topk", "2", "--img-size", "32"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 3
+    p = torch.softmax(torch.tensor(BIAS), 0)
+    assert all(f": b ({100 * p[1]:.1f}%), c ({100 * p[2]:.1f}%)" in line for line in lines)
+    assert "broken.jpg: cannot read image" in captured.err and "notes.txt" not in captured.err
+
+
+def test_predict_json_imagenet_names_and_missing(images, tmp_path, capsys):
+    bias = [0.0] * 1000
+    bias[1] = 4.0
+    ckpt = constant_checkpoint(tmp_path / "in1k.safetensors", bias=bias, num_classes=1000)
+    # this checkpoint records class_0..class_999, so drop the names to exercise ImageNet's
+    from vanillanet.checkpoint import create_model, save_weights
+
+    save_weights(create_model(None, ckpt), tmp_path / "plain.safetensors")
+    argv = ["predict", str(images / "a.png"), str(images / "sub" / "b.jpg"), str(tmp_path / "missing.png"),
+            "--checkpoint", str(tmp_path / "plain.safetensors"), "--json", "--topk", "1", "--img-size", "32"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    by_path = {r["path"]: r for r in out}
+    assert by_path[str(images / "a.png")]["predictions"][0]["name"] == "goldfish, Carassius auratus"
+    assert by_path[str(images / "sub" / "b.jpg")]["predictions"][0]["index"] == 1
+    assert "no such file" in by_path[str(tmp_path / "missing.png")]["error"]
+
+
+def test_predict_fails_only_when_nothing_readable(images, tmp_path, capsys):
+    ckpt = constant_checkpoint(tmp_path / "m.safetensors")
+    assert main(["predict", str(images / "broken.jpg"), "--checkpoint", str(ckpt), "--img-size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "cannot read image" in err[0] and "none of the 1 inputs" in err[-1]
+    assert main(["predict", str(tmp_path / "nothing"), "--checkpoint", str(ckpt)]) == 2
+    assert "none of the 1 inputs" in capsys.readouterr().err
