@@ -92,17 +92,17 @@ def test_act_learn_setter_reaches_every_layer():
     assert model.act_learn == 0.25
     slopes = {id(m.slope) for m in model.stages}
     assert slopes == {id(model.slope)}
-    assert all(float(m.slope.value) == 0.25 for m in model.stages)
+    assert all(m.slope.value == 0.25 for m in model.stages)
     ema = copy.deepcopy(model)  # a copy has its own slope, shared among its own blocks
     ema.act_learn = 0.75
-    assert model.act_learn == 0.25 and all(float(m.slope.value) == 0.75 for m in ema.stages)
+    assert model.act_learn == 0.25 and all(m.slope.value == 0.75 for m in ema.stages)
     assert "slope" not in "".join(model.state_dict())  # not a state_dict key: original layout kept
 
 
 def test_slope_is_leaky_relu_with_act_learn():
     torch.manual_seed(5)
     block = build_variant("vanillanet_5").stages[0].eval()
-    block.slope.value.fill_(0.3)
+    block.slope.value = 0.3
     x = torch.randn(1, 32, 8, 8)
     expected = block.act(block.pool(block.conv2(torch.nn.functional.leaky_relu(block.conv1(x), 0.3))))
     assert torch.allclose(block(x), expected, atol=1e-6)

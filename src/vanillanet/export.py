@@ -16,8 +16,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import write_atomic
 from .errors import ConfigError, ConversionError
 from .inference import check_input_size, deploy_copy, load_model, rel_err
 
@@ -167,15 +166,7 @@ def _reference(model: nn.Module) -> nn.Module:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _refuse(err: float, tol: float, what: str) -> None:

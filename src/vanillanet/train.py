@@ -27,8 +27,9 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from .checkpoint import check_model_name, load_weights, save_atomic, save_weights
 from .errors import CheckpointError, ConfigError, VanillaNetError
-from .models import VARIANTS, VanillaNet
+from .models import VanillaNet
 from .reparam import act_learn_schedule, reparameterize_model
 from .train_config import TrainConfig, add_config_arguments, config_from_args, config_to_dict, list_recipes
 from .train_state import (
@@ -41,7 +42,6 @@ from .train_state import (
     link_or_copy,
     load_train_checkpoint,
     prune_checkpoints,
-    save_atomic,
     set_rng_state,
     setup_distributed,
     state_hash,
@@ -164,8 +164,7 @@ class _Trainer:
         from timm.utils import ModelEmaV3
 
         cfg = self.cfg
-        if cfg.model not in VARIANTS:
-            raise ConfigError(f"unknown model {cfg.model!r}: choose one of {', '.join(VARIANTS)}")
+        check_model_name(cfg.model)
         self.arch = dict(name=cfg.model, kwargs=dict(num_classes=self.num_classes, in_chans=cfg.in_chans,
                                                      drop_rate=cfg.drop_rate, act_num=cfg.act_num,
                                                      width_mult=cfg.width_mult))
@@ -174,8 +173,6 @@ class _Trainer:
             raise ConfigError(f"layer_decay_layers is {cfg.layer_decay_layers} but {cfg.model} has "
                               f"{len(model.stages)} blocks; set it to {len(model.stages)} or null")
         if cfg.pretrained:
-            from .checkpoint import load_weights
-
             report = load_weights(model, cfg.pretrained, use_ema=True)
             self.log(f"fine-tuning from {cfg.pretrained} ({report.source or 'weights'}"
                      f"{', new ' + str(self.num_classes) + '-class head' if report.head_reset else ''})")
@@ -551,7 +548,6 @@ class _Trainer:
             tdist.all_gather_object(hashes, state_hash(*(m.state_dict() for m in models)))
         if not self.dist.main:
             return dict(status="completed", rank=self.dist.rank)
-        from .checkpoint import save_weights
         from .complexity import count_macs, count_params
 
         deploy_path = self.out / "model_deploy.safetensors"

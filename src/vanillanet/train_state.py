@@ -23,21 +23,10 @@ import torch.distributed as tdist
 from .errors import CheckpointError, ConfigError
 
 __all__ = ["DistInfo", "StopSignal", "find_latest", "get_rng_state", "ignore_stop_signals", "link_or_copy",
-           "load_train_checkpoint", "prune_checkpoints", "save_atomic", "set_rng_state", "setup_distributed",
+           "load_train_checkpoint", "prune_checkpoints", "set_rng_state", "setup_distributed",
            "state_hash"]
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)\.pth$")
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
