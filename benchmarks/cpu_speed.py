@@ -9,12 +9,11 @@ Writes DIR/cpu_speed.json and DIR/cpu_speed.md (default DIR: benchmarks/results)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
-from tables import fastest, markdown_table
+from tables import fastest, markdown_table, write_results
 
 from vanillanet.bench import BenchConfig, device_name, run_bench
 
@@ -48,12 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         b = min(bf16, key=lambda r: r["median_ms"])
         lines.append(f"Fastest bf16 path: {b['mode']}, {paper['median_ms'] / b['median_ms']:.2f}x the paper "
                      f"protocol, max relative error vs fp32 {b['max_rel_err']:.1e}.")
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cpu_speed.json").write_text(json.dumps(records, indent=1))
-    (out / "cpu_speed.md").write_text(text + "\n")
+    write_results(args.out, "cpu_speed", records, "\n".join(lines))
     return 0
 
 

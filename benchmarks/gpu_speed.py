@@ -15,14 +15,13 @@ Budget: about 3-4 minutes of an H100 with the defaults. Writes $OUT/gpu_speed.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-from tables import fastest, markdown_table
+from tables import fastest, markdown_table, write_results
 
 from vanillanet.bench import BenchConfig, device_name, run_bench
 
@@ -71,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"{model} training at batch {train_batch}: {b['mode']} {b['images_per_s']:.0f} img/s vs "
                          f"{a['mode']} {a['images_per_s']:.0f} img/s = {b['images_per_s'] / a['images_per_s']:.2f}x "
                          "(target 2x).")
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_speed.json").write_text(json.dumps(records, indent=1))
-    (out / "gpu_speed.md").write_text(text + "\n")
+    write_results(args.out, "gpu_speed", records, "\n".join(lines))
     return 0
 
 
