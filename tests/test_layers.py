@@ -86,3 +86,18 @@ def test_series_activation_reparameterize_exact_and_idempotent():
     assert rel_err(act(x), y) < 1e-13
     fresh = SeriesActivation(4, 3, deploy=True)
     assert list(fresh.state_dict()) == list(act.state_dict())
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (3, 3), (7, 1)])
+def test_series_activation_on_maps_smaller_than_the_kernel_is_exact(hw):
+    """Taps that only see zero padding are skipped on tiny maps: same output and same gradients as the full kernel."""
+    gen = torch.Generator().manual_seed(sum(hw))
+    act = SeriesActivation(4, 3).double().eval()
+    act.bn = _random_bn(4, gen)
+    x = torch.randn(2, 4, *hw, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = act(x)
+    ref = act.bn(F.conv2d(F.relu(x), act.weight, None, padding=3, groups=4))
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-14
+    g_out = torch.autograd.grad(out.sum(), (x, act.weight))
+    g_ref = torch.autograd.grad(ref.sum(), (x, act.weight))
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(g_out, g_ref))

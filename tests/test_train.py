@@ -108,8 +108,8 @@ def test_act_learn_schedule_per_step_reaches_one_and_ema_follows(tmp_path, mode)
     summary = train(cfg, on_step=seen.append)
     spe = 8
     # the value used for step s (1-based) is set before its forward, at step s - 1
-    f32 = [float(torch.tensor(act_learn_schedule((s - 1) / spe, 1, mode), dtype=torch.float32)) for s in range(1, 17)]
-    assert [r["act_learn"] for r in seen] == f32  # the slope is a float32 buffer
+    expected = [act_learn_schedule((s - 1) / spe, 1, mode) for s in range(1, 17)]
+    assert [r["act_learn"] for r in seen] == expected  # the slope is a plain float: exactly the schedule
     assert seen[spe]["act_learn"] == 1.0 and seen[-1]["act_learn"] == 1.0
     assert all(r["ema_act_learn"] == r["act_learn"] for r in seen)
     assert summary["act_learn"] == 1.0 and summary["deploy_agreement"] == 1.0

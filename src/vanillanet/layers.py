@@ -112,11 +112,14 @@ class SeriesActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # On maps smaller than the kernel the outer taps only ever see zero padding: dropping them gives the same
-        # output and gradients, and saves most of the time on tiny maps (e.g. 5x5 taps on a 1x1 map).
+        # output and gradients, and saves most of the time on tiny maps (e.g. 5x5 taps on a 1x1 map). Tracing
+        # exporters keep the plain kernel (the legacy ONNX exporter cannot take a sliced conv weight).
         n = self.act_num
         ph, pw = min(n, x.shape[-2] - 1), min(n, x.shape[-1] - 1)
         weight = self.weight
-        if (ph, pw) != (n, n):
+        if (ph, pw) == (n, n) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            ph, pw = n, n
+        else:
             weight = weight[:, :, n - ph : n + ph + 1, n - pw : n + pw + 1]
         x = F.conv2d(F.relu(x), weight, self.bias, padding=(ph, pw), groups=self.dim)
         return x if self.deploy else self.bn(x)

@@ -249,7 +249,7 @@ class _Trainer:
         return act_learn_schedule(epoch, self.cfg.decay_epochs, self.cfg.act_learn_mode)
 
     def set_act_learn(self, value: float) -> None:
-        """The live model and the EMA copy (which has its own slope buffer) always hold the same act_learn."""
+        """The live model and the EMA copy (which has its own slope) always hold the same act_learn."""
         self.model.set_act_learn(value)
         if self.ema is not None:
             self.ema.module.set_act_learn(value)
