@@ -1,7 +1,8 @@
 """Measure the train-form -> deploy-form conversion error of every full-width variant, in fp32 and fp64.
 
 BN statistics come from forward passes on random data (cumulative average) with random BN affine parameters, so the
-folded weights are far from the identity. Usage: python benchmarks/equivalence.py [--img-size 64] [--json OUT]
+folded weights are far from the identity.
+Usage: python benchmarks/equivalence.py [--img-size 64] [--models a,b] [--json OUT]
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--models", default=",".join(vanillanet.VARIANTS), help="comma-separated variant names")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = []
     print(f"{'model':30s} {'fp32 rel err':>13s} {'fp64 rel err':>13s}")
-    for name, spec in vanillanet.VARIANTS.items():
+    for name in args.models.split(","):
+        spec = vanillanet.VARIANTS[name]
         row = {"model": name, "img_size": args.img_size}
         for dtype in (torch.float32, torch.float64):
             gen = torch.Generator().manual_seed(0)
