@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, ConversionError, VanillaNetError
-from .reparam import reparameterize_model
+from .reparam import rel_err, reparameterize_model
 
 __all__ = ["BACKENDS", "FastClassifier", "check_input_size", "deploy_copy", "fast_inference", "load_model",
            "min_input_size", "rel_err"]
@@ -37,13 +37,6 @@ _log = logging.getLogger(__name__)
 BACKENDS = ("auto", "eager", "compile", "cudagraph", "onnxruntime")
 FP32_TOL = 1e-4
 HALF_TOL = 1e-1  # a gate against broken paths (overflow, NaN), not an accuracy claim: bf16 keeps 8 bits
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |out - ref| / max |ref| in float64 (inf when out has NaN/inf)."""
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-    return err if err == err else float("inf")
 
 
 def load_model(name: str | None, checkpoint: str | Path | None = None, **kwargs) -> nn.Module:

@@ -24,6 +24,13 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     return model
 
 
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |out - ref| / max |ref| in float64 (inf when out has NaN/inf)."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    return err if err == err else float("inf")
+
+
 @torch.no_grad()
 def conversion_error(model: nn.Module, x: torch.Tensor, deploy: nn.Module | None = None) -> float:
     """max |deploy(x) - model(x)| / max |model(x)| in eval mode (the deploy copy is made when not given)."""
@@ -31,8 +38,7 @@ def conversion_error(model: nn.Module, x: torch.Tensor, deploy: nn.Module | None
     model.eval()
     try:
         deploy = reparameterize_model(model) if deploy is None else deploy.eval()
-        ref = model(x).double()
-        return float((deploy(x).double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        return rel_err(deploy(x), model(x))
     finally:
         model.train(was_training)
 
