@@ -170,7 +170,8 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--img-size", type=int, help="input size (default: from the checkpoint / model config)")
     parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: from the model config)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=4, help="data-loading processes (default 4)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="data-loading processes (default: 4, or the number of CPUs if fewer)")
     parser.add_argument("--amp", action="store_true", help="half precision (fp16 on CUDA, bf16 on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format for --backend none (the other backends always use it)")
