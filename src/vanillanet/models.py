@@ -377,6 +377,7 @@ class VanillaNet(nn.Module):
             head = nn.Sequential(*pool_drop, new_conv(hw, hb))
         else:
             head = nn.Sequential(*pool_drop, nn.Identity())
+        object.__setattr__(self.slope, "_owner", None)  # break the back-reference; later calls are no-ops
         # A fresh module dict (not an in-place edit) so that a caller iterating our children, as timm's
         # reparameterize_model does, is not disturbed.
         self._modules = OrderedDict(
@@ -384,7 +385,6 @@ class VanillaNet(nn.Module):
             stages=self.stages,
             cls=head,
         )
-        object.__setattr__(self.slope if "slope" in self.__dict__ else self, "_owner", None)
         self.deploy = True
 
     switch_to_deploy = reparameterize
