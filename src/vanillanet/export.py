@@ -26,7 +26,8 @@ from torch import nn
 
 from .checkpoint import write_atomic
 from .errors import ConfigError, ConversionError
-from .inference import check_input_size, deploy_copy, load_model, rel_err
+from .inference import check_input_size, load_model, rel_err
+from .reparam import reparameterize_model
 
 __all__ = ["ExportResult", "StaticAdaptiveMaxPool2d", "export_onnx", "export_torchscript", "make_exportable",
            "onnx_session"]
@@ -84,7 +85,7 @@ def make_exportable(model: nn.Module, img_size: int, in_chans: int | None = None
                     ) -> nn.Module:
     """A deploy-form (unless ``deploy=False``) fp32 CPU copy of ``model`` in eval mode whose adaptive max pools
     are fixed for ``img_size``."""
-    model = (deploy_copy(model) if deploy else copy.deepcopy(model).eval()).float().cpu()
+    model = (reparameterize_model(model) if deploy else copy.deepcopy(model).eval()).float().cpu()
     in_chans = in_chans or getattr(model, "in_chans", 3)
     check_input_size(model, img_size, in_chans)
     pools = {name: m for name, m in model.named_modules() if isinstance(m, nn.AdaptiveMaxPool2d)}

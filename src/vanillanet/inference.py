@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, ConversionError, VanillaNetError
+from .errors import ConfigError, ConversionError, VanillaNetError
 from .reparam import rel_err, reparameterize_model
 
-__all__ = ["BACKENDS", "FastClassifier", "check_input_size", "deploy_copy", "fast_inference", "load_model",
+__all__ = ["BACKENDS", "FastClassifier", "check_input_size", "fast_inference", "load_model",
            "min_input_size", "rel_err"]
 
 _log = logging.getLogger(__name__)
@@ -46,14 +46,7 @@ def load_model(name: str | None, checkpoint: str | Path | None = None, **kwargs)
 
     if checkpoint is None and name is None:
         raise ConfigError("no model given; pass --model NAME (random weights) or --checkpoint PATH")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise CheckpointError(f"checkpoint {checkpoint} not found; pass the path of a .pth or .safetensors file")
     return create_model(name, checkpoint, **kwargs)
-
-
-def deploy_copy(model: nn.Module) -> nn.Module:
-    """A converted (deploy-form) copy in eval mode; models without re-parameterisable parts are just copied."""
-    return reparameterize_model(model)
 
 
 def min_input_size(model: nn.Module) -> int:
@@ -267,7 +260,8 @@ def fast_inference(
         tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32  # PyTorch's default for CUDA convs
         tol = FP32_TOL if dtype == torch.float32 and not tf32 else HALF_TOL
 
-    base = (deploy_copy(model) if deploy else copy.deepcopy(model).eval()).to(device=device, dtype=torch.float32)
+    base = reparameterize_model(model) if deploy else copy.deepcopy(model).eval()
+    base = base.to(device=device, dtype=torch.float32)
     in_chans = int(getattr(base, "in_chans", 3))
     check_input_size(base, image_size, in_chans)
     gen = torch.Generator().manual_seed(seed)
