@@ -174,13 +174,53 @@ def meta_from(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]:
     return meta
 
 
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what timm's Hugging Face folders hold, preferred first
+
+
+def hub_folder_meta(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Our metadata from a Hugging Face / timm folder's ``config.json``: architecture, class names, the
+    preprocessing of its ``pretrained_cfg``, and what ``vanillanet export --format hf`` recorded."""
+    cfg = config.get("pretrained_cfg") or {}
+    meta: dict[str, Any] = dict(config.get("vanillanet") or {})
+    meta["architecture"] = config.get("architecture")
+    if config.get("label_names"):
+        meta["class_names"] = list(config["label_names"])
+    if cfg.get("input_size"):
+        meta["img_size"] = int(cfg["input_size"][-1])
+    meta.update({k: cfg[k] for k in ("crop_pct", "mean", "std", "interpolation") if cfg.get(k) is not None})
+    return meta
+
+
+def _read_hub_folder(path: Path) -> tuple[Any, str, dict[str, Any]]:
+    """(weights, format, metadata) of a folder in timm's Hugging Face layout (config.json + model.safetensors)."""
+    weights = next((path / name for name in HUB_WEIGHTS if (path / name).is_file()), None)
+    if not (path / "config.json").is_file() or weights is None:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint: pass the .pth or .safetensors file inside it, "
+                              "or a Hugging Face model folder (config.json + model.safetensors)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / 'config.json'} is unreadable ({_reason(err)}); export the folder "
+                              "again") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / 'config.json'} is not a JSON object; export the folder again")
+    obj, fmt, _ = read_raw(weights)
+    return obj, fmt, hub_folder_meta(config)
+
+
 def load_checkpoint_file(path: str | Path, *, use_ema: bool = True) -> dict[str, Any]:
     """Read any supported checkpoint safely -> ``{"state_dict": ..., "meta": {...}}`` in our key layout.
 
-    ``meta`` holds what the file records (architecture, act_learn, class_names, epoch, the original ``args``...)
-    plus ``path``, ``format`` ('pth'/'safetensors'), ``source`` (the entry used, e.g. 'model_ema') and ``layout``.
+    ``path`` is a file, or a folder in timm's Hugging Face layout. ``meta`` holds what the file records
+    (architecture, act_learn, class_names, epoch, the original ``args``...) plus ``path``, ``format``
+    ('pth'/'safetensors'), ``source`` (the entry used, e.g. 'model_ema') and ``layout``.
     """
     path = Path(path)
+    if path.is_dir():
+        obj, fmt, hub_meta = _read_hub_folder(path)
+        state_dict, _ = normalise_keys(select_state_dict(obj, use_ema, str(path))[0])
+        return {"state_dict": state_dict, "meta": {**hub_meta, "path": str(path), "format": fmt, "source": None,
+                                                   "layout": "hf-folder"}}
     obj, fmt, st_meta = read_raw(path)
     state_dict, source = select_state_dict(obj, use_ema, str(path))
     state_dict, openmixup = normalise_keys(state_dict)

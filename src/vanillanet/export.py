@@ -105,8 +105,10 @@ def export_torchscript(model: nn.Module, output: str | Path, *, img_size: int = 
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", help="variant name (default: from the checkpoint's metadata)")
     parser.add_argument("--checkpoint", help="weights to export (train or deploy form); random weights if omitted")
-    parser.add_argument("--output", required=True, help="file to write (.onnx, or .pt/.ts for TorchScript)")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), help="default: from the output's suffix")
+    parser.add_argument("--output", required=True, help="file to write (.onnx, or .pt/.ts for TorchScript), or a "
+                        "new folder for --format hf")
+    parser.add_argument("--format", choices=("onnx", "torchscript", "hf"),
+                        help="default: from the output's suffix; hf = a Hugging Face / timm model folder")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--img-size", type=int, default=224, help="input height = width (default 224)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
@@ -125,6 +127,13 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to export; pass --model NAME (random weights) and/or --checkpoint PATH")
     extra = {"num_classes": args.num_classes} if args.num_classes and args.checkpoint is None else {}
     model = create_model(args.model, args.checkpoint, **extra)
+    if fmt == "hf":
+        from .hub import export_hf
+
+        hub = export_hf(model, args.output)
+        print(f"wrote {hub.path}/ (config.json, model.safetensors, README.md): {hub.architecture} deploy form, "
+              f"{hub.params / 1e6:.2f} M params; reloaded through timm, max relative error {hub.max_rel_err:.2e}")
+        return 0
     if fmt == "onnx":
         res = export_onnx(model, args.output, img_size=args.img_size, opset=args.opset, exporter=args.exporter,
                           tol=args.tol)
