@@ -1,4 +1,4 @@
-"""Reproduce the README's CPU speed table: vanillanet_5 (deploy form, batch 1, 224x224) in the paper's protocol
+"""Reproduce the CPU speed table (docs/results.md): vanillanet_5 (deploy form, batch 1, 224x224) in the paper's protocol
 against our fastest fp32 path, bf16 with its error, the train form, and torchvision resnet18 / resnet50.
 
 All rows come from one run (modes interleaved round by round), so ratios are comparable even on a busy machine.

@@ -1,4 +1,4 @@
-"""Markdown tables of `vanillanet bench` records, for the README."""
+"""Markdown tables of `vanillanet bench` records, for docs/results.md."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def test_every_variant_has_a_published_row():
 
 def test_exact_counts_of_vanillanet_5():
     c = model_complexity("vanillanet_5")
-    assert c["train"]["params"] == 22_328_800 and c["deploy"]["params"] == 15_523_304  # SPEC.md section 5
+    assert c["train"]["params"] == 22_328_800 and c["deploy"]["params"] == 15_523_304  # docs/models.md
     # deploy MACs by hand: stem 4x4 conv at 56x56, the block 1x1 convs at 56/28/14 before pooling, the depthwise
     # 7x7 activations after it, and the head (1x1 conv on the pooled vector)
     dims, sizes = (512, 1024, 2048, 4096), (56, 28, 14, 7)

@@ -223,7 +223,7 @@ def best_modes(device: torch.device) -> list[str]:
     exact ``auto`` backend in its default dtype (and in bf16 where supported)."""
     names = [n for n, m in MODES.items() if dtype_supported(device, m.dtype)]
     for b in BACKENDS.values():
-        if b.name == "eager" or not b.auto or b.unavailable(device, b.default_dtype(device)):
+        if b.name == "eager" or not (b.auto and b.exact) or b.unavailable(device, b.default_dtype(device)):
             continue
         names.append(b.name)
         bf16_ok = not b.unavailable(device, torch.bfloat16) and dtype_supported(device, torch.bfloat16)

@@ -171,6 +171,9 @@ def meta_from(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]:
     for key in ("epoch", "step", "act_learn", "class_names", "config"):
         if key in obj and obj[key] is not None:
             meta.setdefault(key, obj[key])
+    if isinstance(obj.get("preprocess"), Mapping):  # training checkpoints: the eval transform the run used
+        for key, value in obj["preprocess"].items():
+            meta.setdefault(key, value)
     return meta
 
 

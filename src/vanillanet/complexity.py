@@ -2,7 +2,7 @@
 
 MACs are counted with torch's own ``torch.utils.flop_counter.FlopCounterMode`` and reported as FLOPs / 2. It
 counts convolutions and matrix products only (not BatchNorm, activations, pooling or bias additions), which is
-what the published "FLOPs" column counts: every deploy-form number in SPEC.md section 6 is reproduced exactly.
+what the published "FLOPs" column counts: every deploy-form number in docs/models.md is reproduced exactly.
 Models are built on the ``meta`` device, so even the 237M-parameter variants are measured in milliseconds.
 """
 

@@ -45,6 +45,7 @@ from .errors import ConfigError, DataError, first_line
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIRS",
+    "DATA_HELP",
     "SOURCES",
     "ArrayDataset",
     "DataDefaults",
@@ -368,6 +369,10 @@ SOURCES: dict[str, DataSource] = {s.name: s for s in (
                {"strict": SourceOption(False, "an unreadable image is an error instead of a counted skip",
                                        "strict_data")}),
 )}
+
+
+DATA_HELP = ("the dataset: an ImageFolder root (train/ and val/, one subfolder per class), a folder of Fashion-MNIST "
+             f"IDX files, or one of {', '.join(n for n in SOURCES if n != 'folder')}")
 
 
 def find_source(data: str | Path) -> DataSource:

@@ -29,6 +29,7 @@ from torch import nn
 
 from .backends import BACKENDS
 from .errors import ConversionError, DataError, first_line
+from .fileio import write_json
 from .inference import fast_inference
 from .registry import create_model
 
@@ -130,8 +131,9 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--checkpoint", required=True, help="weights to evaluate (train or deploy form, any layout)")
-    parser.add_argument("--data", required=True,
-                        help="ImageFolder root (its val/ is used), fashion-mnist, digits or synthetic")
+    from .data import DATA_HELP
+
+    parser.add_argument("--data", required=True, help=DATA_HELP + " (its validation split is evaluated)")
     parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
     parser.add_argument("--real-labels", help="ImageNet-ReaL labels JSON (one list per image, sorted file order)")
     parser.add_argument("--json", help="write the results to this JSON file")
@@ -234,6 +236,5 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
         if result["skipped_images"]:
             print(f"warning: {result['skipped_images']} unreadable images were replaced by their neighbours")
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=1))
+            write_json(args.json, result)
     return 0

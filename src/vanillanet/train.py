@@ -274,7 +274,8 @@ def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int) -> Pa
     if not loop.dist.main:
         return None
     ckpt = state.to_checkpoint(epoch, batch, rngs, loop.seconds(state), config=config_to_dict(loop.cfg),
-                               class_names=loop.data.classes, arch=loop.arch)
+                               class_names=loop.data.classes, arch=loop.arch,
+                               preprocess=loop.data.preprocess.as_meta())
     bad = nonfinite(("model", ckpt["model"]), ("model_ema", ckpt.get("model_ema", {})),
                     ("optimizer", ckpt["optimizer"]["state"]))
     if bad:

@@ -22,6 +22,8 @@ import yaml
 
 from . import config
 from .config import option
+from .data import DATA_HELP, SOURCES
+from .deep_training import CADENCES, SCHEDULES
 from .errors import ConfigError, first_line
 
 __all__ = ["RECIPE_META_KEYS", "TrainConfig", "add_config_arguments", "config_from_args", "config_to_dict",
@@ -50,7 +52,7 @@ class ArchConfig:
 class InputConfig:
     """The data, its preprocessing and augmentation, and the loaders."""
 
-    data: str = option("", "ImageFolder root (train/ and val/), fashion-mnist, digits or synthetic")
+    data: str = option("", DATA_HELP)
     data_options: dict[str, Any] = option(help="options of the data source, e.g. {root: DIR} for fashion-mnist, "
                                           "{size: 64} for synthetic, {strict: true} for folders; a name qualified "
                                           "with a source (synthetic.size) applies to that source only",
@@ -130,9 +132,9 @@ class DeepTrainingConfig:
     """Deep training: the act_learn schedule (see deep_training.py)."""
 
     decay_epochs: float = option(100.0, "deep training: act_learn goes from 0 to 1 over this many epochs", ge=0)
-    act_learn_mode: str = option("linear", "act_learn schedule", choices=("linear", "cosine"))
+    act_learn_mode: str = option("linear", "act_learn schedule", choices=tuple(SCHEDULES))
     act_learn_update: str = option("epoch", "update act_learn every epoch (as the original) or every step",
-                                   choices=("epoch", "step"))
+                                   choices=CADENCES)
 
 
 @dataclass(frozen=True)
@@ -200,8 +202,6 @@ _KEYS = config.keys_of(TrainConfig)
 
 def _data_option_keys() -> dict[str, tuple[str, str]]:
     """Flat config keys that set a data source's option: key -> (source, option), e.g. data_root -> root."""
-    from .data import SOURCES
-
     return {o.config_key: (s.name, name) for s in SOURCES.values() for name, o in s.options.items() if o.config_key}
 
 
@@ -323,8 +323,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--recipe, --set, --list-recipes, --print-config, one timm-style flag per config key and one per data-source
     option that has a config key (``--data-root``, ``--synthetic-size``, ``--strict-data``); unset flags leave the
     recipe's value."""
-    from .data import SOURCES
-
     parser.add_argument("--recipe", help="recipe name (see --list-recipes) or a YAML file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key (value parsed as YAML); repeatable")
