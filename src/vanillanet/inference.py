@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ConversionError, VanillaNetError
+from .models import min_input_side
 from .reparam import rel_err, reparameterize_model
 
 __all__ = ["BACKENDS", "FastClassifier", "check_input_size", "fast_inference", "load_model",
@@ -55,24 +56,7 @@ def min_input_size(model: nn.Module) -> int:
     strides = getattr(model, "strides", None)
     if strides is None or not hasattr(model, "ada_pool"):
         return 1
-    for n in range(1, 4097):
-        if _spatial_ok(model, n):
-            return n
-    return 4097
-
-
-def _spatial_ok(model: nn.Module, n: int) -> bool:
-    stride, pad = (3, 1) if model.ada_pool is not None else (4, 0)
-    s = (n + 2 * pad - 4) // stride + 1
-    if s < 1:
-        return False
-    for i, st in enumerate(model.strides):
-        ada = model.ada_pool[i] if model.ada_pool is not None else 0
-        if st != 1:
-            s = ada if ada else s // st
-        if s < 1:
-            return False
-    return True
+    return min_input_side(strides, model.ada_pool)
 
 
 def check_input_size(model: nn.Module, img_size: int, in_chans: int | None = None) -> None:
