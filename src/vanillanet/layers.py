@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.fx import Proxy
 
 from .errors import ConversionError
 
@@ -125,19 +124,23 @@ def series_taps(weight: torch.Tensor, act_num: int, x: torch.Tensor) -> tuple[to
     last maps of a 64 px input). This function holds the activation's only shape-dependent branch, written for
     each graph capture:
 
-    - eager, TorchScript (``torch.jit.script``; its graph trims for whatever shape it is given) and torch.export /
-      torch.compile (concrete or guarded sizes) trim;
-    - FX symbolic tracing (shapes unknown) and ``torch.jit.trace``, which the legacy ONNX exporter runs (it records
-      one shape and cannot take a sliced conv weight), see the plain full kernel: exact at every input size.
+    - eager, TorchScript (``torch.jit.script``: its graph trims for whatever shape it is given) and torch.export /
+      torch.compile (concrete or guarded sizes) run it as written;
+    - FX symbolic tracing records it as one call (``torch.fx.wrap`` below), so an FX graph trims at run time for
+      any input size, bitwise like eager;
+    - ``torch.jit.trace``, which the legacy ONNX exporter runs (it records one shape and cannot take a sliced conv
+      weight), gets the plain full kernel: exact at every input size.
     """
     n = act_num
-    if not torch.jit.is_scripting():  # a test of its own: TorchScript then skips the block, Proxy included
-        if isinstance(x, Proxy) or torch.jit.is_tracing():
-            return weight, [n, n]
+    if torch.jit.is_tracing():
+        return weight, [n, n]
     ph, pw = min(n, x.shape[-2] - 1), min(n, x.shape[-1] - 1)
     if ph == n and pw == n:
         return weight, [n, n]
     return weight[:, :, n - ph : n + ph + 1, n - pw : n + pw + 1], [ph, pw]
+
+
+torch.fx.wrap("series_taps")  # an FX leaf: FX graphs call it with real tensors (its sizes are unknown when tracing)
 
 
 class SeriesActivation(nn.Module):
