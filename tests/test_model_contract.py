@@ -100,11 +100,14 @@ def _features_model(name: str, form: str, **kwargs) -> torch.nn.Module:
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_registered_with_timm_and_geometry_cfg(name):
-    """Registered; ``pool_size`` is the last map at the reference input; ``min_input_size`` is the true minimum."""
+    """Registered with the published preprocessing; ``pool_size`` is the last map at the reference input;
+    ``min_input_size`` is the true minimum."""
     assert name in timm.list_models("vanillanet*")
     model = _built(name, "deploy")
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and not cfg.get("fixed_input_size", False)
+    assert cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"
+    assert tuple(cfg["mean"]) == (0.485, 0.456, 0.406) and tuple(cfg["std"]) == (0.229, 0.224, 0.225)
     assert cfg["pool_size"] == _sides(name, (224, 224))[-1]
     smallest = cfg["min_input_size"][-1]
     assert cfg["min_input_size"] == (3, smallest, smallest)

@@ -120,9 +120,9 @@ def series_taps(weight: torch.Tensor, act_num: int, x: torch.Tensor) -> tuple[to
     """The depthwise kernel and padding that the series activation applies to ``x``.
 
     On maps smaller than the (2n+1)x(2n+1) kernel the outer taps only ever see zero padding: dropping them gives
-    the same output and gradients and saves most of the time on tiny maps (e.g. 5x5 of 7x7 taps on a 2x2 map, the
-    last maps of a 64 px input). This function holds the activation's only shape-dependent branch, written for
-    each graph capture:
+    the same output and gradients and saves most of the time on tiny maps (on the 2x2 maps at the end of a 64 px
+    input, 3x3 of the 7x7 taps remain). This function holds the activation's only shape-dependent branch, written
+    for each graph capture:
 
     - eager, TorchScript (``torch.jit.script``: its graph trims for whatever shape it is given) and torch.export /
       torch.compile (concrete or guarded sizes) run it as written;
