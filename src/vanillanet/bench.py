@@ -3,7 +3,8 @@
 Modes: ``paper`` (the published protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``eager``
 (fp32 NCHW), ``channels_last`` (fp32), ``fp16`` / ``bf16`` (channels_last eager in that dtype), ``cudagraph``
 (CUDA graph, fp16 by default), ``compile`` (torch.compile with frozen weights; fp32 on the CPU, fp16 on CUDA by
-default), ``onnxruntime`` (CPU, fp32). ``cudagraph`` and ``compile`` take a dtype suffix (``compile:bf16``).
+default), ``onnxruntime`` (CPU, fp32), ``fused`` (the Triton kernels of ``vanillanet.kernels`` in a CUDA graph, fp16
+by default). ``cudagraph``, ``compile`` and ``fused`` take a dtype suffix (``compile:bf16``).
 ``best`` = every mode this machine runs well.
 
 Protocol: everything is built, compiled and warmed up before timing; then ``repeats`` rounds run interleaved
@@ -30,16 +31,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import kernels
 from .errors import ConfigError
-from .inference import _exact_fp32, check_input_size, fast_inference, load_model, rel_err
+from .inference import _exact_fp32, _fused_ok, check_input_size, fast_inference, load_model, rel_err
 
 __all__ = ["BASELINES", "MODES", "TRAIN_MODES", "BenchConfig", "Mode", "best_modes", "device_name", "format_table",
            "parse_modes", "plot_records", "run_bench"]
 
 _log = logging.getLogger(__name__)
 
-MODES = ("paper", "eager", "channels_last", "fp16", "bf16", "cudagraph", "compile", "onnxruntime")
-TRAIN_MODES = ("train-fp32", "train-amp", "train-best")
+MODES = ("paper", "eager", "channels_last", "fp16", "bf16", "cudagraph", "compile", "onnxruntime", "fused")
+TRAIN_MODES = ("train-fp32", "train-amp", "train-best", "train-fused")
+_GRAPH_MODES = ("cudagraph", "compile", "fused")  # modes that take a dtype suffix
 BASELINES = ("resnet50", "resnet18")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
@@ -79,7 +82,7 @@ def best_modes(device: torch.device) -> list[str]:
     modes = ["paper", "eager", "channels_last"]
     modes += [m for m, ok in (("fp16", _fp16_ok(device)), ("bf16", _bf16_ok(device))) if ok]
     if device.type == "cuda":
-        return modes + ["cudagraph", "compile"]
+        return modes + ["cudagraph", "compile"] + (["fused"] if _fused_ok(device) else [])
     modes += ["compile"] + (["compile:bf16"] if _bf16_ok(device) else [])
     return modes + (["onnxruntime"] if _has_onnxruntime() else [])
 
@@ -94,16 +97,18 @@ def parse_modes(spec: str, device: torch.device) -> list[Mode]:
         kind, _, dt = name.partition(":")
         if kind not in MODES:
             raise ConfigError(f"unknown mode {name!r}; choose from {', '.join(MODES)} or best")
-        if dt and (dt not in _DTYPES or kind not in ("cudagraph", "compile")):
-            raise ConfigError(f"bad mode {name!r}: only cudagraph and compile take a dtype suffix (:fp32, :fp16, "
-                              ":bf16)")
+        if dt and (dt not in _DTYPES or kind not in _GRAPH_MODES):
+            raise ConfigError(f"bad mode {name!r}: only cudagraph, compile and fused take a dtype suffix (:fp32, "
+                              ":fp16, :bf16)")
         if kind == "cudagraph" and device.type != "cuda":
             raise ConfigError("mode cudagraph needs a CUDA device; drop it or use --modes best on this machine")
+        if kind == "fused" and not _fused_ok(device):
+            raise ConfigError("mode fused needs Triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU); drop it")
         if kind == "onnxruntime" and device.type != "cpu":
             raise ConfigError("mode onnxruntime runs on the CPU only; use --device cpu for it")
         if kind in ("fp16", "bf16"):
             dtype = _DTYPES[kind]
-        elif kind in ("cudagraph", "compile"):
+        elif kind in _GRAPH_MODES:
             dtype = _DTYPES[dt] if dt else (torch.float16 if device.type == "cuda" else torch.float32)
         else:
             dtype = torch.float32
@@ -134,7 +139,7 @@ class BenchConfig:
     baselines: bool = False
     train: bool = False
     train_batch_size: int | None = None
-    train_modes: tuple[str, ...] = TRAIN_MODES
+    train_modes: tuple[str, ...] = TRAIN_MODES[:3]
     inference: bool = True
     width_mult: float = 1.0
     num_classes: int = 1000
@@ -251,7 +256,7 @@ def _train_runner(model: nn.Module, mode: str, batch: int, device: torch.device,
 
     ``train-fp32``: fp32 NCHW. ``train-amp``: the original recipe's autocast (fp16 + gradient scaler on CUDA,
     bf16 on the CPU), NCHW. ``train-best``: channels_last + autocast (bf16 where supported, else fp16 + scaler)
-    + torch.compile.
+    + torch.compile, fused kernels off; ``train-fused``: the same with the fused activation kernels (CUDA).
     """
     from timm.optim import create_optimizer_v2
 
@@ -262,20 +267,22 @@ def _train_runner(model: nn.Module, mode: str, batch: int, device: torch.device,
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
     if mode == "train-amp":
         amp = torch.float16 if device.type == "cuda" else torch.bfloat16
-    elif mode == "train-best":
+    elif mode in ("train-best", "train-fused"):
         amp = torch.bfloat16 if _bf16_ok(device) else torch.float16
     else:
         amp = None
-    if mode == "train-best":
+    best = mode in ("train-best", "train-fused")
+    if best:
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = create_optimizer_v2(m, "lamb", lr=1e-4, weight_decay=0.05)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    forward = torch.compile(m) if mode == "train-best" else m
+    forward = torch.compile(m) if best else m
     loss_fn = nn.CrossEntropyLoss()
 
     def step(inp: torch.Tensor) -> None:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with kernels.fused_kernels(mode == "train-fused"), torch.autocast(device.type, dtype=amp or torch.float32,
+                                                                          enabled=amp is not None):
             loss = loss_fn(forward(inp), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -283,7 +290,7 @@ def _train_runner(model: nn.Module, mode: str, batch: int, device: torch.device,
         scaler.update()
 
     dtype = {None: torch.float32}.get(amp, amp)
-    return _Runner(Mode(mode, dtype, mode == "train-best", mode), batch, step, x)
+    return _Runner(Mode(mode, dtype, best, mode), batch, step, x)
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -463,9 +470,10 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
                         help="also the train form and torchvision resnet50/resnet18 (random weights)")
     parser.add_argument("--train", action="store_true", help="also training-step throughput")
     parser.add_argument("--train-batch-size", type=int, help="batch for --train (default --batch-size)")
-    parser.add_argument("--train-modes", default=",".join(TRAIN_MODES),
-                        help="training modes for --train (default: all): train-fp32 (fp32 NCHW), train-amp (the "
-                        "original recipe: autocast NCHW), train-best (channels_last + autocast + torch.compile)")
+    parser.add_argument("--train-modes", default=",".join(TRAIN_MODES[:3]),
+                        help="training modes for --train (default: the first three): train-fp32 (fp32 NCHW), "
+                        "train-amp (the original recipe: autocast NCHW), train-best (channels_last + autocast + "
+                        "torch.compile), train-fused (train-best with the fused activation kernels, CUDA)")
     parser.add_argument("--width-mult", type=float, default=1.0, help="scale the widths (quick tests)")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--json", help="write the records to this JSON file")

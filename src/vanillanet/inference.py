@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import kernels
 from .errors import ConfigError, ConversionError, VanillaNetError
 from .reparam import rel_err, reparameterize_model
 
@@ -34,7 +35,7 @@ __all__ = ["BACKENDS", "FastClassifier", "check_input_size", "fast_inference", "
 
 _log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "compile", "cudagraph", "onnxruntime")
+BACKENDS = ("auto", "eager", "compile", "cudagraph", "onnxruntime", "fused")
 FP32_TOL = 1e-4
 HALF_TOL = 1e-1  # a gate against broken paths (overflow, NaN), not an accuracy claim: bf16 keeps 8 bits
 
@@ -85,11 +86,13 @@ def check_input_size(model: nn.Module, img_size: int, in_chans: int | None = Non
 
 @contextlib.contextmanager
 def _exact_fp32() -> Iterator[None]:
-    """Disable TF32 on CUDA while computing an fp32 reference (PyTorch allows it for convolutions by default)."""
+    """Disable TF32 on CUDA and the fused kernels while computing an fp32 reference (PyTorch allows TF32 for
+    convolutions by default)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        yield
+        with kernels.reference():
+            yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
@@ -203,10 +206,14 @@ def _onnxruntime(model: nn.Module, image_size: int, in_chans: int, deploy: bool 
     return run
 
 
+def _fused_ok(device: torch.device) -> bool:
+    return kernels.use_fused_kernels(torch.empty(0, device=device))
+
+
 def _available(device: torch.device, dtype: torch.dtype) -> list[str]:
     """Backends worth trying for ``backend="auto"``, best guess first."""
     if device.type == "cuda":
-        return ["cudagraph"]
+        return ["cudagraph"] + (["fused"] if _fused_ok(device) else [])
     names = ["compile"]
     if dtype == torch.float32:
         try:
@@ -234,11 +241,11 @@ def fast_inference(
     """Build a verified ``FastClassifier`` for ``model`` (any form; converted on a copy, the original untouched).
 
     ``backend``: ``eager`` (channels_last), ``compile`` (torch.compile with frozen weights), ``cudagraph`` (CUDA
-    only), ``onnxruntime`` (CPU, fp32 only) or ``auto``: on CUDA a CUDA graph; on the CPU each available backend
-    is built, verified and timed on the fixed shape, and the fastest kept. The output is checked against the fp32
-    NCHW eager output of the deploy form on a random batch (TF32 off); above ``tol`` (default 1e-4 for fp32, 1e-1
-    for fp16/bf16 and for fp32 on CUDA while TF32 convolutions are allowed) an explicitly chosen backend raises
-    ConversionError and ``auto`` skips it. ``deploy=False`` keeps
+    only), ``onnxruntime`` (CPU, fp32 only), ``fused`` (Triton kernels in a CUDA graph) or ``auto``: each available
+    backend (on CUDA: cudagraph and fused) is built, verified and timed on the fixed shape, and the fastest kept.
+    The output is checked against the fp32 NCHW eager output of the deploy form on a random batch (TF32 off);
+    above ``tol`` (default 1e-4 for fp32, 1e-1 for fp16/bf16 and for fp32 on CUDA while TF32 convolutions are
+    allowed) an explicitly chosen backend raises ConversionError and ``auto`` skips it. ``deploy=False`` keeps
     the train form (to benchmark it).
     """
     device = torch.device(device)
@@ -252,6 +259,9 @@ def fast_inference(
         raise ConfigError("CUDA was requested but is not available; use device='cpu'")
     if backend == "cudagraph" and device.type != "cuda":
         raise ConfigError("the cudagraph backend needs a CUDA device; use backend='compile' or 'auto' on the CPU")
+    if backend == "fused" and not _fused_ok(device):
+        raise ConfigError("the fused backend needs Triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU); use "
+                          "backend='auto'")
     if backend == "onnxruntime" and (device.type != "cpu" or dtype != torch.float32):
         raise ConfigError("the onnxruntime backend runs fp32 on the CPU only; use dtype=torch.float32, device='cpu'")
     if batch_size < 1:
@@ -319,6 +329,8 @@ def _build(name: str, eager: nn.Module, device: torch.device, dtype: torch.dtype
         return FastClassifier(eager, _cudagraph(eager, example), **kw)
     if name == "compile":
         return FastClassifier(eager, _compiled(eager, device), **kw)
+    if name == "fused":
+        return FastClassifier(eager, kernels.build_fused(eager, example), **kw)
     onnx = _onnxruntime(eager, image_size, in_chans, deploy=getattr(eager, "deploy", True))
     return FastClassifier(eager, onnx, any_batch=True,
                           **{**kw, "dtype": torch.float32})

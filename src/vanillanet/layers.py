@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .errors import ConversionError
 
 __all__ = ["BN_EPS", "SeriesActivation", "fold_bn", "merge_convs"]
@@ -111,6 +112,9 @@ class SeriesActivation(nn.Module):
             self.bn = nn.BatchNorm2d(dim, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # (TorchScript skips this block)
+            if not self.deploy and kernels.fused_train_act(x):  # fused Triton forward + backward on CUDA
+                return self.bn(kernels.dwconv_relu(x, self.weight))
         # On maps smaller than the kernel the outer taps only ever see zero padding: dropping them gives the same
         # output and gradients, and saves most of the time on tiny maps (e.g. 5x5 taps on a 1x1 map). Tracing
         # exporters keep the plain kernel (the legacy ONNX exporter cannot take a sliced conv weight).
