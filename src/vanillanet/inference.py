@@ -207,7 +207,8 @@ def _onnxruntime(model: nn.Module, image_size: int, in_chans: int, deploy: bool 
 
 
 def _fused_ok(device: torch.device) -> bool:
-    return kernels.use_fused_kernels(torch.empty(0, device=device))
+    """Whether the fused kernels can run on ``device`` here (CUDA, or the CPU under Triton's interpreter)."""
+    return kernels.use_fused_kernels() and device.type == ("cpu" if kernels.interpreted() else "cuda")
 
 
 def _available(device: torch.device, dtype: torch.dtype) -> list[str]:

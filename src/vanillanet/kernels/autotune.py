@@ -144,8 +144,7 @@ def _describe(cand: Any) -> str:
     return json.dumps(cand.to_json(), sort_keys=True) if isinstance(cand, Config) else str(cand)
 
 
-def pick(key: str, candidates: list[Any], launch: Callable[[Any], Any], device: torch.device,
-         decode: Callable[[Any], Any] | None = None) -> Any:
+def pick(key: str, candidates: list[Any], launch: Callable[[Any], Any], device: torch.device) -> Any:
     """The cached choice for ``key``, else the fastest of ``candidates`` measured by running ``launch(c)``.
 
     Candidates are ``Config`` objects or plain strings (plan names). No timing (first candidate) off CUDA, with a
@@ -161,7 +160,7 @@ def pick(key: str, candidates: list[Any], launch: Callable[[Any], Any], device: 
     stored = _load_disk().get(disk_key)
     if stored is not None:
         try:
-            choice = decode(stored) if decode else (Config.from_json(stored) if isinstance(stored, dict) else stored)
+            choice = Config.from_json(stored) if isinstance(stored, dict) else stored
             if choice in candidates:
                 _CHOICES[key] = choice
                 return choice
