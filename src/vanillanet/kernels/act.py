@@ -32,8 +32,10 @@ MAX_MEAN_PIXELS = 256  # largest map whose global mean is fused into the activat
 def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: tl.constexpr, W: tl.constexpr,
                     K: tl.constexpr, RH: tl.constexpr, RW: tl.constexpr, S: tl.constexpr, TH: tl.constexpr,
                     TW: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, MEAN: tl.constexpr):
-    # C and W are compile-time constants: every tap's offset folds into the load instruction, and the channel
-    # mask disappears when BC divides C. Out-of-map taps are masked loads returning 0 (= zero padding).
+    # C and W are compile-time constants (no channel mask when BC divides C; the pool window's loads share one
+    # address). Out-of-map taps are masked loads returning 0 (zero padding). The taps are a runtime loop: unrolling
+    # them makes the compiler hoist every tap's loads, which needs 150-255 registers (spilling for S = 2) and
+    # compiles for a minute; the loop keeps a tap's loads in flight and lets occupancy hide the latency.
     pid = tl.program_id(0)
     n = pid // TILES
     t = pid % TILES
@@ -49,19 +51,21 @@ def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: 
     P: tl.constexpr = K // 2
     base = x_ptr + (((n * H + ho * S).to(tl.int64) * W + wo * S) * C)[:, None] + c[None, :]
     acc = tl.zeros((TH * TW, BC), dtype=tl.float32)
-    for i in tl.static_range(P - RH, P + RH + 1):
+    for i in range(P - RH, P + RH + 1):
         hi = ho + (i - P)
         row_ok = (pm & (hi >= 0) & (hi < Ho))[:, None] & cm[None, :]
-        for j in tl.static_range(P - RW, P + RW + 1):
+        row = base + (i - P) * (W * S * C)
+        wrow = w_ptr + i * (K * C) + c
+        for j in range(P - RW, P + RW + 1):
             wi = wo + (j - P)
             ok = row_ok & ((wi >= 0) & (wi < Wo))[:, None]
-            ptr = base + ((i - P) * W + (j - P)) * S * C
+            ptr = row + (j - P) * S * C
             v = tl.load(ptr, mask=ok, other=0.0)
             for a in tl.static_range(S):
                 for b in tl.static_range(S):
                     if a + b > 0:
                         v = tl.maximum(v, tl.load(ptr + (a * W + b) * C, mask=ok, other=0.0))
-            wt = tl.load(w_ptr + (i * K + j) * C + c, mask=cm, other=0.0)
+            wt = tl.load(wrow + j * C, mask=cm, other=0.0)
             acc += tl.maximum(v, 0.0).to(tl.float32) * wt[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=cm, other=0.0)[None, :]
@@ -94,21 +98,24 @@ def _dwconv_relu_bwd_kernel(g_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, H, TILES_W, TIL
     here = pm[:, None] & cm[None, :]
     g = tl.load(g_ptr + offs, mask=here, other=0.0).to(tl.float32)
     gx = tl.zeros((TH * TW, BC), dtype=tl.float32)
-    gw_row = gw_ptr + pid.to(tl.int64) * (K * K * C) + c
-    for i in tl.static_range(P - RH, P + RH + 1):
+    gw_base = gw_ptr + pid.to(tl.int64) * (K * K * C) + c
+    for i in range(P - RH, P + RH + 1):  # runtime loop over rows of taps, as in the forward kernel
         hp = h + (i - P)
         hm = h - (i - P)
         rp = (pm & (hp >= 0) & (hp < H))[:, None] & cm[None, :]
         rm = (pm & (hm >= 0) & (hm < H))[:, None] & cm[None, :]
-        for j in tl.static_range(P - RW, P + RW + 1):
+        x_row = x_ptr + offs + (i - P) * (W * C)
+        g_row = g_ptr + offs - (i - P) * (W * C)
+        w_row = w_ptr + i * (K * C) + c
+        gw_row = gw_base + i * (K * C)
+        for j in range(P - RW, P + RW + 1):
             wp = w + (j - P)
             wm = w - (j - P)
-            d = ((i - P) * W + (j - P)) * C
-            xs = tl.load(x_ptr + offs + d, mask=rp & ((wp >= 0) & (wp < W))[:, None], other=0.0)
-            gs = tl.load(g_ptr + offs - d, mask=rm & ((wm >= 0) & (wm < W))[:, None], other=0.0)
-            wt = tl.load(w_ptr + (i * K + j) * C + c, mask=cm, other=0.0)
+            xs = tl.load(x_row + (j - P) * C, mask=rp & ((wp >= 0) & (wp < W))[:, None], other=0.0)
+            gs = tl.load(g_row - (j - P) * C, mask=rm & ((wm >= 0) & (wm < W))[:, None], other=0.0)
+            wt = tl.load(w_row + j * C, mask=cm, other=0.0)
             gx += gs.to(tl.float32) * wt[None, :]
-            tl.store(gw_row + (i * K + j) * C, tl.sum(g * tl.maximum(xs, 0.0).to(tl.float32), axis=0), mask=cm)
+            tl.store(gw_row + j * C, tl.sum(g * tl.maximum(xs, 0.0).to(tl.float32), axis=0), mask=cm)
     xc = tl.load(x_ptr + offs, mask=here, other=0.0)
     gx = tl.where(xc > 0, gx, 0.0)
     tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=here)
