@@ -79,21 +79,8 @@ def test_series_act_real_shapes(dtype, c, hw, pool, mean, act_num):
     x = _cl(2, c, hw, hw, dtype=dtype)
     w, b = _taps(c, act_num)
     taps = ref.pack_taps(w)
-    out = ops.series_act(x, taps, b, pool, mean)  # tuned on the spot
+    out = ops.series_act(x, taps, b, pool, mean)
     assert rel_err(out.float(), ref.series_act(x, taps, b, pool, mean).float()) <= TOL[dtype]
-
-
-def test_every_activation_candidate_is_correct():
-    """Tuning picks by speed only, so every candidate configuration must be right (fp16, the pooled layer)."""
-    act, _, _, ref = _ops()
-    for c, hw, mean in ((1024, 56, False), (4096, 14, True)):
-        x = _cl(2, c, hw, hw, dtype=F16)
-        w, b = _taps(c)
-        taps = ref.pack_taps(w)
-        want = ref.series_act(x, taps, b, 2, mean).float()
-        for cfg in act.act_candidates(hw // 2, hw // 2, c, mean, interpreted=False):
-            out = act.series_act(x, taps, b, 2, mean, interpreted=False, config=cfg)
-            assert rel_err(out.float(), want) <= 1e-2, cfg
 
 
 GEMM_CASES = [(F16, 3, 224, 512, 4, 1), (F16, 512, 56, 1024, 1, 2), (F16, 1024, 28, 2048, 1, 2),
@@ -114,20 +101,6 @@ def test_conv_gemm_real_shapes(dtype, cin, hw, cout, patch, pool):
     assert rel_err(out.float(), ref.conv_gemm(x, w2d, bias, patch, pool).float()) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("pool", [1, 2])
-def test_every_gemm_candidate_is_correct(pool):
-    _, gemm, _, ref = _ops()
-    x = _cl(2, 512, 28, 28, dtype=F16)
-    gen = torch.Generator().manual_seed(4)
-    w2d = (torch.randn(1024, 512, generator=gen) / 512 ** 0.5).to(DEV, F16)
-    bias = torch.randn(1024, generator=gen).to(DEV)
-    want = ref.conv_gemm(x, w2d, bias, 1, pool).float()
-    m = 2 * (28 // pool) ** 2
-    for cfg in gemm.gemm_candidates(m, 512, 1024, pool, interpreted=False):
-        out = gemm.conv_gemm(x, w2d, bias, 1, pool, interpreted=False, config=cfg)
-        assert rel_err(out.float(), want) <= 1e-2, cfg
-
-
 # ---------------------------------------------------------------------------------------------- training op
 def _grads(fn, x, w, g):
     x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
@@ -146,33 +119,6 @@ def test_dwconv_relu_gradients_real_shapes(dtype, c, hw, act_num):
     got, want = _grads(ops.dwconv_relu, x, w, g), _grads(ref.dwconv_relu, x, w, g)
     for a, b in zip(got, want):
         assert rel_err(a.float(), b.float()) <= TOL[dtype]
-
-
-def test_every_backward_candidate_is_correct():
-    act, _, _, ref = _ops()
-    x, g = _cl(2, 512, 56, 56, dtype=BF16), _cl(2, 512, 56, 56, dtype=BF16, seed=5)
-    w, _ = _taps(512)
-    _, wgx, wgw = _grads(ref.dwconv_relu, x, w, g)
-    for cfg in act.act_candidates(56, 56, 512, False, interpreted=False):
-        gx, gtaps = act.dwconv_relu_backward(g, x, ref.pack_taps(w), interpreted=False, config=cfg)
-        assert rel_err(gx.float(), wgx.float()) <= 1e-2 and rel_err(ref.unpack_taps(gtaps, 7), wgw) <= 1e-2, cfg
-
-
-def test_compile_fullgraph_over_the_custom_ops():
-    """inductor compiles a train-form activation with the fused op (fullgraph: no graph breaks) and matches."""
-    torch.manual_seed(0)
-    m = SeriesActivation(256, 3).to(DEV).to(memory_format=torch.channels_last)
-    x = _cl(8, 256, 28, 28, dtype=BF16)
-    r = _cl(8, 256, 28, 28, dtype=F32, seed=2)
-    compiled = torch.compile(m, fullgraph=True)
-    outs = []
-    for fn in (compiled, m):
-        m.weight.grad = None
-        with torch.autocast("cuda", torch.bfloat16):
-            y = fn(x)
-        (y.float() * r).sum().backward()
-        outs.append((y.float(), m.weight.grad.clone()))
-    assert rel_err(outs[0][0], outs[1][0]) <= 1e-2 and rel_err(outs[0][1], outs[1][1]) <= 2e-2
 
 
 # ---------------------------------------------------------------------------------------------- fused inference
@@ -205,28 +151,6 @@ def test_build_fused_cuda_graph_vanillanet_5(v5_deploy, dtype):
     assert rel_err(fn(x2.to(dtype).contiguous(memory_format=torch.channels_last)).float(), want2) <= 1e-2
 
 
-def test_fast_inference_fused_and_auto(v5_deploy, monkeypatch):
-    """With tuning on, as in use (batch 1 fp16: the benchmark then finds these choices in the tuning cache)."""
-    from vanillanet.inference import fast_inference
-
-    monkeypatch.setenv("VANILLANET_KERNEL_TUNING", "1")
-    deploy = v5_deploy
-    clf = fast_inference(deploy, "cuda", torch.float16, batch_size=1, backend="fused")
-    assert clf.backend == "fused" and clf.max_rel_err <= 1e-2
-    auto = fast_inference(deploy, "cuda", torch.float16, batch_size=1, backend="auto")
-    assert set(auto.timings_ms) == {"cudagraph", "fused"} and auto.max_rel_err <= 1e-2
-
-
-def test_fused_ada_pool_variant_falls_back_cleanly():
-    deploy = _calibrated("vanillanet_13_x1_5_ada_pool", width_mult=1 / 8)
-    x = torch.randn(1, 3, 224, 224, device=DEV)
-    with torch.no_grad(), K.reference():
-        want = deploy(x)
-    half = copy.deepcopy(deploy).to(dtype=F16, memory_format=torch.channels_last)
-    fn = K.build_fused(half, torch.zeros_like(x, dtype=F16).contiguous(memory_format=torch.channels_last))
-    assert rel_err(fn(x.half().contiguous(memory_format=torch.channels_last)).float(), want) <= 1e-2
-
-
 # ---------------------------------------------------------------------------------------------- training
 def _tiny_train_model() -> VanillaNet:
     model = build_variant("vanillanet_5", width_mult=1 / 8, num_classes=10).to(DEV)
@@ -246,25 +170,6 @@ def _step(model, x, y, opt, dtype, scaler=None) -> float:
         scaler.step(opt)
         scaler.update()
     return float(loss)
-
-
-def test_bf16_channels_last_compile_training_step_matches_eager():
-    """bf16 autocast + channels_last + torch.compile with the fused op vs the plain eager step (one compile)."""
-    torch.manual_seed(0)
-    base = _tiny_train_model().to(memory_format=torch.channels_last)
-    x = torch.randn(16, 3, 64, 64, device=DEV).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (16,), device=DEV)
-    grads = []
-    for fused in (True, False):
-        model = copy.deepcopy(base)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        with K.fused_kernels(fused):
-            run = torch.compile(model) if fused else model
-            losses = [_step(run, x, y, opt, torch.bfloat16)]
-            grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))
-            losses += [_step(run, x, y, opt, torch.bfloat16) for _ in range(2)]
-        assert all(torch.isfinite(torch.tensor(losses)))
-    assert rel_err(grads[0], grads[1]) <= 5e-2  # bf16 rounding differs between the two paths
 
 
 def test_original_recipe_fp16_grad_scaler_step():
@@ -300,3 +205,100 @@ def test_ddp_world_size_one_over_nccl(tmp_path):
         assert torch.isfinite(torch.tensor(loss)) and not torch.equal(before, model.stem1[0].weight)
     finally:
         dist.destroy_process_group()
+
+
+def test_compile_fullgraph_over_the_custom_ops():
+    """inductor compiles a train-form activation with the fused op (fullgraph: no graph breaks) and matches."""
+    torch.manual_seed(0)
+    m = SeriesActivation(256, 3).to(DEV).to(memory_format=torch.channels_last)
+    x = _cl(8, 256, 28, 28, dtype=BF16)
+    r = _cl(8, 256, 28, 28, dtype=F32, seed=2)
+    compiled = torch.compile(m, fullgraph=True)
+    outs = []
+    for fn in (compiled, m):
+        m.weight.grad = None
+        with torch.autocast("cuda", torch.bfloat16):
+            y = fn(x)
+        (y.float() * r).sum().backward()
+        outs.append((y.float(), m.weight.grad.clone()))
+    assert rel_err(outs[0][0], outs[1][0]) <= 1e-2 and rel_err(outs[0][1], outs[1][1]) <= 2e-2
+
+
+def test_bf16_channels_last_compile_training_step_matches_eager():
+    """bf16 autocast + channels_last + torch.compile with the fused op vs the plain eager step (one compile)."""
+    torch.manual_seed(0)
+    base = _tiny_train_model().to(memory_format=torch.channels_last)
+    x = torch.randn(16, 3, 64, 64, device=DEV).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,), device=DEV)
+    grads = []
+    for fused in (True, False):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with K.fused_kernels(fused):
+            run = torch.compile(model) if fused else model
+            losses = [_step(run, x, y, opt, torch.bfloat16)]
+            grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))
+            losses += [_step(run, x, y, opt, torch.bfloat16) for _ in range(2)]
+        assert all(torch.isfinite(torch.tensor(losses)))
+    assert rel_err(grads[0], grads[1]) <= 5e-2  # bf16 rounding differs between the two paths
+
+
+# ---------------------------------------------------------------------------------------------- tuned paths
+def test_fast_inference_fused_and_auto(v5_deploy, monkeypatch):
+    """With tuning on, as in use (batch 1 fp16: the benchmark then finds these choices in the tuning cache)."""
+    from vanillanet.inference import fast_inference
+
+    monkeypatch.setenv("VANILLANET_KERNEL_TUNING", "1")
+    deploy = v5_deploy
+    clf = fast_inference(deploy, "cuda", torch.float16, batch_size=1, backend="fused")
+    assert clf.backend == "fused" and clf.max_rel_err <= 1e-2
+    auto = fast_inference(deploy, "cuda", torch.float16, batch_size=1, backend="auto")
+    assert set(auto.timings_ms) == {"cudagraph", "fused"} and auto.max_rel_err <= 1e-2
+
+
+def test_fused_ada_pool_variant_falls_back_cleanly():
+    deploy = _calibrated("vanillanet_13_x1_5_ada_pool", width_mult=1 / 8)
+    x = torch.randn(1, 3, 224, 224, device=DEV)
+    with torch.no_grad(), K.reference():
+        want = deploy(x)
+    half = copy.deepcopy(deploy).to(dtype=F16, memory_format=torch.channels_last)
+    fn = K.build_fused(half, torch.zeros_like(x, dtype=F16).contiguous(memory_format=torch.channels_last))
+    assert rel_err(fn(x.half().contiguous(memory_format=torch.channels_last)).float(), want) <= 1e-2
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+def test_every_activation_candidate_is_correct():
+    """Tuning picks by speed only, so every candidate configuration must be right (fp16, the pooled layer)."""
+    act, _, _, ref = _ops()
+    for c, hw, mean in ((1024, 56, False), (4096, 14, True)):
+        x = _cl(2, c, hw, hw, dtype=F16)
+        w, b = _taps(c)
+        taps = ref.pack_taps(w)
+        want = ref.series_act(x, taps, b, 2, mean).float()
+        for cfg in act.act_candidates(hw // 2, hw // 2, c, mean, interpreted=False):
+            out = act.series_act(x, taps, b, 2, mean, interpreted=False, config=cfg)
+            assert rel_err(out.float(), want) <= 1e-2, cfg
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_every_gemm_candidate_is_correct(pool):
+    _, gemm, _, ref = _ops()
+    x = _cl(2, 512, 28, 28, dtype=F16)
+    gen = torch.Generator().manual_seed(4)
+    w2d = (torch.randn(1024, 512, generator=gen) / 512 ** 0.5).to(DEV, F16)
+    bias = torch.randn(1024, generator=gen).to(DEV)
+    want = ref.conv_gemm(x, w2d, bias, 1, pool).float()
+    m = 2 * (28 // pool) ** 2
+    for cfg in gemm.gemm_candidates(m, 512, 1024, pool, interpreted=False):
+        out = gemm.conv_gemm(x, w2d, bias, 1, pool, interpreted=False, config=cfg)
+        assert rel_err(out.float(), want) <= 1e-2, cfg
+
+
+def test_every_backward_candidate_is_correct():
+    act, _, _, ref = _ops()
+    x, g = _cl(2, 512, 56, 56, dtype=BF16), _cl(2, 512, 56, 56, dtype=BF16, seed=5)
+    w, _ = _taps(512)
+    _, wgx, wgw = _grads(ref.dwconv_relu, x, w, g)
+    for cfg in act.act_candidates(56, 56, 512, False, interpreted=False):
+        gx, gtaps = act.dwconv_relu_backward(g, x, ref.pack_taps(w), interpreted=False, config=cfg)
+        assert rel_err(gx.float(), wgx.float()) <= 1e-2 and rel_err(ref.unpack_taps(gtaps, 7), wgw) <= 1e-2, cfg

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
+import torch.fx._symbolic_trace as _fx
 
 if TYPE_CHECKING:
     from torch import nn
@@ -99,8 +100,7 @@ def reference() -> contextlib.AbstractContextManager[None]:
 disabled = reference
 
 
-_fx = torch.fx._symbolic_trace
-_is_fx_tracing = getattr(_fx, "is_fx_symbolic_tracing", None) or _fx.is_fx_tracing  # the former warns on torch 2.14
+_is_fx_tracing = getattr(_fx, "is_fx_symbolic_tracing", None) or _fx.is_fx_tracing  # the latter warns on torch 2.14
 
 
 def _tracing() -> bool:
