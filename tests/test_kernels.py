@@ -71,6 +71,20 @@ def test_series_act_matches_reference(dtype, pool, act_num, shape, mean):
     assert rel_err(out.float(), want.float()) <= TOL[dtype]
 
 
+def test_relu_moves_from_the_activation_into_the_gemm_epilogue():
+    """GEMM with ReLU, then the activation without it == GEMM, then the activation with it (ReLU commutes with the
+    max-pool); the non-negative input makes the activation's own ReLU a no-op."""
+    x = _cl(1, 16, 6, 6)
+    gen = torch.Generator().manual_seed(6)
+    w2d, bias = (torch.randn(20, 16, generator=gen) / 4).to(DEV), torch.randn(20, generator=gen).to(DEV)
+    w, b = _taps(20, 2)
+    taps = ref.pack_taps(w)
+    z = ops.conv_gemm(x, w2d, bias, 1, 2, True)
+    assert rel_err(z, ref.conv_gemm(x, w2d, bias, 1, 2, relu=True)) <= 1e-5 and z.min() >= 0
+    out = ops.series_act(z, taps, b, 1, False, False)
+    assert rel_err(out, ref.series_act(ops.conv_gemm(x, w2d, bias, 1, 2), taps, b, 1)) <= 1e-5
+
+
 def test_series_act_reference_is_the_deploy_activation():
     """The reference itself equals max-pool followed by the model's deploy SeriesActivation."""
     m = SeriesActivation(6, act_num=2, deploy=True).to(DEV)

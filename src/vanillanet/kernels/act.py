@@ -31,7 +31,8 @@ MAX_MEAN_PIXELS = 256  # largest map whose global mean is fused into the activat
 @triton.jit(do_not_specialize=["H", "Ho", "Wo", "TILES_W", "TILES"])
 def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: tl.constexpr, W: tl.constexpr,
                     K: tl.constexpr, RH: tl.constexpr, RW: tl.constexpr, S: tl.constexpr, TH: tl.constexpr,
-                    TW: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, MEAN: tl.constexpr):
+                    TW: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, MEAN: tl.constexpr,
+                    RELU: tl.constexpr):
     # C and W are compile-time constants (no channel mask when BC divides C; the pool window's loads share one
     # address). Out-of-map taps are masked loads returning 0 (zero padding). The taps are a runtime loop: unrolling
     # them makes the compiler hoist every tap's loads, which needs 150-255 registers (spilling for S = 2) and
@@ -65,8 +66,10 @@ def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: 
                 for b in tl.static_range(S):
                     if a + b > 0:
                         v = tl.maximum(v, tl.load(ptr + (a * W + b) * C, mask=ok, other=0.0))
+            if RELU:  # (off when the GEMM before already applied it)
+                v = tl.maximum(v, 0.0)
             wt = tl.load(wrow + j * C, mask=cm, other=0.0)
-            acc += tl.maximum(v, 0.0).to(tl.float32) * wt[None, :]
+            acc += v.to(tl.float32) * wt[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=cm, other=0.0)[None, :]
     if MEAN:  # the tile covers the whole map (TILES == 1)
@@ -165,9 +168,10 @@ def _grid(n: int, ho: int, wo: int, c: int, cfg: Config) -> tuple[tuple[int, int
 
 
 def series_act(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, pool: int, mean: bool,
-               interpreted: bool, config: Config | None = None) -> torch.Tensor:
+               interpreted: bool, config: Config | None = None, relu: bool = True) -> torch.Tensor:
     """Launch the fused activation on channels_last ``x`` [N, C, H, W]; ``taps`` [k*k, C] fp32, ``bias`` [C] fp32
-    or None. Returns [N, C, H//pool, W//pool] channels_last, or [N, C] with ``mean``, in x's dtype."""
+    or None; ``relu=False`` for inputs that are non-negative already. Returns [N, C, H//pool, W//pool]
+    channels_last, or [N, C] with ``mean``, in x's dtype."""
     n, c, h, w = x.shape
     k = int(round(taps.shape[0] ** 0.5))
     ho, wo = h // pool, w // pool
@@ -184,7 +188,7 @@ def series_act(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, p
         grid, tiles_w, tiles = _grid(n, ho, wo, c, cfg)
         _act_fwd_kernel[grid](x, taps, taps if bias is None else bias, out, h, ho, wo, tiles_w, tiles, C=c, W=w,
                               K=k, RH=_reach(k, ho), RW=_reach(k, wo), S=pool, HAS_BIAS=bias is not None,
-                              MEAN=mean, **cfg.launch_kwargs())
+                              MEAN=mean, RELU=relu, **cfg.launch_kwargs())
 
     if config is None:
         key = autotune.cache_key("act", n, c, h, w, k, pool, mean, x.dtype)

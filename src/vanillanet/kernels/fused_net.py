@@ -50,8 +50,8 @@ class _Act:
                                   "reparameterize_model(model) first")
         return cls(pack_taps(weight), bias.detach().float().contiguous())
 
-    def __call__(self, z: torch.Tensor, pool: int = 1, mean: bool = False) -> torch.Tensor:
-        return ops.series_act(z, self.taps, self.bias, pool, mean)
+    def __call__(self, z: torch.Tensor, pool: int = 1, mean: bool = False, relu: bool = True) -> torch.Tensor:
+        return ops.series_act(z, self.taps, self.bias, pool, mean, relu)
 
 
 @dataclass
@@ -82,16 +82,18 @@ class _Block:
         return BLOCK_PLANS if self.pool == 2 else BLOCK_PLANS[1:]
 
     def __call__(self, x: torch.Tensor, plan: str, last: bool) -> torch.Tensor:
+        # The Triton GEMMs apply the activation's ReLU in their epilogue (it commutes with max-pooling), so the
+        # activation kernel skips it; cuBLAS's output still needs it.
         if plan == "fused-pool":
-            z, pool = ops.conv_gemm(x, self.w2d, self.bias32, 1, 2), 1
+            z, pool = ops.conv_gemm(x, self.w2d, self.bias32, 1, 2, True), 1
         elif plan == "gemm":
-            z, pool = ops.conv_gemm(x, self.w2d, self.bias32, 1, 1), self.pool
+            z, pool = ops.conv_gemm(x, self.w2d, self.bias32, 1, 1, True), self.pool
         else:
             z, pool = _linear_nhwc(x, self.w2d, self.bias), self.pool
         if pool == 0:
             z, pool = self.pool_module(z).contiguous(memory_format=torch.channels_last), 1
         h, w = z.shape[2] // pool, z.shape[3] // pool
-        return self.act(z, pool, mean=last and act.mean_fits(h, w))
+        return self.act(z, pool, mean=last and act.mean_fits(h, w), relu=plan == "linear")
 
 
 def _pool_kind(pool: nn.Module) -> tuple[int, nn.Module | None]:
@@ -158,11 +160,11 @@ class FusedDeployNet:
 
     def _stem(self, x: torch.Tensor, plan: str, last: bool) -> torch.Tensor:
         if plan == "patch":
-            z = ops.conv_gemm(x, self.stem_w2d, self.stem_b32, self.patch, 1)
+            z = ops.conv_gemm(x, self.stem_w2d, self.stem_b32, self.patch, 1, True)
         else:
             z = F.conv2d(x, self.stem_w, self.stem_b, self.stem_stride, self.stem_padding)
             z = z.contiguous(memory_format=torch.channels_last)
-        return self.stem_act(z, 1, mean=last and act.mean_fits(z.shape[2], z.shape[3]))
+        return self.stem_act(z, 1, mean=last and act.mean_fits(z.shape[2], z.shape[3]), relu=plan != "patch")
 
     def _choose(self, name: str, key: tuple, plans: tuple[str, ...], run: Callable[[str], torch.Tensor],
                 device: torch.device) -> str:

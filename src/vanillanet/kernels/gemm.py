@@ -38,7 +38,7 @@ def _mma(a, b, acc, PREC: tl.constexpr):
 @triton.jit(do_not_specialize=["M", "H", "W", "HO", "WO"])
 def _conv_gemm_kernel(a_ptr, w_ptr, b_ptr, out_ptr, M, H, W, HO, WO, CIN, K, COUT,
                       PATCH: tl.constexpr, POOL: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr,
-                      BK: tl.constexpr, GROUP: tl.constexpr, PREC: tl.constexpr):
+                      BK: tl.constexpr, GROUP: tl.constexpr, PREC: tl.constexpr, RELU: tl.constexpr):
     # grouped launch order: GROUP row blocks sweep all column blocks together (A and W tiles stay in L2)
     pid = tl.program_id(0)
     num_m = (M + BQ - 1) // BQ
@@ -82,6 +82,8 @@ def _conv_gemm_kernel(a_ptr, w_ptr, b_ptr, out_ptr, M, H, W, HO, WO, CIN, K, COU
     if POOL == 2:
         acc0 = tl.maximum(tl.maximum(acc0, acc1), tl.maximum(acc2, acc3))
     acc0 += tl.load(b_ptr + cols, mask=nm, other=0.0)[None, :]
+    if RELU:  # the activation's ReLU, done here once instead of per tap there
+        acc0 = tl.maximum(acc0, 0.0)
     optr = out_ptr + (q.to(tl.int64) * COUT)[:, None] + cols[None, :]
     tl.store(optr, acc0.to(out_ptr.dtype.element_ty), mask=qm[:, None] & nm[None, :])
 
@@ -113,10 +115,10 @@ def gemm_candidates(m: int, k: int, cout: int, pool: int, interpreted: bool) -> 
 
 
 def conv_gemm(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, patch: int, pool: int, interpreted: bool,
-              config: Config | None = None) -> torch.Tensor:
+              config: Config | None = None, relu: bool = False) -> torch.Tensor:
     """Launch the GEMM on channels_last ``x`` [N, Cin, H, W]; ``w2d`` [Cout, patch*patch*Cin] in x's dtype (K
-    ordered (kh, kw, cin)), ``bias`` [Cout] fp32. Returns [N, Cout, H//(patch*pool), W//(patch*pool)]
-    channels_last in x's dtype."""
+    ordered (kh, kw, cin)), ``bias`` [Cout] fp32; ReLU at the end with ``relu``. Returns [N, Cout,
+    H//(patch*pool), W//(patch*pool)] channels_last in x's dtype."""
     if pool not in (1, 2):
         raise ValueError(f"the GEMM epilogue pools 2x2 or not at all, got pool={pool}")
     n, cin, h, w = x.shape
@@ -133,7 +135,7 @@ def conv_gemm(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, patch: int
     def launch(cfg: Config) -> None:
         grid = (triton.cdiv(m, cfg["BQ"]) * triton.cdiv(cout, cfg["BN"]),)
         _conv_gemm_kernel[grid](x, w2d, bias, out, m, h, w, ho, wo, cin, k, cout, PATCH=patch, POOL=pool,
-                                PREC=prec, **cfg.launch_kwargs())
+                                PREC=prec, RELU=relu, **cfg.launch_kwargs())
 
     if config is None:
         key = autotune.cache_key("gemm", n, cin, h, w, cout, patch, pool, x.dtype)

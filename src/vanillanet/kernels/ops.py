@@ -3,8 +3,10 @@
 tracing; ``dwconv_relu`` has autograd through its fused backward op.
 
 Ops (all tensors channels_last NCHW unless noted):
-- ``series_act(x, taps, bias?, pool, mean)``: max-pool + ReLU + depthwise conv + bias (+ global mean -> [N, C]).
-- ``conv_gemm(x, w2d, bias, patch, pool)``: 1x1 / patchify conv as a GEMM with bias and 2x2 max-pool epilogue.
+- ``series_act(x, taps, bias?, pool, mean, relu)``: max-pool + ReLU + depthwise conv + bias (+ global mean ->
+  [N, C]); ``relu=False`` when the GEMM before applied it.
+- ``conv_gemm(x, w2d, bias, patch, pool, relu)``: 1x1 / patchify conv as a GEMM with bias, 2x2 max-pool and ReLU in
+  its epilogue.
 - ``dwconv_relu(x, weight)`` / ``dwconv_relu_backward(grad, x, weight)``: the train form's ReLU + depthwise conv.
 
 Not using ``from __future__ import annotations``: ``torch.library`` reads the schema from real annotations.
@@ -56,16 +58,17 @@ def _kernel_size(taps: torch.Tensor) -> int:
 # ---------------------------------------------------------------------------------------------- inference
 @torch.library.custom_op("vanillanet::series_act", mutates_args=())
 def series_act(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor], pool: int,  # noqa: UP045
-               mean: bool) -> torch.Tensor:
-    """ReLU(maxpool(x)) convolved depthwise with ``taps`` ([k*k, C] fp32) plus ``bias`` (fp32 or None)."""
+               mean: bool, relu: bool = True) -> torch.Tensor:
+    """ReLU(maxpool(x)) convolved depthwise with ``taps`` ([k*k, C] fp32) plus ``bias`` (fp32 or None); without
+    the ReLU for ``relu=False`` (inputs already non-negative)."""
     _check_device(x, "series_act")
     _kernel_size(taps)
     return act.series_act(_cl(x), taps.contiguous().float(), None if bias is None else bias.contiguous().float(),
-                          pool, mean, INTERPRETED)
+                          pool, mean, INTERPRETED, relu=relu)
 
 
 @series_act.register_fake
-def _(x, taps, bias, pool, mean):
+def _(x, taps, bias, pool, mean, relu=True):
     n, c, h, w = x.shape
     if mean:
         return x.new_empty((n, c))
@@ -74,14 +77,17 @@ def _(x, taps, bias, pool, mean):
 
 
 @torch.library.custom_op("vanillanet::conv_gemm", mutates_args=())
-def conv_gemm(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, patch: int, pool: int) -> torch.Tensor:
-    """Patchify (``patch`` x ``patch``, stride ``patch``) or 1x1 conv as a GEMM, + bias, then max-pool ``pool``."""
+def conv_gemm(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, patch: int, pool: int,
+              relu: bool = False) -> torch.Tensor:
+    """Patchify (``patch`` x ``patch``, stride ``patch``) or 1x1 conv as a GEMM, + bias, then max-pool ``pool``,
+    then ReLU with ``relu``."""
     _check_device(x, "conv_gemm")
-    return gemm.conv_gemm(_cl(x), w2d.contiguous().to(x.dtype), bias.contiguous().float(), patch, pool, INTERPRETED)
+    return gemm.conv_gemm(_cl(x), w2d.contiguous().to(x.dtype), bias.contiguous().float(), patch, pool, INTERPRETED,
+                          relu=relu)
 
 
 @conv_gemm.register_fake
-def _(x, w2d, bias, patch, pool):
+def _(x, w2d, bias, patch, pool, relu=False):
     n, _, h, w = x.shape
     s = patch * pool
     return torch.empty((n, w2d.shape[0], h // s, w // s), dtype=x.dtype, device=x.device,

@@ -25,14 +25,16 @@ def unpack_taps(taps: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def series_act(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, pool: int = 1,
-               mean: bool = False) -> torch.Tensor:
+               mean: bool = False, relu: bool = True) -> torch.Tensor:
     """Deploy activation of one layer: max-pool (kernel = stride = ``pool``), ReLU, depthwise k x k conv with zero
-    padding k//2, plus ``bias``; with ``mean`` also the global average over the map (returns [N, C])."""
+    padding k//2, plus ``bias``; with ``mean`` also the global average over the map (returns [N, C]). ``relu=False``
+    skips the ReLU (for inputs that are non-negative already)."""
     k = int(round(taps.shape[0] ** 0.5))
     z = x.float()
     if pool > 1:
         z = F.max_pool2d(z, pool)
-    y = F.conv2d(F.relu(z), unpack_taps(taps.float(), k), None if bias is None else bias.float(), padding=k // 2,
+    z = F.relu(z) if relu else z
+    y = F.conv2d(z, unpack_taps(taps.float(), k), None if bias is None else bias.float(), padding=k // 2,
                  groups=z.shape[1])
     if mean:
         return y.mean((2, 3)).to(x.dtype)
@@ -46,12 +48,16 @@ def dwconv_relu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def conv_gemm(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, patch: int = 1, pool: int = 1) -> torch.Tensor:
+def conv_gemm(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, patch: int = 1, pool: int = 1,
+              relu: bool = False) -> torch.Tensor:
     """Patchify conv (kernel = stride = ``patch``, no padding) as a GEMM: ``w2d`` is [Cout, patch*patch*Cin] with
-    the K axis ordered (kh, kw, cin); plus ``bias``; then max-pool (kernel = stride = ``pool``)."""
+    the K axis ordered (kh, kw, cin); plus ``bias``; then max-pool (kernel = stride = ``pool``), then ReLU if
+    ``relu``."""
     cin = x.shape[1]
     w = w2d.float().reshape(w2d.shape[0], patch, patch, cin).permute(0, 3, 1, 2)
     y = F.conv2d(x.float(), w, bias.float(), stride=patch)
     if pool > 1:
         y = F.max_pool2d(y, pool)
+    if relu:
+        y = F.relu(y)
     return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
