@@ -44,8 +44,8 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 from tables import markdown_table  # noqa: E402
 
+from vanillanet import kernels  # noqa: E402
 from vanillanet.bench import BenchConfig, device_name, plot_records, run_bench  # noqa: E402
-from vanillanet.inference import _fused_ok  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STEM = "gpu_check"
@@ -109,7 +109,7 @@ def _modes(model: str, plan: Plan) -> str:
         modes = ["paper", "channels_last"]
     else:
         modes = ["paper", "cudagraph", "compile"]
-    if model.startswith("vanillanet") and _fused_ok(torch.device(plan.device)):
+    if model.startswith("vanillanet") and kernels.available_on(plan.device):
         modes.append("fused")
     return ",".join(modes)
 

@@ -255,11 +255,14 @@ def test_switch_setter_context_and_reference(monkeypatch):
         assert not K.use_fused_kernels(x)
     finally:
         K.set_fused_kernels(True)
-    other = "cuda" if DEV == "cpu" else "cpu"
-    assert not K.use_fused_kernels(torch.zeros(1, device="meta")) and not K.use_fused_kernels(
-        torch.zeros(1, device=other) if other == "cpu" else torch.zeros(1, device="meta"))
+    assert not K.use_fused_kernels(torch.zeros(1, device="meta"))  # neither CUDA nor the interpreter's CPU
+    if DEV == "cuda":
+        assert not K.use_fused_kernels(torch.zeros(1))  # compiled kernels do not take CPU tensors
+    assert K.available_on(DEV) and not K.available_on("meta")
+    with K.reference():
+        assert not K.available_on(DEV)
     monkeypatch.setattr(K, "_ops", None)
-    assert not K.use_fused_kernels(x)
+    assert not K.use_fused_kernels(x) and not K.available_on(DEV)
 
 
 @pytest.mark.parametrize("value,expected", [("0", False), ("off", False), ("False", False), ("1", True), ("", True)])

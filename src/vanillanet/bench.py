@@ -33,7 +33,7 @@ from torch import nn
 
 from . import kernels
 from .errors import ConfigError
-from .inference import _exact_fp32, _fused_ok, check_input_size, fast_inference, load_model, rel_err
+from .inference import _exact_fp32, check_input_size, fast_inference, load_model, rel_err
 
 __all__ = ["BASELINES", "MODES", "TRAIN_MODES", "BenchConfig", "Mode", "best_modes", "device_name", "format_table",
            "parse_modes", "plot_records", "run_bench"]
@@ -42,6 +42,7 @@ _log = logging.getLogger(__name__)
 
 MODES = ("paper", "eager", "channels_last", "fp16", "bf16", "cudagraph", "compile", "onnxruntime", "fused")
 TRAIN_MODES = ("train-fp32", "train-amp", "train-best", "train-fused")
+DEFAULT_TRAIN_MODES = TRAIN_MODES[:3]  # train-fused only on request (it matters on CUDA only)
 _GRAPH_MODES = ("cudagraph", "compile", "fused")  # modes that take a dtype suffix
 BASELINES = ("resnet50", "resnet18")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -82,7 +83,7 @@ def best_modes(device: torch.device) -> list[str]:
     modes = ["paper", "eager", "channels_last"]
     modes += [m for m, ok in (("fp16", _fp16_ok(device)), ("bf16", _bf16_ok(device))) if ok]
     if device.type == "cuda":
-        return modes + ["cudagraph", "compile"] + (["fused"] if _fused_ok(device) else [])
+        return modes + ["cudagraph", "compile"] + (["fused"] if kernels.available_on(device) else [])
     modes += ["compile"] + (["compile:bf16"] if _bf16_ok(device) else [])
     return modes + (["onnxruntime"] if _has_onnxruntime() else [])
 
@@ -102,7 +103,7 @@ def parse_modes(spec: str, device: torch.device) -> list[Mode]:
                               ":fp16, :bf16)")
         if kind == "cudagraph" and device.type != "cuda":
             raise ConfigError("mode cudagraph needs a CUDA device; drop it or use --modes best on this machine")
-        if kind == "fused" and not _fused_ok(device):
+        if kind == "fused" and not kernels.available_on(device):
             raise ConfigError("mode fused needs Triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU); drop it")
         if kind == "onnxruntime" and device.type != "cpu":
             raise ConfigError("mode onnxruntime runs on the CPU only; use --device cpu for it")
@@ -139,7 +140,7 @@ class BenchConfig:
     baselines: bool = False
     train: bool = False
     train_batch_size: int | None = None
-    train_modes: tuple[str, ...] = TRAIN_MODES[:3]
+    train_modes: tuple[str, ...] = DEFAULT_TRAIN_MODES
     inference: bool = True
     width_mult: float = 1.0
     num_classes: int = 1000
@@ -470,7 +471,7 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
                         help="also the train form and torchvision resnet50/resnet18 (random weights)")
     parser.add_argument("--train", action="store_true", help="also training-step throughput")
     parser.add_argument("--train-batch-size", type=int, help="batch for --train (default --batch-size)")
-    parser.add_argument("--train-modes", default=",".join(TRAIN_MODES[:3]),
+    parser.add_argument("--train-modes", default=",".join(DEFAULT_TRAIN_MODES),
                         help="training modes for --train (default: the first three): train-fp32 (fp32 NCHW), "
                         "train-amp (the original recipe: autocast NCHW), train-best (channels_last + autocast + "
                         "torch.compile), train-fused (train-best with the fused activation kernels, CUDA)")

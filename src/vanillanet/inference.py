@@ -206,15 +206,10 @@ def _onnxruntime(model: nn.Module, image_size: int, in_chans: int, deploy: bool 
     return run
 
 
-def _fused_ok(device: torch.device) -> bool:
-    """Whether the fused kernels can run on ``device`` here (CUDA, or the CPU under Triton's interpreter)."""
-    return kernels.use_fused_kernels() and device.type == ("cpu" if kernels.interpreted() else "cuda")
-
-
 def _available(device: torch.device, dtype: torch.dtype) -> list[str]:
     """Backends worth trying for ``backend="auto"``, best guess first."""
     if device.type == "cuda":
-        return ["cudagraph"] + (["fused"] if _fused_ok(device) else [])
+        return ["cudagraph"] + (["fused"] if kernels.available_on(device) else [])
     names = ["compile"]
     if dtype == torch.float32:
         try:
@@ -260,7 +255,7 @@ def fast_inference(
         raise ConfigError("CUDA was requested but is not available; use device='cpu'")
     if backend == "cudagraph" and device.type != "cuda":
         raise ConfigError("the cudagraph backend needs a CUDA device; use backend='compile' or 'auto' on the CPU")
-    if backend == "fused" and not _fused_ok(device):
+    if backend == "fused" and not kernels.available_on(device):
         raise ConfigError("the fused backend needs Triton and a CUDA device (or TRITON_INTERPRET=1 on the CPU); use "
                           "backend='auto'")
     if backend == "onnxruntime" and (device.type != "cpu" or dtype != torch.float32):

@@ -34,9 +34,9 @@ import torch.fx._symbolic_trace as _fx
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ENV_VAR", "available", "build_fused", "disabled", "dwconv_relu", "fused_kernels", "fused_train_act",
-           "interpreted",
-           "reference", "set_fused_kernels", "unavailable_reason", "use_fused_kernels"]
+__all__ = ["ENV_VAR", "available", "available_on", "build_fused", "disabled", "dwconv_relu", "fused_kernels",
+           "fused_train_act", "interpreted", "reference", "set_fused_kernels", "unavailable_reason",
+           "use_fused_kernels"]
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +73,12 @@ def unavailable_reason() -> str:
 def interpreted() -> bool:
     """True when the kernels were defined under Triton's interpreter (they then run on CPU tensors only)."""
     return _ops is not None and _ops.INTERPRETED
+
+
+def available_on(device: torch.device | str) -> bool:
+    """Whether fused kernels can run on ``device`` now: switch on, and a CUDA device (or the CPU when the kernels
+    were defined under Triton's interpreter)."""
+    return use_fused_kernels() and torch.device(device).type == ("cpu" if _ops.INTERPRETED else "cuda")
 
 
 def set_fused_kernels(enabled: bool) -> None:
