@@ -33,10 +33,10 @@ def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: 
                     K: tl.constexpr, RH: tl.constexpr, RW: tl.constexpr, S: tl.constexpr, TH: tl.constexpr,
                     TW: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, MEAN: tl.constexpr,
                     RELU: tl.constexpr):
-    # C and W are compile-time constants (no channel mask when BC divides C; the pool window's loads share one
-    # address). Out-of-map taps are masked loads returning 0 (zero padding). The taps are a runtime loop: unrolling
-    # them makes the compiler hoist every tap's loads, which needs 150-255 registers (spilling for S = 2) and
-    # compiles for a minute; the loop keeps a tap's loads in flight and lets occupancy hide the latency.
+    # C and W are compile-time constants (no channel mask when BC divides C; a pool window's loads are constant
+    # offsets of one address). Out-of-map taps are masked loads returning 0 (zero padding). The taps are a runtime
+    # loop: unrolling them makes the compiler hoist every tap's loads, which needs 150-255 registers (spilling
+    # for S = 2) and compiles for a minute; the loop keeps a tap's loads in flight and lets occupancy hide latency.
     pid = tl.program_id(0)
     n = pid // TILES
     t = pid % TILES
