@@ -211,18 +211,18 @@ def dwconv_relu_backward(grad: torch.Tensor, x: torch.Tensor, taps: torch.Tensor
     gx = torch.empty_like(x, memory_format=torch.channels_last)
     if x.numel() == 0:
         return gx.zero_(), torch.zeros_like(taps)
-    parts: list[torch.Tensor] = []
 
-    def launch(cfg: Config) -> None:
+    def launch(cfg: Config) -> torch.Tensor:
+        # one row of partial weight gradients per program (deterministic, unlike atomics), summed here; larger
+        # tiles mean fewer rows, which the tuning sees since the sum is part of what it times
         grid, tiles_w, tiles = _grid(n, h, w, c, cfg)
         skipped = _reach(k, h) < k // 2 or _reach(k, w) < k // 2  # those taps' partial sums stay 0
         part = (torch.zeros if skipped else torch.empty)((grid[0], k * k, c), device=x.device, dtype=torch.float32)
         _dwconv_relu_bwd_kernel[grid](grad, x, taps, gx, part, h, tiles_w, tiles, C=c, W=w, K=k,
                                       RH=_reach(k, h), RW=_reach(k, w), **cfg.launch_kwargs())
-        parts[:] = [part]
+        return part.sum(0)
 
     if config is None:
         key = autotune.cache_key("dwconv_relu_bwd", n, c, h, w, k, x.dtype)
         config = autotune.pick(key, act_candidates(h, w, c, False, interpreted), launch, x.device)
-    launch(config)
-    return gx, parts[0].sum(0)
+    return gx, launch(config)
