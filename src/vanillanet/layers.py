@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .errors import ConversionError
 
 __all__ = ["BN_EPS", "SeriesActivation", "StridedAdaptiveMaxPool2d", "fold_bn", "merge_convs", "series_taps"]
@@ -167,6 +168,9 @@ class SeriesActivation(nn.Module):
             self.bn = nn.BatchNorm2d(dim, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # (TorchScript skips this block)
+            if not self.deploy and kernels.fused_train_act(x):  # fused Triton forward + backward on CUDA
+                return self.bn(kernels.dwconv_relu(x, self.weight))
         weight, padding = series_taps(self.weight, self.act_num, x)
         x = F.conv2d(F.relu(x), weight, self.bias, padding=padding, groups=self.dim)
         if self.deploy:
