@@ -20,17 +20,20 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .errors import ConversionError
+from .errors import ConfigError, ConversionError
 from .layers import (
     BN_EPS,
-    SeriesActivation,
     conv_bn,
     fold_conv_bn,
+    make_activation,
+    make_pool,
     merge_convs,
     new_conv,
 )
 
-__all__ = ["VARIANTS", "VariantSpec", "Block", "DeepTrainingSlope", "VanillaNet", "variant_names"]
+__all__ = ["MODEL_OPTIONS", "VARIANTS", "VariantSpec", "Block", "ConversionHook", "DeepTrainingSlope",
+           "ResidualBlock", "ResidualSingleConvBlock", "SHORTCUT_REFUSAL", "SingleConvBlock", "VanillaNet",
+           "variant_names"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ VARIANTS: dict[str, VariantSpec] = {
 
 def variant_names() -> list[str]:
     return list(VARIANTS)
+
+
+# The ablation options of VanillaNet (constructor arguments) and their values in the paper's network.
+MODEL_OPTIONS = {"deep_training": True, "series_act": True, "shortcut": False}
 
 
 class DeepTrainingSlope(nn.Module):
@@ -100,6 +107,7 @@ class Block(nn.Module):
         deploy: bool = False,
         ada_pool: int | None = None,
         slope: DeepTrainingSlope | None = None,
+        series_act: bool = True,
     ):
         super().__init__()
         self.deploy = deploy
@@ -109,13 +117,8 @@ class Block(nn.Module):
             self.slope = slope if slope is not None else DeepTrainingSlope()
             self.conv1 = conv_bn(dim, dim)
             self.conv2 = conv_bn(dim, dim_out)
-        if stride == 1:
-            self.pool = nn.Identity()
-        elif ada_pool:
-            self.pool = nn.AdaptiveMaxPool2d((ada_pool, ada_pool))
-        else:
-            self.pool = nn.MaxPool2d(stride)
-        self.act = SeriesActivation(dim_out, act_num, deploy=deploy)
+        self.pool = make_pool(stride, ada_pool)
+        self.act = make_activation(dim_out, act_num, deploy, series_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
@@ -136,6 +139,78 @@ class Block(nn.Module):
         self.deploy = True
 
     switch_to_deploy = reparameterize
+
+
+class SingleConvBlock(nn.Module):
+    """A layer trained without deep training (``VanillaNet(deep_training=False)``): conv(1x1)+BN, pool, activation.
+
+    It is the deploy-form Block with a BN after its conv, trained as such from the start (no second conv, no slope).
+    Conversion folds the BNs, giving exactly the keys of ``Block(deploy=True)``: ``conv.{weight,bias}``, ``act.*``.
+    """
+
+    def __init__(self, dim: int, dim_out: int, act_num: int = 3, stride: int = 2, ada_pool: int | None = None,
+                 series_act: bool = True):
+        super().__init__()
+        self.deploy = False
+        self.conv = conv_bn(dim, dim_out)
+        self.pool = make_pool(stride, ada_pool)
+        self.act = make_activation(dim_out, act_num, series=series_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.pool(self.conv(x)))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the conv's BN and the activation's BN. Idempotent."""
+        if self.deploy:
+            return
+        self.conv = new_conv(*fold_conv_bn(self.conv))
+        self.act.reparameterize()
+        self.deploy = True
+
+    switch_to_deploy = reparameterize
+
+
+SHORTCUT_REFUSAL = ("this network has shortcuts (shortcut=True): a residual connection adds the input to the output, "
+                    "so a shortcut network is not a plain network and has no deploy form; evaluate its train form")
+
+
+class _Shortcut:
+    """Adds a block's input to its output (``VanillaNet(shortcut=True)``), around the whole block, activation
+    included. Mixed into a block class so that the block keeps its keys; such a network refuses conversion."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+    def reparameterize(self) -> None:
+        raise ConversionError(SHORTCUT_REFUSAL)
+
+    switch_to_deploy = reparameterize
+
+
+class ResidualBlock(_Shortcut, Block):
+    """A deep-training Block with an identity shortcut around it (input and output shapes must match)."""
+
+
+class ResidualSingleConvBlock(_Shortcut, SingleConvBlock):
+    """A SingleConvBlock with an identity shortcut around it (input and output shapes must match)."""
+
+
+class ConversionHook(nn.Module):
+    """A parameterless first child whose ``reparameterize()`` converts its owner model.
+
+    ``timm.utils.reparameterize_model`` only visits children, so a model whose conversion is more than its
+    children's needs such a hook (in the deep-training form, the shared ``DeepTrainingSlope`` is it). Never called
+    in the forward pass; not a state_dict key.
+    """
+
+    def __init__(self, owner: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # plain back-reference, not a submodule
+
+    def reparameterize(self) -> None:
+        if self._owner is not None:
+            self._owner.reparameterize()
 
 
 def _check_slope(slope: DeepTrainingSlope) -> None:
@@ -161,6 +236,18 @@ class VanillaNet(nn.Module):
     Args mirror the original: ``in_chans``, ``num_classes``, ``dims``, ``strides``, ``drop_rate`` (head dropout),
     ``act_num`` (activation kernel 2n+1), ``deploy``, ``ada_pool``. ``width_mult`` scales every width (narrow
     models for CPU training). ``num_classes=0`` gives a headless feature extractor (timm convention).
+
+    Ablation options (the defaults are the paper's network, with the original keys):
+
+    - ``deep_training=False``: every layer is trained as the single conv it becomes at deploy time, from the start:
+      stem = 4x4 conv + BN + activation, block = 1x1 conv + BN, pool, activation, head = pool, dropout, one 1x1 conv;
+      no slope and no act_learn. Keys ``stem.0.0.*`` (conv), ``stem.0.1.*`` (BN), ``stem.1.*``,
+      ``stages.{i}.conv.{0,1}.*``, ``stages.{i}.act.*``, ``cls.2.*``; it converts to the usual deploy form.
+    - ``series_act=False``: a plain ReLU instead of the series activation (no depthwise conv, no ``act.*`` keys in
+      either form). ``act_num`` is then unused.
+    - ``shortcut=True``: an identity shortcut around every block whose input and output shapes match (stride 1 and
+      dim == dim_out; in vanillanet_6 only the last block); the other blocks, the stem and the head are unchanged.
+      Same keys, but not a plain network: conversion refuses (``ConversionError``).
     """
 
     def __init__(
@@ -176,6 +263,9 @@ class VanillaNet(nn.Module):
         width_mult: float = 1.0,
         global_pool: str = "avg",
         drop_path_rate: float = 0.0,
+        deep_training: bool = True,
+        series_act: bool = True,
+        shortcut: bool = False,
     ):
         super().__init__()
         if len(dims) != len(strides) + 1:
@@ -188,7 +278,22 @@ class VanillaNet(nn.Module):
             raise ValueError("VanillaNet has no residual branches, so drop_path_rate must be 0")
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, got {width_mult}")
+        if isinstance(act_num, bool) or not isinstance(act_num, int) or act_num < 0:
+            raise ValueError(f"act_num must be an integer >= 0 (kernel 2*act_num+1), got {act_num!r}")
+        if shortcut and deploy:
+            raise ValueError("shortcut=True has no deploy form (a shortcut network is not a plain network): build it "
+                             "with deploy=False")
         dims = [max(1, int(round(d * width_mult))) for d in dims]
+        self.deep_training, self.series_act = bool(deep_training), bool(series_act)
+        # which blocks get a shortcut: those whose input and output shapes match
+        residual = [bool(shortcut) and s == 1 and dims[i] == dims[i + 1] for i, s in enumerate(strides)]
+        if shortcut and not any(residual):
+            raise ValueError("shortcut=True, but no block keeps its input shape (stride 1 and dim == dim_out), so "
+                             "there is nowhere to add an identity shortcut; use a variant with a stride-1 block")
+        self.shortcut = bool(shortcut)
+        # True when each layer is one conv (the deploy form, or the train form without deep training): the stem and
+        # head then have the deploy form's layout.
+        self.single_conv = deploy or not deep_training
         self.in_chans, self.num_classes, self.drop_rate = in_chans, num_classes, drop_rate
         self.dims, self.strides = tuple(dims), tuple(strides)
         self.act_num, self.deploy = act_num, deploy
@@ -200,16 +305,20 @@ class VanillaNet(nn.Module):
         if deploy:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad),
-                SeriesActivation(dims[0], act_num, deploy=True),
+                make_activation(dims[0], act_num, True, series_act),
             )
+        elif not deep_training:
+            self.convert_hook = ConversionHook(self)
+            self.stem = nn.Sequential(conv_bn(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad),
+                                      make_activation(dims[0], act_num, series=series_act))
         else:
             self.slope = DeepTrainingSlope()
             object.__setattr__(self.slope, "_owner", self)
             self.stem1 = conv_bn(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad)
-            self.stem2 = nn.Sequential(*conv_bn(dims[0], dims[0]), SeriesActivation(dims[0], act_num))
+            self.stem2 = nn.Sequential(*conv_bn(dims[0], dims[0]), make_activation(dims[0], act_num, series=series_act))
         self.stages = nn.ModuleList(
-            Block(dims[i], dims[i + 1], act_num, strides[i], deploy,
-                  ada_pool[i] if ada_pool is not None else None, None if deploy else self.slope)
+            self._make_block(dims[i], dims[i + 1], strides[i], ada_pool[i] if ada_pool is not None else None,
+                             residual[i])
             for i in range(len(strides))
         )
         self.feature_info = []
@@ -220,11 +329,20 @@ class VanillaNet(nn.Module):
         self._build_head(num_classes)
         self.apply(_init_weights)
 
+    def _make_block(self, dim: int, dim_out: int, stride: int, ada_pool: int | None, residual: bool) -> nn.Module:
+        """Block i in the form and with the options chosen at construction."""
+        if self.deep_training or self.deploy:
+            cls = ResidualBlock if residual else Block
+            return cls(dim, dim_out, self.act_num, stride, self.deploy, ada_pool, None if self.deploy else self.slope,
+                       self.series_act)
+        cls = ResidualSingleConvBlock if residual else SingleConvBlock
+        return cls(dim, dim_out, self.act_num, stride, ada_pool, self.series_act)
+
     # ---- head -------------------------------------------------------------------------------------------------
     def _build_head(self, num_classes: int) -> None:
         c = self.num_features
         pool_drop = [nn.AdaptiveAvgPool2d((1, 1)), nn.Dropout(self.drop_rate)]
-        if self.deploy:
+        if self.single_conv:
             self.cls = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1) if num_classes else nn.Identity())
         elif num_classes:
             self.cls1 = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1), nn.BatchNorm2d(num_classes, eps=BN_EPS))
@@ -235,7 +353,7 @@ class VanillaNet(nn.Module):
         self.num_classes = num_classes
 
     def get_classifier(self) -> nn.Module:
-        return self.cls[2] if self.deploy else self.cls2[0]
+        return self.cls[2] if self.single_conv else self.cls2[0]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head by a freshly initialised one for ``num_classes`` (0 = no head), in the current form."""
@@ -243,7 +361,7 @@ class VanillaNet(nn.Module):
             raise ValueError(f"VanillaNet pools by average only, got global_pool={global_pool!r}")
         ref = next(self.parameters())
         self._build_head(num_classes)
-        head = [self.cls] if self.deploy else [self.cls1, self.cls2]
+        head = [self.cls] if self.single_conv else [self.cls1, self.cls2]
         for m in head:
             m.apply(_init_weights)
             m.to(device=ref.device, dtype=ref.dtype)
@@ -251,8 +369,9 @@ class VanillaNet(nn.Module):
     # ---- act_learn (deep training) ------------------------------------------------------------------------------
     @property
     def act_learn(self) -> float:
-        """Slope between each pair of convs: 0 = ReLU (start of deep training), 1 = identity (mergeable)."""
-        return 1.0 if self.deploy else self.slope.value
+        """Slope between each pair of convs: 0 = ReLU (start of deep training), 1 = identity (mergeable); 1 when
+        each layer is a single conv (deploy form, or ``deep_training=False``)."""
+        return 1.0 if self.single_conv else self.slope.value
 
     @act_learn.setter
     def act_learn(self, value: float) -> None:
@@ -264,6 +383,11 @@ class VanillaNet(nn.Module):
         value = float(value)
         if not 0.0 <= value <= 1.0 or math.isnan(value):
             raise ValueError(f"act_learn must lie in [0, 1], got {value}")
+        if not self.deploy and not self.deep_training:
+            if value != 1.0:
+                raise ConfigError("this model trains without deep training (deep_training=False): each layer is one "
+                                  "conv, there is no act_learn to set; build it with deep_training=True to use it")
+            return
         if self.deploy:
             if value != 1.0:
                 raise ConversionError("this model is in deploy form: its layers are merged and act_learn is fixed "
@@ -275,7 +399,7 @@ class VanillaNet(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
+        if self.single_conv:
             return self.stem(x)
         return self.stem2(self.slope(self.stem1(x)))
 
@@ -291,11 +415,11 @@ class VanillaNet(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        head = self.cls if self.deploy else self.cls1
+        head = self.cls if self.single_conv else self.cls1
         x = head[1](head[0](x))
         if pre_logits:
             return x.flatten(1)
-        if self.deploy:
+        if self.single_conv:
             return head[2](x).flatten(1)
         x = self.cls1[3](self.cls1[2](x))
         if self.num_classes:
@@ -360,9 +484,15 @@ class VanillaNet(nn.Module):
     def reparameterize(self) -> None:
         """Convert to the deploy form in place, exactly (eval-mode BN statistics). Idempotent.
 
-        Raises ConversionError when act_learn != 1 (the layers are not yet linear and cannot be merged).
+        Raises ConversionError when act_learn != 1 (the layers are not yet linear and cannot be merged) and for a
+        network with shortcuts (not a plain network).
         """
         if self.deploy:
+            return
+        if self.shortcut:
+            raise ConversionError(SHORTCUT_REFUSAL)
+        if not self.deep_training:
+            self._reparameterize_single_conv()
             return
         _check_slope(self.slope)
         stride, padding = self.stem1[0].stride, self.stem1[0].padding
@@ -385,6 +515,20 @@ class VanillaNet(nn.Module):
             stages=self.stages,
             cls=head,
         )
+        self.deploy = True
+        self.single_conv = True
+
+    @torch.no_grad()
+    def _reparameterize_single_conv(self) -> None:
+        """``deep_training=False``: fold every BN into its conv; the layout already is the deploy form's."""
+        conv = self.stem[0][0]
+        self.stem[0] = new_conv(*fold_conv_bn(self.stem[0]), stride=conv.stride, padding=conv.padding)
+        self.stem[1].reparameterize()
+        for block in self.stages:
+            block.reparameterize()
+        object.__setattr__(self.convert_hook, "_owner", None)  # break the back-reference; later calls are no-ops
+        # a fresh module dict without the hook (see reparameterize), in the deploy form's key order
+        self._modules = OrderedDict(stem=self.stem, stages=self.stages, cls=self.cls)
         self.deploy = True
 
     switch_to_deploy = reparameterize

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from .baselines import baseline_kwargs, is_baseline
 from .checkpoint import check_model_name, load_weights, save_atomic, save_weights
 from .errors import CheckpointError, ConfigError, VanillaNetError
-from .models import VanillaNet
+from .models import MODEL_OPTIONS, VanillaNet
 from .reparam import act_learn_schedule, reparameterize_model
 from .train_config import TrainConfig, add_config_arguments, config_from_args, config_to_dict, list_recipes
 from .train_state import (
@@ -76,7 +77,8 @@ def _freeze(model: VanillaNet, stages: int) -> list[nn.Module]:
     """Freeze the first ``stages`` stages (the stem counts as the first); returns the frozen modules."""
     if stages <= 0:
         return []
-    units: list[list[nn.Module]] = [[model.stem1, model.stem2], *[[b] for b in model.stages]]
+    stem = [model.stem1, model.stem2] if model.deep_training else [model.stem]  # ablation: deep_training=False
+    units: list[list[nn.Module]] = [stem, *[[b] for b in model.stages]]
     if stages > len(units):
         raise ConfigError(f"freeze_stages is {stages} but the model has {len(units)} stages (stem + "
                           f"{len(units) - 1} blocks); use at most {len(units) - 1} to leave something to train")
@@ -121,7 +123,7 @@ class _Trainer:
 
     # ---- building ---------------------------------------------------------------------------------------------
     def _build_data(self) -> None:
-        from .data import build_dataset, build_loader, build_transform, dataset_defaults
+        from .data import build_dataset, build_loader, build_transform, dataset_defaults, take_subset
 
         cfg = self.cfg
         if not cfg.data:
@@ -137,6 +139,8 @@ class _Trainer:
         ds_args = dict(in_chans=cfg.in_chans, strict=cfg.strict_data, root=cfg.data_root,
                        synthetic_size=cfg.synthetic_size, num_classes=cfg.num_classes or 10, img_size=self.img_size)
         train_ds = build_dataset(cfg.data, "train", train_tf, **ds_args)
+        if cfg.train_subset:  # shorter experiments (ablation studies): a fixed subset, the same for every seed
+            train_ds = take_subset(train_ds, cfg.train_subset)
         val_ds = build_dataset(cfg.data, "val", build_transform(False, self.img_size, **tf), **ds_args)
         self.classes = list(train_ds.classes)
         if cfg.num_classes is not None and cfg.num_classes != len(self.classes):
@@ -164,12 +168,28 @@ class _Trainer:
         from timm.utils import ModelEmaV3
 
         cfg = self.cfg
-        check_model_name(cfg.model)
-        self.arch = dict(name=cfg.model, kwargs=dict(num_classes=self.num_classes, in_chans=cfg.in_chans,
-                                                     drop_rate=cfg.drop_rate, act_num=cfg.act_num,
-                                                     width_mult=cfg.width_mult))
+        # ---- ablation: baselines (resnet18, plain_cnn_6) train alike, without deep training or a deploy form
+        options = {k: getattr(cfg, k) for k, default in MODEL_OPTIONS.items() if getattr(cfg, k) != default}
+        self.baseline = is_baseline(cfg.model)
+        if self.baseline:
+            if options or cfg.pretrained or cfg.freeze_stages:
+                given = ", ".join([*options, *(["pretrained"] if cfg.pretrained else []),
+                                   *(["freeze_stages"] if cfg.freeze_stages else [])])
+                raise ConfigError(f"{cfg.model} is a baseline: the setting(s) {given} apply to VanillaNet models only; "
+                                  "drop them for this model")
+            self.arch = dict(name=cfg.model, kwargs=baseline_kwargs(cfg.model, num_classes=self.num_classes,
+                                                                    in_chans=cfg.in_chans, drop_rate=cfg.drop_rate,
+                                                                    width_mult=cfg.width_mult))
+        else:
+            check_model_name(cfg.model)
+            # the options enter the record only when set, so that older checkpoints still resume
+            self.arch = dict(name=cfg.model, kwargs=dict(num_classes=self.num_classes, in_chans=cfg.in_chans,
+                                                         drop_rate=cfg.drop_rate, act_num=cfg.act_num,
+                                                         width_mult=cfg.width_mult, **options))
         model: VanillaNet = timm.create_model(cfg.model, **self.arch["kwargs"])
-        if cfg.layer_decay is not None and cfg.layer_decay_layers not in (None, len(model.stages)):
+        self.deep_training = not self.baseline and model.deep_training  # False: no act_learn to schedule
+        blocks = None if self.baseline else len(model.stages)
+        if cfg.layer_decay is not None and blocks is not None and cfg.layer_decay_layers not in (None, blocks):
             raise ConfigError(f"layer_decay_layers is {cfg.layer_decay_layers} but {cfg.model} has "
                               f"{len(model.stages)} blocks; set it to {len(model.stages)} or null")
         if cfg.pretrained:
@@ -248,8 +268,15 @@ class _Trainer:
     def act_learn_at(self, epoch: float) -> float:
         return act_learn_schedule(epoch, self.cfg.decay_epochs, self.cfg.act_learn_mode)
 
+    @property
+    def act_learn(self) -> float | None:
+        """The live model's act_learn; None without deep training (baselines, ``deep_training=False``)."""
+        return self.model.act_learn if self.deep_training else None
+
     def set_act_learn(self, value: float) -> None:
         """The live model and the EMA copy (which has its own slope) always hold the same act_learn."""
+        if not self.deep_training:  # ablation: nothing to schedule
+            return
         self.model.set_act_learn(value)
         if self.ema is not None:
             self.ema.module.set_act_learn(value)
@@ -272,7 +299,7 @@ class _Trainer:
             "epoch": epoch,
             "batch": batch,
             "step": self.step,
-            "act_learn": self.model.act_learn,
+            "act_learn": self.act_learn,
             "rng": rngs,
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
@@ -428,7 +455,8 @@ class _Trainer:
                 self.step += 1
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.step)
-                    self.ema.module.set_act_learn(self.model.act_learn)
+                    if self.deep_training:  # ablation: no slope without deep training
+                        self.ema.module.set_act_learn(self.model.act_learn)
                 self.scheduler.step_update(self.step)
                 step_loss = sum(micro_loss) / accum
                 micro_loss.clear()
@@ -436,11 +464,11 @@ class _Trainer:
                 seen += 1
                 ips = seen * self.eff_batch / max(time.perf_counter() - t_start, 1e-9)
                 self._bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{self._lr():.2e}",
-                                      act=f"{self.model.act_learn:.3f}", img_s=f"{ips:.0f}", refresh=False)
+                                      act=_fmt(self.act_learn), img_s=f"{ips:.0f}", refresh=False)
                 self._bar.update()
                 info = dict(step=self.step, epoch=epoch + (i + 1) / self.micro_per_epoch, loss=step_loss,
-                            lr=self._lr(), act_learn=self.model.act_learn, img_per_s=ips)
-                if self.ema is not None:
+                            lr=self._lr(), act_learn=self.act_learn, img_per_s=ips)
+                if self.ema is not None and self.deep_training:
                     info["ema_act_learn"] = self.ema.module.act_learn
                 if self.step % cfg.log_every == 0:
                     self._metrics({"type": "step", **info})
@@ -475,12 +503,12 @@ class _Trainer:
         if improved:
             self.best_top1, self.best_epoch = ev["top1"], epoch + 1
         row = dict(type="epoch", epoch=epoch + 1, step=self.step, **self.epoch_stats, val_loss=ev["val_loss"],
-                   top1=ev["top1"], top5=ev["top5"], lr=self._lr(), act_learn=self.model.act_learn,
+                   top1=ev["top1"], top5=ev["top5"], lr=self._lr(), act_learn=self.act_learn,
                    ema=self.ema is not None, seconds=time.perf_counter() - self.t0)
         self._metrics(row)
         self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 "
                  f"{100 * ev['top1']:.2f}%{' (EMA)' if self.ema is not None else ''}  top-5 {100 * ev['top5']:.2f}%"
-                 f"  lr {row['lr']:.3g}  act_learn {row['act_learn']:.3f}  {row['img_per_s']:.0f} img/s  "
+                 f"  lr {row['lr']:.3g}  act_learn {_fmt(row['act_learn'])}  {row['img_per_s']:.0f} img/s  "
                  f"{row['seconds']:.0f} s")
         path = self.save(epoch, self.micro_per_epoch)
         if improved and path is not None:
@@ -537,9 +565,9 @@ class _Trainer:
         """Convert the evaluated model to the deploy form, check it on the validation set, write the outputs."""
         cfg = self.cfg
         final = self.ema.module if self.ema is not None else self.model
-        deploy = reparameterize_model(final)
+        deploy = self._deploy_form(final)
         ev = self.evaluate(final, deploy=deploy, amp=False)  # fp32: the agreement is about the conversion only
-        if ev["deploy_agreement"] < 1.0:
+        if deploy is not None and ev["deploy_agreement"] < 1.0:
             self.log(f"warning: the deploy model changes {100 * (1 - ev['deploy_agreement']):.3f}% of predictions")
         hashes = None
         if self.dist.enabled:
@@ -550,13 +578,14 @@ class _Trainer:
             return dict(status="completed", rank=self.dist.rank)
         from .complexity import count_macs, count_params
 
-        deploy_path = self.out / "model_deploy.safetensors"
-        save_weights(deploy.cpu(), deploy_path, class_names=self.classes,
-                     extra_meta=dict(top1=ev["deploy_top1"], dataset=cfg.data, trained_by="vanillanet train",
-                                     **self.preprocess))
+        deploy_path = self.out / "model_deploy.safetensors" if deploy is not None else None
+        if deploy is not None:
+            save_weights(deploy.cpu(), deploy_path, class_names=self.classes,
+                         extra_meta=dict(top1=ev["deploy_top1"], dataset=cfg.data, trained_by="vanillanet train",
+                                         **self.preprocess))
         size = (cfg.in_chans, self.img_size, self.img_size)
-        cx = dict(params_train=count_params(final), params_deploy=count_params(deploy),
-                  macs_train=count_macs(final, size), macs_deploy=count_macs(deploy, size))
+        cx = dict(params_train=count_params(final), params_deploy=count_params(deploy) if deploy else None,
+                  macs_train=count_macs(final, size), macs_deploy=count_macs(deploy, size) if deploy else None)
         plot = self.out / "training.png"
         try:
             from .plots import plot_training
@@ -571,11 +600,11 @@ class _Trainer:
             epochs=cfg.epochs, steps=self.step, world_size=self.dist.world_size,
             evaluated="ema" if self.ema else "model",
             test_top1=ev["top1"], test_top5=ev["top5"], test_loss=ev["val_loss"], test_images=ev["n"],
-            deploy_test_top1=ev["deploy_top1"], deploy_agreement=ev["deploy_agreement"],
-            best_top1=self.best_top1, best_epoch=self.best_epoch, act_learn=final.act_learn, seconds=seconds, **cx,
+            deploy_test_top1=ev.get("deploy_top1"), deploy_agreement=ev.get("deploy_agreement"),
+            best_top1=self.best_top1, best_epoch=self.best_epoch, act_learn=self.act_learn, seconds=seconds, **cx,
             checkpoint=str(self.last_ckpt) if self.last_ckpt else None,
             best_checkpoint=str(self.out / "best.pth") if (self.out / "best.pth").is_file() else None,
-            deploy_weights=str(deploy_path), plot=str(plot) if plot else None,
+            deploy_weights=str(deploy_path) if deploy_path else None, plot=str(plot) if plot else None,
             metrics=str(self.out / "metrics.jsonl"), config=str(self.out / "config.yaml"),
         )
         if hashes is not None:
@@ -584,18 +613,39 @@ class _Trainer:
         self.log(_summary_table(summary))
         return summary
 
+    def _deploy_form(self, final: nn.Module) -> nn.Module | None:
+        """The deploy form of the evaluated model; None (deploy metrics n/a) for a model that has none: a baseline,
+        or a VanillaNet with shortcuts (not a plain network)."""
+        if self.baseline or final.shortcut:
+            why = "is a baseline" if self.baseline else "with shortcuts is not a plain network"
+            self.log(f"{self.cfg.model} {why} and has no deploy form: evaluating its train form only")
+            return None
+        return reparameterize_model(final)
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
+def _mega(v: float | None) -> float | None:
+    return None if v is None else v / 1e6
+
 
 def _summary_table(s: dict[str, Any]) -> str:
     rows = [
         ("best top-1 (epoch)", f"{100 * s['best_top1']:.2f}% ({s['best_epoch']})"),
         ("final top-1, train form", f"{100 * s['test_top1']:.2f}%"),
-        ("final top-1, deploy form", f"{100 * s['deploy_test_top1']:.2f}%"),
-        ("identical predictions", f"{100 * s['deploy_agreement']:.2f}% of {s['test_images']}"),
-        ("params train / deploy", f"{s['params_train'] / 1e6:.3f} M / {s['params_deploy'] / 1e6:.3f} M"),
-        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {s['macs_deploy'] / 1e6:.2f} M "
+        ("final top-1, deploy form", f"{_fmt(_pct(s['deploy_test_top1']), '.2f')}%"),
+        ("identical predictions", f"{_fmt(_pct(s['deploy_agreement']), '.2f')}% of {s['test_images']}"),
+        ("params train / deploy", f"{s['params_train'] / 1e6:.3f} M / {_fmt(_mega(s['params_deploy']))} M"),
+        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {_fmt(_mega(s['macs_deploy']), '.2f')} M "
                                 f"({s['img_size']} px)"),
         ("time", f"{s['seconds']:.0f} s"),
-        ("deploy weights", s["deploy_weights"]),
+        ("deploy weights", s["deploy_weights"] or "-"),
         ("plot", s["plot"] or "-"),
     ]
     width = max(len(k) for k, _ in rows)

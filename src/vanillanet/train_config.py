@@ -48,10 +48,15 @@ class TrainConfig:
     width_mult: float = _f(1.0, "scale every width (e.g. 0.125 for CPU-sized models)")
     pretrained: str | None = _f(None, "fine-tune from this checkpoint (any layout the package loads)")
     freeze_stages: int = _f(0, "freeze the first K stages, counting the stem as the first")
+    deep_training: bool = _f(True, "ablation: false trains each layer as one conv + BN from the start (no act_learn)")
+    series_act: bool = _f(True, "ablation: false replaces the series activation by a plain ReLU")
+    shortcut: bool = _f(False, "ablation: identity shortcut around each block that keeps its shape (no deploy form)")
     # -- data
     data: str = _f("", "ImageFolder root (train/ and val/), fashion-mnist, digits or synthetic")
     data_root: str | None = _f(None, "folder with Fashion-MNIST's IDX files (default: the Debian package's)")
     synthetic_size: int = _f(512, "training images of the synthetic set (val gets a quarter)")
+    train_subset: int | None = _f(None, "train on a fixed random subset of this many training images (the same for "
+                                  "every seed; for shorter experiments)")
     img_size: int | None = _f(None, "input size (default: 224 for folders, 32 for the small sets)")
     crop_pct: float | None = _f(None, "eval centre-crop fraction (default: 0.875 for folders)")
     mean: tuple[float, ...] | None = _f(None, "normalisation mean (default: the source's)")
