@@ -235,12 +235,12 @@ def _check_not_changed(run: Run, rows: list[dict[str, Any]], root: Path) -> bool
     return False
 
 
-def _row(run: Run, summary: dict[str, Any], wall: float, cpu: float, jobs: int) -> dict[str, Any]:
+def _row(run: Run, summary: dict[str, Any], wall: float, cpu: float, jobs: int, sets: Sequence[str]) -> dict[str, Any]:
     keys = ("test_top1", "best_top1", "params_train", "params_deploy", "macs_train", "macs_deploy", "epochs",
             "steps", "img_size", "seconds")
     return {
         "variation": run.variation.name, "group": run.variation.group, "seed": run.seed, "delta": run.variation.delta,
-        "config_hash": run.hash, "model": run.cfg.model, **{k: summary.get(k) for k in keys},
+        "set": list(sets), "config_hash": run.hash, "model": run.cfg.model, **{k: summary.get(k) for k in keys},
         "deploy_top1": summary.get("deploy_test_top1"), "deploy_agreement": summary.get("deploy_agreement"),
         "wall_seconds": wall, "cpu_seconds": cpu, "threads": run.cfg.threads, "jobs": jobs,
         "output": run.cfg.output, "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -343,7 +343,7 @@ def run_study(study: Study, root: str | Path, *, jobs: int = 1, threads: int | N
             log(f"  {run.label} stopped at step {summary.get('step')}: checkpoint kept, rerun to continue")
             stop.signum = stop.signum or summary.get("exit_code", 128 + signal.SIGTERM) - 128
             return False
-        row = _row(run, summary, wall, cpu, jobs)
+        row = _row(run, summary, wall, cpu, jobs, sets)
         with open(root / ROWS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
         done_times.append(wall)
