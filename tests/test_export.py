@@ -9,8 +9,9 @@ from torch import nn
 
 from vanillanet.cli import main
 from vanillanet.errors import ConversionError
-from vanillanet.export import StaticAdaptiveMaxPool2d, export_onnx, export_torchscript, onnx_session
+from vanillanet.export import export_onnx, export_torchscript
 from vanillanet.models import VARIANTS
+from vanillanet.onnx_graph import StaticAdaptiveMaxPool2d, onnx_session
 
 pytest.importorskip("onnxruntime")
 

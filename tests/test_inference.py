@@ -7,7 +7,8 @@ import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet.errors import ConfigError, ConversionError
-from vanillanet.inference import fast_inference, min_input_size
+from vanillanet.inference import fast_inference
+from vanillanet.models import min_input_size
 
 CUDA = torch.cuda.is_available()
 
@@ -47,14 +48,14 @@ def test_bf16_error_is_reported_and_bounded(model):
     assert rel_err(fast(x), _ref(model, x)) < 5e-2
 
 
-def test_auto_picks_a_verified_backend_and_records_timings(model, monkeypatch):
-    import vanillanet.inference as inf
-
-    monkeypatch.setattr(inf, "_available", lambda device, dtype: ["eager", "onnxruntime"])
+def test_auto_picks_a_verified_backend_and_records_timings(model):
     pytest.importorskip("onnxruntime")
-    fast = fast_inference(model, "cpu", batch_size=1, image_size=32)
+    fast = fast_inference(model, "cpu", batch_size=1, image_size=32, backend=["eager", "onnxruntime"])
     assert set(fast.timings_ms) == {"eager", "onnxruntime"}
-    assert fast.backend == min(fast.timings_ms, key=fast.timings_ms.get)
+    best = min(fast.timings_ms.values())
+    assert fast.timings_ms[fast.backend] <= best * 1.03  # the fastest, or the simpler one within 3 %
+    if fast.backend == "onnxruntime":
+        assert fast.timings_ms["eager"] > best * 1.03
     assert fast.max_rel_err < 1e-5
 
 
@@ -64,7 +65,7 @@ def test_bad_inputs_give_one_line_errors(model):
         fast(torch.randn(1, 1, 32, 32))
     with pytest.raises(ConfigError, match="too small"):
         fast_inference(model, image_size=16)
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(ConfigError, match="runs on cuda only"):
         fast_inference(model, backend="cudagraph", image_size=32)
     with pytest.raises(ConfigError, match="backend"):
         fast_inference(model, backend="tensorrt", image_size=32)

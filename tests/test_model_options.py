@@ -9,8 +9,11 @@ from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet import CheckpointError, ConfigError, ConversionError, reparameterize_model
 from vanillanet.baselines import PlainCNN, baseline_kwargs
-from vanillanet.checkpoint import convert_checkpoint, create_model, infer_weights_info, load_weights, save_weights
+from vanillanet.checkpoint import save_weights
+from vanillanet.convert import convert_checkpoint
 from vanillanet.models import ResidualBlock, ResidualSingleConvBlock, SingleConvBlock
+from vanillanet.registry import create_model
+from vanillanet.weights import infer_weights_info, load_weights
 
 OPTIONS = {
     "no_deep_training": dict(deep_training=False),

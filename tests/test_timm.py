@@ -68,7 +68,7 @@ def test_reset_classifier_keeps_train_form_convertible():
 
 @pytest.mark.parametrize("deploy", [False, True])
 def test_features_only_detection_taps(deploy):
-    """vanillanet_13 features for detection: blocks 0, 1, 8, 10 at strides 4/8/16/32 (SPEC section 9)."""
+    """vanillanet_13 features for detection: blocks 0, 1, 8, 10 at strides 4/8/16/32 (docs/models.md)."""
     model = timm.create_model("vanillanet_13", features_only=True, deploy=deploy, act_num=4, **NARROW)
     assert model.feature_info.channels() == [512 // 16, 1024 // 16, 2048 // 16, 4096 // 16]
     assert model.feature_info.reduction() == [4, 8, 16, 32]

@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .layers import BN_EPS, make_pool
 from .models import VARIANTS
 
-__all__ = ["BASELINES", "PlainCNN", "baseline_kwargs", "is_baseline"]
+__all__ = ["BASELINES", "PlainCNN", "baseline_kwargs", "create_baseline", "is_baseline"]
 
 BASELINES = ("resnet18", "plain_cnn_6")
 _RESNET18_WIDTHS = (64, 128, 256, 512)
@@ -48,6 +48,14 @@ def baseline_kwargs(name: str, *, num_classes: int, in_chans: int, drop_rate: fl
     return kwargs
 
 
+def create_baseline(name: str, **settings: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, its ``timm.create_model`` kwargs) for the training settings (see ``baseline_kwargs``)."""
+    import timm
+
+    kwargs = baseline_kwargs(name, **settings)
+    return timm.create_model(name, **kwargs), kwargs
+
+
 def _conv_bn_relu_pool(in_chs: int, out_chs: int, kernel: int, stride: int) -> nn.Sequential:
     """conv (kernel 4: stride 4, no padding; kernel 3: padding 1) + BN, the block's pool, ReLU."""
     if kernel == 4:
@@ -66,9 +74,9 @@ class PlainCNN(nn.Module):
                  width_mult: float = 1.0, kernel_size: int = 3):
         super().__init__()
         if len(dims) != len(strides) + 1:
-            raise ValueError(f"need len(dims) == len(strides) + 1, got {len(dims)} dims and {len(strides)} strides")
+            raise ConfigError(f"need len(dims) == len(strides) + 1, got {len(dims)} dims and {len(strides)} strides")
         if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
+            raise ConfigError(f"width_mult must be positive, got {width_mult}")
         dims = [max(1, int(round(d * width_mult))) for d in dims]
         self.in_chans, self.num_classes, self.drop_rate = in_chans, num_classes, drop_rate
         self.num_features = self.head_hidden_size = dims[-1]

@@ -17,7 +17,7 @@ from .errors import VanillaNetError
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("complexity", "list the VanillaNet variants with parameters and MACs"),
     "info": ("complexity", "parameters and MACs of one model in train and deploy form"),
-    "convert": ("checkpoint", "convert any supported checkpoint to a deploy-form safetensors file"),
+    "convert": ("convert", "convert any supported checkpoint to a deploy-form safetensors file"),
     "train": ("train", "train or fine-tune (single process, or DDP under torchrun)"),
     "eval": ("evaluate", "top-1/top-5 and loss of a checkpoint on a validation set"),
     "predict": ("predict", "top-k classes for image files or folders"),

@@ -1,8 +1,8 @@
-"""VanillaNet: the variant table, the Block, the model class and its timm registration.
+"""VanillaNet: the variant table (with the published numbers), the input geometry, the Block and the model class.
 
 Train form (``deploy=False``) and deploy form (``deploy=True``) use the original state_dict key names, so
 original checkpoints load with ``strict=True``. ``reparameterize()`` converts the train form to the deploy form
-in place and exactly (see ``layers.py`` for the maths).
+in place and exactly (see ``layers.py`` for the maths). timm registration lives in ``registry.py``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch import nn
 
 from .errors import ConfigError, ConversionError
@@ -31,18 +27,32 @@ from .layers import (
     new_conv,
 )
 
-__all__ = ["MODEL_OPTIONS", "VARIANTS", "VariantSpec", "Block", "ConversionHook", "DeepTrainingSlope",
-           "ResidualBlock", "ResidualSingleConvBlock", "SHORTCUT_REFUSAL", "SingleConvBlock", "VanillaNet",
-           "variant_names"]
+__all__ = ["MODEL_OPTIONS", "PUBLISHED", "PUBLISHED_TRAIN", "SHORTCUT_REFUSAL", "VARIANTS", "Block",
+           "ConversionHook", "DeepTrainingSlope", "Published", "ResidualBlock", "ResidualSingleConvBlock",
+           "SingleConvBlock", "VanillaNet", "VariantSpec", "check_input_size", "check_model_name",
+           "default_out_indices", "describe_dims", "match_variants", "min_input_size", "variant_names", "variant_of"]
 
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """Architecture of one published variant (SPEC.md section 1)."""
+    """Architecture of one published variant: block widths (``dims[0]`` is the stem's), block strides and, for the
+    ada_pool variant, the output size of each block's adaptive max pool (0 = the usual pool)."""
 
     dims: tuple[int, ...]
     strides: tuple[int, ...]
     ada_pool: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the paper reports for a variant's deploy form at 224x224 on ImageNet-1k. ``params_m`` and ``gmacs`` are
+    kept as printed (the precision is part of the claim); latency is A100, batch 1, fp32 eager."""
+
+    params_m: str
+    gmacs: str
+    top1: float
+    real_top1: float
+    a100_ms: float
 
 
 def _deep(n_mid: int) -> VariantSpec:
@@ -51,18 +61,118 @@ def _deep(n_mid: int) -> VariantSpec:
 
 
 _X15 = tuple(int(d * 1.5) for d in _deep(6).dims)
+# The variant table: a new variant is one line here (and its published numbers in PUBLISHED below).
 VARIANTS: dict[str, VariantSpec] = {
     "vanillanet_5": VariantSpec((512, 1024, 2048, 4096), (2, 2, 2)),
     "vanillanet_6": VariantSpec((512, 1024, 2048, 4096, 4096), (2, 2, 2, 1)),
     "vanillanet_7": VariantSpec((512, 512, 1024, 2048, 4096, 4096), (1, 2, 2, 2, 1)),
-        **{f"vanillanet_{7 + n}": _deep(n) for n in range(1, 7)},
+    **{f"vanillanet_{7 + n}": _deep(n) for n in range(1, 7)},
     "vanillanet_13_x1_5": VariantSpec(_X15, _deep(6).strides),
     "vanillanet_13_x1_5_ada_pool": VariantSpec(_X15, _deep(6).strides, (0, 38, 19, 0, 0, 0, 0, 0, 0, 10, 0)),
 }
 
+# Published deploy-form numbers (paper / official README), one line per variant.
+PUBLISHED: dict[str, Published] = {
+    "vanillanet_5": Published("15.5", "5.2", 72.49, 79.66, 1.61),
+    "vanillanet_6": Published("32.5", "6.0", 76.36, 82.86, 2.01),
+    "vanillanet_7": Published("32.8", "6.9", 77.98, 84.16, 2.27),
+    "vanillanet_8": Published("37.1", "7.7", 79.13, 85.14, 2.56),
+    "vanillanet_9": Published("41.4", "8.6", 79.87, 85.66, 2.91),
+    "vanillanet_10": Published("45.7", "9.4", 80.57, 86.25, 3.24),
+    "vanillanet_11": Published("50.0", "10.3", 81.08, 86.54, 3.59),
+    "vanillanet_12": Published("54.3", "11.1", 81.55, 86.81, 3.82),
+    "vanillanet_13": Published("58.6", "11.9", 82.05, 87.15, 4.26),
+    "vanillanet_13_x1_5": Published("127.8", "26.5", 82.53, 87.48, 7.83),
+    "vanillanet_13_x1_5_ada_pool": Published("127.8", "48.98", 83.11, 87.85, 9.72),
+}
+# Published train-form numbers (params M, GMACs).
+PUBLISHED_TRAIN: dict[str, tuple[str, str]] = {"vanillanet_5": ("22.3", "8.45"), "vanillanet_13": ("107.7", "21.8")}
+
 
 def variant_names() -> list[str]:
     return list(VARIANTS)
+
+
+def check_model_name(name: str) -> None:
+    """One-line ``ConfigError`` listing the valid names unless ``name`` is a registered variant."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(VARIANTS)} (see `vanillanet list`)")
+
+
+def match_variants(dims: Sequence[int]) -> list[tuple[str, float]]:
+    """Registered variants whose widths, scaled uniformly (``width_mult``), give ``dims``: [(name, width_mult)]."""
+    found = []
+    for name, spec in VARIANTS.items():
+        if len(spec.dims) != len(dims):
+            continue
+        mult = dims[0] / spec.dims[0]
+        if all(max(1, int(round(d * mult))) == got for d, got in zip(spec.dims, dims)):
+            found.append((name, mult))
+    return found
+
+
+def describe_dims(dims: Sequence[int]) -> str:
+    """'vanillanet_5', 'vanillanet_5 with width_mult 0.125' or 'a custom VanillaNet with dims [...]'."""
+    matches = match_variants(dims)
+    if not matches:
+        return f"a custom VanillaNet with dims {list(dims)}"
+    exact = [name for name, mult in matches if mult == 1]
+    if exact:
+        return " or ".join(exact)
+    name, mult = matches[0]
+    return f"{name} with width_mult {mult:g}"
+
+
+def variant_of(model: nn.Module) -> str:
+    """The registered variant ``model`` is (its timm config's name, else the variant with its widths, strides and
+    pooling), or 'custom'."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if name in VARIANTS:
+        return name
+    fits = [n for n, _ in match_variants(model.dims)
+            if (VARIANTS[n].strides, VARIANTS[n].ada_pool) == (tuple(model.strides), model.ada_pool)]
+    return fits[0] if fits else "custom"
+
+
+def default_out_indices(strides: Sequence[int]) -> tuple[int, ...]:
+    """The last block at each resolution (for vanillanet_13: blocks 0, 1, 8, 10, as the detection configs use)."""
+    n = len(strides)
+    return tuple(i for i in range(n) if i == n - 1 or strides[i + 1] != 1)
+
+
+# ---- input geometry ---------------------------------------------------------------------------------------------
+def stem_geometry(ada_pool: Sequence[int] | None) -> tuple[int, int]:
+    """(stride, padding) of the 4x4 stem conv: 4, 0 (patchify), or 3, 1 for the ada_pool variant (224 -> 75)."""
+    return (3, 1) if ada_pool is not None else (4, 0)
+
+
+def output_size(model: nn.Module, n: int) -> int:
+    """Side of the last feature map for an n x n input (0 when some pooling would have no output)."""
+    stride, pad = stem_geometry(model.ada_pool)
+    s = (n + 2 * pad - 4) // stride + 1
+    for i, st in enumerate(model.strides):
+        if s < 1:
+            return 0
+        ada = model.ada_pool[i] if model.ada_pool is not None else 0
+        if st != 1:
+            s = ada if ada else s // st
+    return max(s, 0)
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest square input (pixels) for which every pooling of a VanillaNet still has an output (1 for other
+    models, which are not checked)."""
+    if getattr(model, "strides", None) is None or not hasattr(model, "ada_pool"):
+        return 1
+    return next((n for n in range(1, 4097) if output_size(model, n) >= 1), 4097)
+
+
+def check_input_size(model: nn.Module, img_size: int) -> None:
+    """Raise ConfigError (one line) when ``img_size`` is too small for ``model``."""
+    need = min_input_size(model)
+    if img_size < need:
+        raise ConfigError(f"input size {img_size} px is too small for this model (its stem and pooling need at least "
+                          f"{need} px); use an image size of {need} or more")
 
 
 # The ablation options of VanillaNet (constructor arguments) and their values in the paper's network.
@@ -177,7 +287,9 @@ SHORTCUT_REFUSAL = ("this network has shortcuts (shortcut=True): a residual conn
 
 class _Shortcut:
     """Adds a block's input to its output (``VanillaNet(shortcut=True)``), around the whole block, activation
-    included. Mixed into a block class so that the block keeps its keys; such a network refuses conversion."""
+    included. Mixed into a block class so that the block keeps its keys; such a network refuses conversion.
+    (``super()`` keeps the block's forward in one place; it makes these blocks eager/FX/trace only, not
+    ``torch.jit.script``.)"""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + super().forward(x)
@@ -224,10 +336,49 @@ def _check_slope(slope: DeepTrainingSlope) -> None:
 
 
 def _init_weights(m: nn.Module) -> None:
+    from timm.layers import trunc_normal_  # timm's, as the original (its draws differ from torch's)
+
     if isinstance(m, (nn.Conv2d, nn.Linear)):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def _check_arguments(in_chans: int, num_classes: int, dims: Sequence[int], strides: Sequence[int], drop_rate: float,
+                     act_num: int, ada_pool: Sequence[int] | None, width_mult: float, global_pool: str,
+                     drop_path_rate: float, deploy: bool = False, shortcut: bool = False) -> None:
+    """One-line ConfigErrors for constructor arguments that cannot build a VanillaNet."""
+    problems = [
+        (len(dims) != len(strides) + 1, f"need len(dims) == len(strides) + 1, got {len(dims)} dims and "
+                                        f"{len(strides)} strides"),
+        (ada_pool is not None and len(ada_pool) != len(strides),
+         f"ada_pool needs one entry per block ({len(strides)}), got {len(ada_pool or ())}"),
+        (global_pool != "avg", f"VanillaNet pools by average only, got global_pool={global_pool!r}; use 'avg'"),
+        (bool(drop_path_rate), "VanillaNet has no residual branches, so drop_path_rate must be 0"),
+        (not width_mult > 0 or not math.isfinite(width_mult), f"width_mult must be a positive number, got "
+                                                               f"{width_mult}"),
+        (isinstance(act_num, bool) or not isinstance(act_num, int) or not 0 <= act_num <= 16,
+         f"act_num must be an integer between 0 and 16 (kernel 2*act_num+1), got {act_num!r}"),
+        (shortcut and deploy, "shortcut=True has no deploy form (a shortcut network is not a plain network): build "
+                              "it with deploy=False"),
+        (not 0 <= drop_rate < 1, f"drop_rate must lie in [0, 1), got {drop_rate}"),
+        (in_chans < 1, f"in_chans must be at least 1, got {in_chans}"),
+        (num_classes < 0, f"num_classes must be 0 (no head) or more, got {num_classes}"),
+        (any(d < 1 for d in dims) or any(s < 1 for s in strides), f"dims and strides must be positive, got dims "
+                                                                   f"{list(dims)} and strides {list(strides)}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise ConfigError(message)
+
+
+def _residual_blocks(dims: Sequence[int], strides: Sequence[int], shortcut: bool) -> list[bool]:
+    """Which blocks get an identity shortcut with ``shortcut=True``: those whose input and output shapes match."""
+    residual = [shortcut and s == 1 and dims[i] == dims[i + 1] for i, s in enumerate(strides)]
+    if shortcut and not any(residual):
+        raise ConfigError("shortcut=True, but no block keeps its input shape (stride 1 and dim == dim_out), so there "
+                          "is nowhere to add an identity shortcut; use a variant with a stride-1 block")
+    return residual
 
 
 class VanillaNet(nn.Module):
@@ -268,29 +419,11 @@ class VanillaNet(nn.Module):
         shortcut: bool = False,
     ):
         super().__init__()
-        if len(dims) != len(strides) + 1:
-            raise ValueError(f"need len(dims) == len(strides) + 1, got {len(dims)} dims and {len(strides)} strides")
-        if ada_pool is not None and len(ada_pool) != len(strides):
-            raise ValueError(f"ada_pool needs one entry per block ({len(strides)}), got {len(ada_pool)}")
-        if global_pool != "avg":
-            raise ValueError(f"VanillaNet pools by average only, got global_pool={global_pool!r}")
-        if drop_path_rate:
-            raise ValueError("VanillaNet has no residual branches, so drop_path_rate must be 0")
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
-        if isinstance(act_num, bool) or not isinstance(act_num, int) or act_num < 0:
-            raise ValueError(f"act_num must be an integer >= 0 (kernel 2*act_num+1), got {act_num!r}")
-        if shortcut and deploy:
-            raise ValueError("shortcut=True has no deploy form (a shortcut network is not a plain network): build it "
-                             "with deploy=False")
+        _check_arguments(in_chans, num_classes, dims, strides, drop_rate, act_num, ada_pool, width_mult,
+                         global_pool, drop_path_rate, deploy, shortcut)
         dims = [max(1, int(round(d * width_mult))) for d in dims]
-        self.deep_training, self.series_act = bool(deep_training), bool(series_act)
-        # which blocks get a shortcut: those whose input and output shapes match
-        residual = [bool(shortcut) and s == 1 and dims[i] == dims[i + 1] for i, s in enumerate(strides)]
-        if shortcut and not any(residual):
-            raise ValueError("shortcut=True, but no block keeps its input shape (stride 1 and dim == dim_out), so "
-                             "there is nowhere to add an identity shortcut; use a variant with a stride-1 block")
-        self.shortcut = bool(shortcut)
+        self.deep_training, self.series_act, self.shortcut = bool(deep_training), bool(series_act), bool(shortcut)
+        residual = _residual_blocks(dims, strides, self.shortcut)
         # True when each layer is one conv (the deploy form, or the train form without deep training): the stem and
         # head then have the deploy form's layout.
         self.single_conv = deploy or not deep_training
@@ -300,7 +433,7 @@ class VanillaNet(nn.Module):
         self.ada_pool = tuple(ada_pool) if ada_pool is not None else None
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
-        stem_stride, stem_pad = (3, 1) if ada_pool is not None else (4, 0)
+        stem_stride, stem_pad = stem_geometry(ada_pool)
 
         if deploy:
             self.stem = nn.Sequential(
@@ -358,7 +491,7 @@ class VanillaNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head by a freshly initialised one for ``num_classes`` (0 = no head), in the current form."""
         if global_pool not in (None, "", "avg"):
-            raise ValueError(f"VanillaNet pools by average only, got global_pool={global_pool!r}")
+            raise ConfigError(f"VanillaNet pools by average only, got global_pool={global_pool!r}; use 'avg'")
         ref = next(self.parameters())
         self._build_head(num_classes)
         head = [self.cls] if self.single_conv else [self.cls1, self.cls2]
@@ -382,7 +515,7 @@ class VanillaNet(nn.Module):
         """The one setter: stem, every block and head share one slope, so this reaches all of them."""
         value = float(value)
         if not 0.0 <= value <= 1.0 or math.isnan(value):
-            raise ValueError(f"act_learn must lie in [0, 1], got {value}")
+            raise ConfigError(f"act_learn must lie in [0, 1], got {value}; 0 = ReLU, 1 = identity")
         if not self.deploy and not self.deep_training:
             if value != 1.0:
                 raise ConfigError("this model trains without deep training (deep_training=False): each layer is one "
@@ -439,8 +572,10 @@ class VanillaNet(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Block outputs at ``indices`` (timm's feature API; index i = output of block i, see ``feature_info``)."""
+        from timm.models._features import feature_take_indices
+
         if output_fmt != "NCHW":
-            raise ValueError("VanillaNet features are NCHW only")
+            raise ConfigError(f"VanillaNet features are NCHW only, got output_fmt={output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         x = self.forward_stem(x)
@@ -457,6 +592,8 @@ class VanillaNet(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the blocks after the last wanted index (and the head), for feature extraction."""
+        from timm.models._features import feature_take_indices
+
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
         self.feature_info = self.feature_info[: max_index + 1]
@@ -515,8 +652,7 @@ class VanillaNet(nn.Module):
             stages=self.stages,
             cls=head,
         )
-        self.deploy = True
-        self.single_conv = True
+        self.deploy = self.single_conv = True
 
     @torch.no_grad()
     def _reparameterize_single_conv(self) -> None:
@@ -534,68 +670,3 @@ class VanillaNet(nn.Module):
     switch_to_deploy = reparameterize
 
 
-# ---- timm registration ----------------------------------------------------------------------------------------
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem1.0",
-        "classifier": "cls2.0",
-        "license": "mit",
-        "paper_ids": "arXiv:2305.12972",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
-
-
-def default_out_indices(strides: Sequence[int]) -> tuple[int, ...]:
-    """The last block at each resolution (for vanillanet_13: blocks 0, 1, 8, 10, as the detection configs use)."""
-    n = len(strides)
-    return tuple(i for i in range(n) if i == n - 1 or strides[i + 1] != 1)
-
-
-def checkpoint_filter_fn(state_dict: dict, model: VanillaNet) -> dict:
-    """Map any supported checkpoint layout onto ``model``'s keys (timm's pretrained hook; see checkpoint.py)."""
-    from .checkpoint import filter_state_dict
-
-    return filter_state_dict(state_dict, model)
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> VanillaNet:
-    spec = VARIANTS[variant]
-    arch = dict(dims=spec.dims, strides=spec.strides)
-    if spec.ada_pool is not None:
-        arch["ada_pool"] = spec.ada_pool
-    arch.update(kwargs)
-    out_indices = arch.pop("out_indices", default_out_indices(arch["strides"]))
-    return build_model_with_cfg(
-        VanillaNet,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **arch,
-    )
-
-
-def _register(name: str) -> None:
-    def entry(pretrained: bool = False, **kwargs) -> VanillaNet:
-        return _create(name, pretrained, **kwargs)
-
-    entry.__name__ = name
-    entry.__qualname__ = name
-    entry.__doc__ = f"{name}: dims {VARIANTS[name].dims}, strides {VARIANTS[name].strides}."
-    entry.__module__ = __name__
-    globals()[name] = register_model(entry)
-
-
-for _name in VARIANTS:
-    _register(_name)
