@@ -202,3 +202,18 @@ def test_plain_cnn_is_the_plain_vanillanet_with_3x3_convs():
     assert [resnet.layer1[0].conv1.out_channels, resnet.layer4[0].conv1.out_channels] == [16, 128]
     with pytest.raises(ConfigError, match="unknown baseline"):
         baseline_kwargs("resnet50", num_classes=10, in_chans=1, drop_rate=0.0, width_mult=1.0)
+
+
+def test_plain_relu_network_round_trips_through_a_hub_folder(tmp_path):
+    """series_act=False is the one option a deploy form keeps: the Hub folder records it so that it reloads."""
+    from vanillanet.hub import export_hf
+
+    torch.manual_seed(6)
+    model = build_variant("vanillanet_6", num_classes=3, series_act=False)
+    give_realistic_bn_stats(model, (2, 3, 32, 32))
+    export_hf(model.eval(), tmp_path / "hub")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reloaded = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True).eval()
+        assert not reloaded.series_act and rel_err(reloaded(x), model(x)) <= 1e-5
+        assert rel_err(create_model(None, tmp_path / "hub").eval()(x), model(x)) <= 1e-5
