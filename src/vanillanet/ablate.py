@@ -50,7 +50,9 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, DataError, VanillaNetError
+from .fileio import write_text
 from .stats import T_QUANTILE_SOURCE, mean_std, welch_interval
+from .tables import render
 from .train_config import TrainConfig, config_to_dict, resolve_config
 
 __all__ = ["Run", "Study", "Variation", "config_hash", "load_study", "plan_runs", "plot_summary", "read_rows",
@@ -473,10 +475,10 @@ def summary_markdown(records: list[dict[str, Any]], study: Study, confidence: fl
         "the converted model and the smallest fraction of identical predictions over seeds (n/a: no deploy form). "
         "Params / MACs: train form / deploy form. Time: mean wall seconds per run (CPU seconds of the run's process "
         "in brackets).", "",
-        "| variation | group | seeds | top-1 % (mean +- std) | diff to ref, pp [CI] | beyond noise | deploy top-1 % "
-        "| agreement | params train / deploy | MACs train / deploy | time / run | paper top-1 % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    table = [["variation", "group", "seeds", "top-1 % (mean +- std)", "diff to ref, pp [CI]", "beyond noise",
+              "deploy top-1 %", "agreement", "params train / deploy", "MACs train / deploy", "time / run",
+              "paper top-1 %"]]
     for r in records:
         if not r["n"]:
             continue
@@ -488,12 +490,12 @@ def summary_markdown(records: list[dict[str, Any]], study: Study, confidence: fl
             diff = f"{r['diff']:+.2f} [{_f(r['low'], '+.2f')}, {_f(r['high'], '+.2f')}]"
             sig = "n/a" if r["significant"] is None else "yes" if r["significant"] else "no"
         top1 = _f(r["mean"]) + (f" +- {r['std']:.2f}" if r["n"] > 1 else "")
-        lines.append(
-            f"| {r['variation']} | {r['group']} | {r['n']} | {top1} | {diff} | {sig} | {_f(r['deploy_mean'])} | "
-            f"{_f(_scaled(r['agreement_min'], 0.01), '.2f', ' %')} | "
-            f"{_pair(r['params_train'], r['params_deploy'], 1e3, '.1f', ' k')} | "
-            f"{_pair(r['macs_train'], r['macs_deploy'], 1e6, '.2f', ' M')} | "
-            f"{_f(r['seconds'], '.0f', ' s')} ({_f(r['cpu_seconds'], '.0f')}) | {r['paper'] or '-'} |")
+        table.append([r["variation"], r["group"], str(r["n"]), top1, diff, sig, _f(r["deploy_mean"]),
+                      _f(_scaled(r["agreement_min"], 0.01), ".2f", " %"),
+                      _pair(r["params_train"], r["params_deploy"], 1e3, ".1f", " k"),
+                      _pair(r["macs_train"], r["macs_deploy"], 1e6, ".2f", " M"),
+                      f"{_f(r['seconds'], '.0f', ' s')} ({_f(r['cpu_seconds'], '.0f')})", r["paper"] or "-"])
+    lines.append(render(table, markdown=True, left=2))
     missing = [r["variation"] for r in records if not r["n"]]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
@@ -548,7 +550,7 @@ def write_summary(study: Study, root: str | Path) -> tuple[Path, Path | None]:
         raise DataError(f"{root / ROWS_FILE} holds no finished runs yet; run the study first")
     records = summarize(rows, study)
     md = root / SUMMARY_MD
-    md.write_text(summary_markdown(records, study))
+    write_text(md, summary_markdown(records, study))
     try:
         png: Path | None = plot_summary(records, study, root / SUMMARY_PNG)
     except ImportError:
