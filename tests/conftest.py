@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 from torch import nn
 
-import vanillanet  # noqa: F401  (registers the models with timm)
-from vanillanet.models import VARIANTS, VanillaNet
-from vanillanet.reparam import calibrate_bn, rel_err  # noqa: F401  (re-exported for the tests)
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels are tested in Triton's interpreter, which must be chosen before triton is
+    # first imported (vanillanet imports timm, which imports triton); the kernels then run on CPU tensors.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import vanillanet  # noqa: E402, F401  (registers the models with timm)
+from vanillanet.models import VARIANTS, VanillaNet  # noqa: E402
+from vanillanet.reparam import calibrate_bn, rel_err  # noqa: E402, F401  (re-exported for the tests)
 
 torch.set_num_threads(2)
 

@@ -125,18 +125,15 @@ def gen_help(command: str | None, _: str) -> str:
 
 
 def gen_variants(_: str | None, __: str) -> str:
-    from types import SimpleNamespace
-
     models = _mod("models")
     rows = []
     for name, spec in models.VARIANTS.items():
-        geometry = SimpleNamespace(strides=spec.strides, ada_pool=spec.ada_pool)  # what the geometry functions read
-        stride, padding = models.stem_geometry(spec.ada_pool)
+        stride, padding = models.stem_stride_padding(spec.ada_pool)
         pools = ", ".join(str(a) for a in spec.ada_pool) if spec.ada_pool else "-"
-        last = models.output_size(geometry, 224)
+        last = models.feature_map_sides(224, spec.strides, spec.ada_pool)[-1]
         rows.append([f"`{name}`", len(spec.strides), _runs(spec.dims), ", ".join(map(str, spec.strides)),
                      f"stride {stride}, padding {padding}", pools, f"{last}x{last}",
-                     f"{models.min_input_size(geometry)} px"])
+                     f"{models.min_input_side(spec.strides, spec.ada_pool)} px"])
     return _table(["variant", "blocks", "dims (stem, then each block's output)", "block strides", "4x4 stem conv",
                    "adaptive pool sizes", "last map at 224 px", "smallest input"], rows)
 

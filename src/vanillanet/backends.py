@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import kernels
+from .cudagraph import capture
 from .errors import ConfigError
 from .onnx_graph import onnx_bytes, onnx_session
 
@@ -61,9 +63,13 @@ class Backend:
     exact: bool = True  # False: approximates the model (int8), so it is never chosen by ``auto``
     auto: bool = True  # a candidate of ``backend="auto"``
     requires: str | None = None  # a module that must be importable
+    check: Callable[[torch.device], str | None] | None = None  # more conditions: a reason it cannot run, or None
+    auto_devices: tuple[str, ...] = ("cpu", "cuda")  # where ``auto`` (and ``--modes best``) considers it
 
     def unavailable(self, device: torch.device, dtype: torch.dtype) -> str | None:
         """Why this backend cannot run here (a one-line reason with the fix), or None."""
+        if self.check is not None and self.check(device):
+            return self.check(device)
         if device.type not in self.devices:
             return f"the {self.name} backend runs on {' or '.join(self.devices)} only, not {device.type}"
         if dtype not in self.dtypes:
@@ -94,25 +100,13 @@ def _compile(req: BuildRequest) -> Runner:
 
 
 def _cudagraph(req: BuildRequest) -> Runner:
-    """One forward pass captured in a CUDA graph (after a warm-up on a side stream, as torch.cuda.graph requires);
-    calls copy the input into the static buffer and replay. The returned tensor is the static output buffer."""
-    static_in = req.example.clone()
-    stream = torch.cuda.Stream(device=req.device)
-    stream.wait_stream(torch.cuda.current_stream(req.device))
-    with torch.cuda.stream(stream), torch.no_grad():
-        for _ in range(3):
-            req.model(static_in)
-    torch.cuda.current_stream(req.device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        static_out = req.model(static_in)
+    """The forward pass captured in a CUDA graph; calls copy the input in and replay."""
+    return capture(req.model, req.example)
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
 
-    return run
+def _fused(req: BuildRequest) -> Runner:
+    """The deploy form run by vanillanet's fused Triton kernels (``kernels/``), in a CUDA graph on a GPU."""
+    return kernels.build_fused(req.model, req.example)
 
 
 def _onnxruntime(req: BuildRequest) -> Runner:
@@ -128,6 +122,15 @@ def _onnxruntime(req: BuildRequest) -> Runner:
     return run
 
 
+def _fused_unavailable(device: torch.device) -> str | None:
+    if kernels.available_on(device):
+        return None
+    if not kernels.available():
+        return f"the fused backend needs Triton ({kernels.unavailable_reason()})"
+    return ("the fused backend runs on CUDA devices (on the CPU only in Triton's interpreter, TRITON_INTERPRET=1 set "
+            "before triton is imported), with the kernels switched on (VANILLANET_FUSED_KERNELS)")
+
+
 _ALL = (torch.float32, torch.float16, torch.bfloat16)
 # The table, simplest first (``auto`` prefers the simpler of two backends that time alike).
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
@@ -136,6 +139,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("cudagraph", "the forward pass captured in a CUDA graph", ("cuda",), _ALL, _cudagraph),
     Backend("onnxruntime", "onnxruntime CPU session of the ONNX export", ("cpu",), (torch.float32,), _onnxruntime,
             any_batch=True, input_dtype=torch.float32, requires="onnxruntime"),
+    Backend("fused", "vanillanet's fused Triton kernels in a CUDA graph (the CPU only under TRITON_INTERPRET=1)",
+            ("cuda", "cpu"), _ALL, _fused, check=_fused_unavailable, auto_devices=("cuda",)),
 )}
 
 
@@ -153,12 +158,13 @@ def prepare_input(x: torch.Tensor, device: torch.device, dtype: torch.dtype, cha
 
 @contextlib.contextmanager
 def exact_fp32() -> Iterator[None]:
-    """The fp32 reference every fast path is checked against: TF32 off on CUDA (PyTorch allows it for
-    convolutions by default)."""
+    """The fp32 reference every fast path is checked against: plain PyTorch ops (the fused kernels switched off)
+    with TF32 off on CUDA (PyTorch allows it for convolutions by default)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        yield
+        with kernels.reference():
+            yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
@@ -223,7 +229,8 @@ def best_modes(device: torch.device) -> list[str]:
     exact ``auto`` backend in its default dtype (and in bf16 where supported)."""
     names = [n for n, m in MODES.items() if dtype_supported(device, m.dtype)]
     for b in BACKENDS.values():
-        if b.name == "eager" or not (b.auto and b.exact) or b.unavailable(device, b.default_dtype(device)):
+        if b.name == "eager" or not (b.auto and b.exact) or device.type not in b.auto_devices \
+                or b.unavailable(device, b.default_dtype(device)):
             continue
         names.append(b.name)
         bf16_ok = not b.unavailable(device, torch.bfloat16) and dtype_supported(device, torch.bfloat16)

@@ -5,8 +5,9 @@ protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``eager`` 
 (fp32), ``fp16`` / ``bf16`` (channels_last eager in that dtype), and every backend of the table by name with an
 optional dtype suffix (``compile:bf16``, ``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs
 well. Training modes (``--train``) time one optimiser step: ``train-fp32`` (fp32 NCHW), ``train-amp`` (the original
-recipe's autocast: fp16 + gradient scaler on CUDA, bf16 on the CPU, NCHW) and ``train-best`` (channels_last +
-autocast, bf16 where supported, + torch.compile).
+recipe's autocast: fp16 + gradient scaler on CUDA, bf16 on the CPU, NCHW), ``train-best`` (channels_last +
+autocast, bf16 where supported, + torch.compile, fused kernels off) and, on request, ``train-fused`` (the same with
+the fused Triton activation kernels of ``kernels/``, a CUDA path).
 
 Protocol: everything is built, compiled and warmed up before timing; then ``repeats`` rounds run interleaved
 across the modes of one model and batch size (so load from other processes hits every mode alike), each round
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import config
+from . import config, kernels
 from .backends import (
     BACKENDS,
     DTYPE_NAMES,
@@ -54,7 +55,8 @@ __all__ = ["BASELINES", "TRAIN_MODES", "BenchConfig", "device_name", "format_tab
 _log = logging.getLogger(__name__)
 
 BASELINES = ("resnet50", "resnet18")
-TRAIN_MODES = ("train-fp32", "train-amp", "train-best")
+TRAIN_MODES = ("train-fp32", "train-amp", "train-best", "train-fused")
+DEFAULT_TRAIN_MODES = TRAIN_MODES[:3]  # train-fused only on request (it matters on CUDA only)
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,14 @@ class BenchConfig:
     baselines: bool = option(False, "also the train form and torchvision resnet50/resnet18 (random weights)")
     train: bool = option(False, "also training-step throughput")
     train_batch_size: int | None = option(None, "batch for --train (default --batch-size)", ge=1)
-    train_modes: tuple[str, ...] = option(TRAIN_MODES, "training modes for --train", choices=None)
+    train_modes: tuple[str, ...] = option(DEFAULT_TRAIN_MODES, "training modes for --train (train-fused on request)",
+                                          choices=TRAIN_MODES)
     inference: bool = option(True, "measure inference")
     width_mult: float = option(1.0, "scale the widths (quick tests)", gt=0, le=16)
     num_classes: int = option(1000, "classes of the head", ge=1)
+
+    def __post_init__(self) -> None:
+        config.validate(self)
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -117,24 +123,27 @@ def _train_runner(model: nn.Module, mode: str, batch: int, device: torch.device,
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
     bf16 = dtype_supported(device, torch.bfloat16)
     amp = {"train-fp32": None, "train-amp": torch.float16 if device.type == "cuda" else torch.bfloat16,
-           "train-best": torch.bfloat16 if bf16 else torch.float16}[mode]
-    if mode == "train-best":
+           "train-best": torch.bfloat16 if bf16 else torch.float16, "train-fused": torch.bfloat16 if bf16
+           else torch.float16}[mode]
+    best = mode in ("train-best", "train-fused")
+    if best:
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = create_optimizer_v2(m, "lamb", lr=1e-4, weight_decay=0.05)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    forward = torch.compile(m) if mode == "train-best" else m
+    forward = torch.compile(m) if best else m
     loss_fn = nn.CrossEntropyLoss()
 
     def step(inp: torch.Tensor) -> None:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with kernels.fused_kernels(mode == "train-fused"), torch.autocast(device.type, dtype=amp or torch.float32,
+                                                                          enabled=amp is not None):
             loss = loss_fn(forward(inp), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
 
-    return _Runner(Mode(mode, "eager", amp or torch.float32, mode == "train-best"), batch, step, x)
+    return _Runner(Mode(mode, "eager", amp or torch.float32, best), batch, step, x)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -238,9 +247,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
     modes = parse_modes(cfg.modes, device)
-    bad = [m for m in cfg.train_modes if m not in TRAIN_MODES]
-    if bad:
-        raise ConfigError(f"unknown training mode {bad[0]!r}; choose from {', '.join(TRAIN_MODES)}")
     with torch.random.fork_rng(devices=[]):  # random weights, the same in every run; the caller's RNG untouched
         torch.manual_seed(0)
         infer, train = _entries(cfg)

@@ -29,7 +29,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["Key", "add_arguments", "build", "check", "coerce", "keys_of", "option", "overrides_from_args",
-           "parse_text", "to_flat", "unknown_key_error"]
+           "parse_text", "to_flat", "unknown_key_error", "validate"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,  # noqa: A002
@@ -143,9 +143,10 @@ def check(key: str, value: Any, f: dataclasses.Field) -> None:
     if value is None:
         return
     choices = meta.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
     items = value if isinstance(value, tuple) else (value,)
+    for v in items if choices else ():
+        if v not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {v!r}")
     for v in items:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
@@ -154,6 +155,16 @@ def check(key: str, value: Any, f: dataclasses.Field) -> None:
             limit = meta.get(bound)
             if limit is not None and not ok(v, limit):
                 raise ConfigError(f"{key} must be {word} {limit:g}, got {v!r}")
+
+
+def validate(obj: Any) -> None:
+    """``check`` every field of a settings instance built directly in Python (``build`` checks as it goes)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value)
+        else:
+            check(f.name, value, f)
 
 
 def parse_text(key: str, raw: str, hint: Any) -> Any:

@@ -1,10 +1,17 @@
 """ONNX and TorchScript export of the deploy form (``vanillanet export``), each checked against PyTorch before the
 file is kept.
 
-The deploy form is exported (a train-form model is converted first; act_learn must be 1). The batch axis is dynamic,
-the spatial size fixed (``img_size``). The exported file is run in onnxruntime (or reloaded with
-``torch.jit.load``) on random inputs of two batch sizes and compared with the PyTorch model; above ``tol`` relative
-error the file is not written. The graph preparation and the ONNX bytes come from ``onnx_graph.py``.
+The deploy form is exported (a train-form model is converted first; act_learn must be 1). The batch axis is
+dynamic; ONNX files and traced TorchScript fix the spatial size (``img_size``). The exported file is run in
+onnxruntime (or reloaded with ``torch.jit.load``) on random inputs of two batch sizes and compared with the PyTorch
+model; above ``tol`` relative error the file is not written. The graph preparation and the ONNX bytes come from
+``onnx_graph.py``.
+
+TorchScript: ``torch.jit.script`` by default. The scripted deploy model takes any batch and any input size (its
+adaptive pools and the activation's kernel trimming on tiny maps follow the input), and on the CPU it ran as fast
+as the traced one at 224 px and faster where the trimming applies. ``method="trace"`` gives a flat,
+control-flow-free graph (plain kernels, the ada_pool variant's pools fixed for ``img_size``) for tools that only
+take traced modules.
 """
 
 from __future__ import annotations
@@ -20,11 +27,14 @@ from torch import nn
 
 from .errors import ConfigError, ConversionError
 from .fileio import write_atomic
+from .models import check_input_size
 from .onnx_graph import DEFAULT_OPSET, EXPORTERS, make_exportable, onnx_bytes, onnx_session, quiet
 from .registry import create_model
-from .reparam import rel_err
+from .reparam import rel_err, reparameterize_model
 
-__all__ = ["ExportResult", "export_onnx", "export_torchscript"]
+__all__ = ["TORCHSCRIPT_METHODS", "ExportResult", "export_onnx", "export_torchscript"]
+
+TORCHSCRIPT_METHODS = ("script", "trace")
 
 
 @dataclass(frozen=True)
@@ -83,22 +93,30 @@ def export_onnx(model: nn.Module, output: str | Path, *, img_size: int = 224, in
 
 @torch.no_grad()
 def export_torchscript(model: nn.Module, output: str | Path, *, img_size: int = 224, in_chans: int | None = None,
-                       tol: float = 1e-4) -> ExportResult:
-    """Trace ``model``'s deploy form to TorchScript (loadable with ``torch.jit.load`` without this package), check
-    the reloaded module against ``model`` at batch 1 and 3, and write ``output`` only within ``tol``."""
+                       tol: float = 1e-4, method: str = "script") -> ExportResult:
+    """Script (or trace) ``model``'s deploy form to TorchScript (loadable with ``torch.jit.load`` without this
+    package), check the reloaded module against ``model`` at batch 1 and 3 at ``img_size``, and write ``output``
+    only within ``tol``. A scripted file takes any input size (``input_shape`` -1), a traced one ``img_size``."""
+    if method not in TORCHSCRIPT_METHODS:
+        raise ConfigError(f"TorchScript method must be one of {', '.join(TORCHSCRIPT_METHODS)}, got {method!r}")
     output = Path(output)
     in_chans = in_chans or getattr(model, "in_chans", 3)
-    m = make_exportable(model, img_size, in_chans)
     with quiet():
-        traced = torch.jit.trace(m, torch.zeros(2, in_chans, img_size, img_size))
+        if method == "script":
+            check_input_size(model, img_size)
+            module = torch.jit.script(reparameterize_model(model).float().cpu())
+        else:
+            module = torch.jit.trace(make_exportable(model, img_size, in_chans),
+                                     torch.zeros(2, in_chans, img_size, img_size))
         buf = io.BytesIO()
-        torch.jit.save(traced, buf)
+        torch.jit.save(module, buf)
         reloaded = torch.jit.load(io.BytesIO(buf.getvalue()))
     ref_model = _reference(model)
     err = max(rel_err(reloaded(x), ref_model(x)) for x in _check_inputs(in_chans, img_size))
     _refuse(err, tol, "the TorchScript model")
     _write_atomic(output, buf.getvalue())
-    return ExportResult(output, "torchscript", "trace", None, (-1, in_chans, img_size, img_size), err)
+    side = -1 if method == "script" else img_size
+    return ExportResult(output, "torchscript", method, None, (-1, in_chans, side, side), err)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -114,6 +132,9 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                         help="ONNX exporter: dynamo (torch.export + onnxscript, default) or legacy (TorchScript)")
     parser.add_argument("--num-classes", type=int, help="classes of a randomly initialised model (default 1000)")
+    parser.add_argument("--torchscript-method", choices=TORCHSCRIPT_METHODS, default="script",
+                        help="torch.jit.script (default: any input size) or torch.jit.trace (flat graph, "
+                             "--img-size only)")
     parser.add_argument("--tol", type=float, default=1e-4, help="max relative error allowed (default 1e-4)")
     parser.set_defaults(func=_main)
 
@@ -138,8 +159,9 @@ def _main(args: argparse.Namespace) -> int:
         res = export_onnx(model, args.output, img_size=args.img_size, opset=args.opset, exporter=args.exporter,
                           tol=args.tol)
     else:
-        res = export_torchscript(model, args.output, img_size=args.img_size, tol=args.tol)
-    how = f"{res.exporter} exporter, opset {res.opset}" if res.format == "onnx" else "torch.jit.trace"
-    print(f"wrote {res.path} ({res.format}, {how}, input {list(res.input_shape)} with dynamic batch); "
-          f"max relative error vs PyTorch {res.max_rel_err:.2e}")
+        res = export_torchscript(model, args.output, img_size=args.img_size, tol=args.tol,
+                                 method=args.torchscript_method)
+    how = f"{res.exporter} exporter, opset {res.opset}" if res.format == "onnx" else f"torch.jit.{res.exporter}"
+    print(f"wrote {res.path} ({res.format}, {how}, input {list(res.input_shape)}, -1 = any); "
+          f"max relative error vs PyTorch {res.max_rel_err:.2e} at {args.img_size} px")
     return 0

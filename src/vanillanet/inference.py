@@ -88,7 +88,8 @@ class FastClassifier:
 
 def auto_candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
     """The backends ``backend="auto"`` builds, verifies and times: the exact ones that run here, simplest first."""
-    return [b.name for b in BACKENDS.values() if b.auto and b.exact and b.unavailable(device, dtype) is None]
+    return [b.name for b in BACKENDS.values()
+            if b.auto and b.exact and device.type in b.auto_devices and b.unavailable(device, dtype) is None]
 
 
 def _check_arguments(device: torch.device, dtype: torch.dtype, batch_size: int, backend: str) -> None:

@@ -30,7 +30,8 @@ from .layers import (
 __all__ = ["MODEL_OPTIONS", "PUBLISHED", "PUBLISHED_TRAIN", "SHORTCUT_REFUSAL", "VARIANTS", "Block",
            "ConversionHook", "DeepTrainingSlope", "Published", "ResidualBlock", "ResidualSingleConvBlock",
            "SingleConvBlock", "VanillaNet", "VariantSpec", "check_input_size", "check_model_name",
-           "default_out_indices", "describe_dims", "match_variants", "min_input_size", "variant_names", "variant_of"]
+           "default_out_indices", "describe_dims", "feature_map_sides", "input_cfg", "match_variants",
+           "min_input_side", "min_input_size", "variant_names", "variant_of"]
 
 
 @dataclass(frozen=True)
@@ -140,23 +141,56 @@ def default_out_indices(strides: Sequence[int]) -> tuple[int, ...]:
     return tuple(i for i in range(n) if i == n - 1 or strides[i + 1] != 1)
 
 
-# ---- input geometry ---------------------------------------------------------------------------------------------
-def stem_geometry(ada_pool: Sequence[int] | None) -> tuple[int, int]:
-    """(stride, padding) of the 4x4 stem conv: 4, 0 (patchify), or 3, 1 for the ada_pool variant (224 -> 75)."""
+# ---- input geometry -------------------------------------------------------------------------------------------
+REFERENCE_INPUT = 224  # the published input size (ImageNet-1k evaluation)
+
+
+def stem_stride_padding(ada_pool: Sequence[int] | None) -> tuple[int, int]:
+    """The 4x4 stem conv's (stride, padding): (4, 0), or (3, 1) for the ada_pool design (224 -> 75)."""
     return (3, 1) if ada_pool is not None else (4, 0)
 
 
-def output_size(model: nn.Module, n: int) -> int:
-    """Side of the last feature map for an n x n input (0 when some pooling would have no output)."""
-    stride, pad = stem_geometry(model.ada_pool)
-    s = (n + 2 * pad - 4) // stride + 1
-    for i, st in enumerate(model.strides):
-        if s < 1:
-            return 0
-        ada = model.ada_pool[i] if model.ada_pool is not None else 0
-        if st != 1:
-            s = ada if ada else s // st
-    return max(s, 0)
+def feature_map_sides(img_size: int, strides: Sequence[int], ada_pool: Sequence[int] | None = None) -> list[int]:
+    """Side of the stem's output and of each block's output (one axis) for an ``img_size`` input; <= 0: none.
+
+    A stride-s block pools by max pooling (floor(side / s)), or adaptively to ceil(side / s) where ada_pool is set.
+    """
+    stride, padding = stem_stride_padding(ada_pool)
+    side = (img_size + 2 * padding - 4) // stride + 1
+    sides = [side]
+    for i, s in enumerate(strides):
+        if s != 1:
+            side = -(-side // s) if ada_pool is not None and ada_pool[i] else side // s
+        sides.append(side)
+    return sides
+
+
+def min_input_side(strides: Sequence[int], ada_pool: Sequence[int] | None = None) -> int:
+    """The smallest input side (pixels) for which every map has at least one pixel (sides grow with the input)."""
+    n = 1
+    while min(feature_map_sides(n, strides, ada_pool)) < 1:
+        n += 1
+    return n
+
+
+def _check_ada_pool(strides: Sequence[int], ada_pool: Sequence[int]) -> None:
+    """Adaptive pools output ceil(side / stride) (see ``StridedAdaptiveMaxPool2d``), so the original's fixed
+    sizes are accepted where they are exactly that at the reference input (e.g. 38, 19, 10 at 224 px)."""
+    if len(ada_pool) != len(strides):
+        raise ConfigError(f"ada_pool needs one entry per block ({len(strides)}), got {len(ada_pool)}")
+    sides = feature_map_sides(REFERENCE_INPUT, strides, ada_pool)
+    expected = tuple(sides[i + 1] if a and s != 1 else a for i, (a, s) in enumerate(zip(ada_pool, strides)))
+    if tuple(ada_pool) != expected:
+        raise ConfigError(f"ada_pool={tuple(ada_pool)} cannot be kept at every input size: adaptive pools here output "
+                         f"ceil(side / stride), which at {REFERENCE_INPUT} px gives ada_pool={expected}")
+
+
+def input_cfg(spec: VariantSpec) -> dict:
+    """timm pretrained-cfg keys that follow from a variant's geometry: ``pool_size`` (the last map at the
+    reference input) and ``min_input_size``. No variant has a fixed input size."""
+    side = feature_map_sides(REFERENCE_INPUT, spec.strides, spec.ada_pool)[-1]
+    smallest = min_input_side(spec.strides, spec.ada_pool)
+    return {"pool_size": (side, side), "min_input_size": (3, smallest, smallest)}
 
 
 def min_input_size(model: nn.Module) -> int:
@@ -164,7 +198,7 @@ def min_input_size(model: nn.Module) -> int:
     models, which are not checked)."""
     if getattr(model, "strides", None) is None or not hasattr(model, "ada_pool"):
         return 1
-    return next((n for n in range(1, 4097) if output_size(model, n) >= 1), 4097)
+    return min_input_side(model.strides, model.ada_pool)
 
 
 def check_input_size(model: nn.Module, img_size: int) -> None:
@@ -206,7 +240,13 @@ class DeepTrainingSlope(nn.Module):
 
 
 class Block(nn.Module):
-    """One VanillaNet layer. Train: conv1(1x1)+BN, slope, conv2(1x1)+BN, pool, activation. Deploy: conv, pool, act."""
+    """One VanillaNet layer. Train: conv1(1x1)+BN, slope, conv2(1x1)+BN, pool, activation. Deploy: conv, pool, act.
+
+    The pool is max pooling by ``stride``, or adaptive max pooling to ceil(side / stride) when ``ada_pool`` is
+    non-zero (the ada_pool design), or nothing at stride 1.
+    """
+
+    __constants__ = ["deploy"]  # lets TorchScript compile only the branch of this form
 
     def __init__(
         self,
@@ -286,13 +326,8 @@ SHORTCUT_REFUSAL = ("this network has shortcuts (shortcut=True): a residual conn
 
 
 class _Shortcut:
-    """Adds a block's input to its output (``VanillaNet(shortcut=True)``), around the whole block, activation
-    included. Mixed into a block class so that the block keeps its keys; such a network refuses conversion.
-    (``super()`` keeps the block's forward in one place; it makes these blocks eager/FX/trace only, not
-    ``torch.jit.script``.)"""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + super().forward(x)
+    """Refuses conversion for a block with an identity shortcut (``VanillaNet(shortcut=True)``): such a network is not
+    a plain network. Mixed into the residual block classes, which keep their plain block's keys."""
 
     def reparameterize(self) -> None:
         raise ConversionError(SHORTCUT_REFUSAL)
@@ -301,11 +336,19 @@ class _Shortcut:
 
 
 class ResidualBlock(_Shortcut, Block):
-    """A deep-training Block with an identity shortcut around it (input and output shapes must match)."""
+    """A deep-training Block with an identity shortcut around it, activation included (input and output shapes
+    must match). Never in deploy form, so its forward is the train path (written out: TorchScript has no super())."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.pool(self.conv2(self.slope(self.conv1(x)))))
 
 
 class ResidualSingleConvBlock(_Shortcut, SingleConvBlock):
-    """A SingleConvBlock with an identity shortcut around it (input and output shapes must match)."""
+    """A SingleConvBlock with an identity shortcut around it, activation included (input and output shapes must
+    match)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.pool(self.conv(x)))
 
 
 class ConversionHook(nn.Module):
@@ -335,6 +378,12 @@ def _check_slope(slope: DeepTrainingSlope) -> None:
         )
 
 
+def _check_global_pool(global_pool: str) -> None:
+    if global_pool not in ("avg", ""):
+        raise ConfigError(f"VanillaNet pools by average or not at all: global_pool must be 'avg' or '', "
+                          f"got {global_pool!r}")
+
+
 def _init_weights(m: nn.Module) -> None:
     from timm.layers import trunc_normal_  # timm's, as the original (its draws differ from torch's)
 
@@ -351,9 +400,6 @@ def _check_arguments(in_chans: int, num_classes: int, dims: Sequence[int], strid
     problems = [
         (len(dims) != len(strides) + 1, f"need len(dims) == len(strides) + 1, got {len(dims)} dims and "
                                         f"{len(strides)} strides"),
-        (ada_pool is not None and len(ada_pool) != len(strides),
-         f"ada_pool needs one entry per block ({len(strides)}), got {len(ada_pool or ())}"),
-        (global_pool != "avg", f"VanillaNet pools by average only, got global_pool={global_pool!r}; use 'avg'"),
         (bool(drop_path_rate), "VanillaNet has no residual branches, so drop_path_rate must be 0"),
         (not width_mult > 0 or not math.isfinite(width_mult), f"width_mult must be a positive number, got "
                                                                f"{width_mult}"),
@@ -370,6 +416,9 @@ def _check_arguments(in_chans: int, num_classes: int, dims: Sequence[int], strid
     for bad, message in problems:
         if bad:
             raise ConfigError(message)
+    if ada_pool is not None:
+        _check_ada_pool(strides, ada_pool)
+    _check_global_pool(global_pool)
 
 
 def _residual_blocks(dims: Sequence[int], strides: Sequence[int], shortcut: bool) -> list[bool]:
@@ -386,7 +435,15 @@ class VanillaNet(nn.Module):
 
     Args mirror the original: ``in_chans``, ``num_classes``, ``dims``, ``strides``, ``drop_rate`` (head dropout),
     ``act_num`` (activation kernel 2n+1), ``deploy``, ``ada_pool``. ``width_mult`` scales every width (narrow
-    models for CPU training). ``num_classes=0`` gives a headless feature extractor (timm convention).
+    models for CPU training). timm's head conventions: ``num_classes=0`` removes the classifier (pooled features
+    (N, C)), ``global_pool=""`` removes the pooling too (NCHW out; with classes, per-position logits).
+
+    Graph capture (FX, TorchScript, torch.export, ONNX): the forward methods branch only on attributes fixed at
+    construction or conversion (``single_conv``, ``num_classes``, ``global_pool``, ``grad_checkpointing``), which
+    tracers read once; ``single_conv`` is a TorchScript constant, so only the modules of the model's form are
+    compiled. The only shape-dependent code is in ``layers.series_taps`` (kernel trimming on tiny maps) and
+    ``layers.StridedAdaptiveMaxPool2d``; their docstrings say what each capture sees. A captured graph keeps the
+    act_learn value it was captured with.
 
     Ablation options (the defaults are the paper's network, with the original keys):
 
@@ -400,6 +457,9 @@ class VanillaNet(nn.Module):
       dim == dim_out; in vanillanet_6 only the last block); the other blocks, the stem and the head are unchanged.
       Same keys, but not a plain network: conversion refuses (``ConversionError``).
     """
+
+    __constants__ = ["single_conv"]  # the deploy form, or the train form without deep training
+    __jit_unused_properties__ = ["act_learn"]  # a training control, not part of the scripted graph
 
     def __init__(
         self,
@@ -433,7 +493,7 @@ class VanillaNet(nn.Module):
         self.ada_pool = tuple(ada_pool) if ada_pool is not None else None
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
-        stem_stride, stem_pad = stem_geometry(ada_pool)
+        stem_stride, stem_pad = stem_stride_padding(ada_pool)
 
         if deploy:
             self.stem = nn.Sequential(
@@ -459,7 +519,7 @@ class VanillaNet(nn.Module):
         for i, stride in enumerate(strides):
             reduction *= stride
             self.feature_info.append(dict(num_chs=dims[i + 1], reduction=reduction, module=f"stages.{i}"))
-        self._build_head(num_classes)
+        self._build_head(num_classes, global_pool)
         self.apply(_init_weights)
 
     def _make_block(self, dim: int, dim_out: int, stride: int, ada_pool: int | None, residual: bool) -> nn.Module:
@@ -472,9 +532,10 @@ class VanillaNet(nn.Module):
         return cls(dim, dim_out, self.act_num, stride, ada_pool, self.series_act)
 
     # ---- head -------------------------------------------------------------------------------------------------
-    def _build_head(self, num_classes: int) -> None:
+    def _build_head(self, num_classes: int, global_pool: str) -> None:
         c = self.num_features
-        pool_drop = [nn.AdaptiveAvgPool2d((1, 1)), nn.Dropout(self.drop_rate)]
+        pool = nn.AdaptiveAvgPool2d((1, 1)) if global_pool == "avg" else nn.Identity()  # no parameters: same keys
+        pool_drop = [pool, nn.Dropout(self.drop_rate)]
         if self.single_conv:
             self.cls = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1) if num_classes else nn.Identity())
         elif num_classes:
@@ -483,17 +544,18 @@ class VanillaNet(nn.Module):
         else:
             self.cls1 = nn.Sequential(*pool_drop, nn.Identity(), nn.Identity())
             self.cls2 = nn.Sequential(nn.Identity())
-        self.num_classes = num_classes
+        self.num_classes, self.global_pool = num_classes, global_pool
 
     def get_classifier(self) -> nn.Module:
         return self.cls[2] if self.single_conv else self.cls2[0]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head by a freshly initialised one for ``num_classes`` (0 = no head), in the current form."""
-        if global_pool not in (None, "", "avg"):
-            raise ConfigError(f"VanillaNet pools by average only, got global_pool={global_pool!r}; use 'avg'")
+        """Replace the head by a freshly initialised one for ``num_classes`` (0 = no classifier), in the current
+        form. ``global_pool``: "avg" or "" (no pooling: NCHW out, timm's rule); None keeps the current one."""
+        global_pool = self.global_pool if global_pool is None else global_pool
+        _check_global_pool(global_pool)
         ref = next(self.parameters())
-        self._build_head(num_classes)
+        self._build_head(num_classes, global_pool)
         head = [self.cls] if self.single_conv else [self.cls1, self.cls2]
         for m in head:
             m.apply(_init_weights)
@@ -536,28 +598,29 @@ class VanillaNet(nn.Module):
             return self.stem(x)
         return self.stem2(self.slope(self.stem1(x)))
 
-    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and torch.is_grad_enabled()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
         for stage in self.stages:
-            x = self._run_stage(stage, x)
+            if not torch.jit.is_scripting() and self._checkpointing():
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        head = self.cls if self.single_conv else self.cls1
-        x = head[1](head[0](x))
-        if pre_logits:
-            return x.flatten(1)
+        """Pooling and dropout, then (unless ``pre_logits``) the classifier; flattened to (N, C) when pooled."""
         if self.single_conv:
-            return head[2](x).flatten(1)
-        x = self.cls1[3](self.cls1[2](x))
-        if self.num_classes:
-            x = self.cls2(self.slope(x))
-        return x.flatten(1)
+            x = self.cls[1](self.cls[0](x))
+            if not pre_logits:
+                x = self.cls[2](x)
+        else:
+            x = self.cls1[1](self.cls1[0](x))
+            if not pre_logits and self.num_classes > 0:
+                x = self.cls2(self.slope(self.cls1[3](self.cls1[2](x))))
+        return x.flatten(1) if self.global_pool == "avg" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -581,7 +644,7 @@ class VanillaNet(nn.Module):
         x = self.forward_stem(x)
         stages = self.stages[: max_index + 1] if stop_early else self.stages
         for i, stage in enumerate(stages):
-            x = self._run_stage(stage, x)
+            x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False) if self._checkpointing() else stage(x)
             if i in take_indices:
                 intermediates.append(x)
         if intermediates_only:
@@ -599,7 +662,7 @@ class VanillaNet(nn.Module):
         self.feature_info = self.feature_info[: max_index + 1]
         self.num_features = self.head_hidden_size = self.feature_info[-1]["num_chs"]
         if prune_head:
-            self.reset_classifier(0)
+            self.reset_classifier(0, "")
         return take_indices
 
     # ---- timm conveniences --------------------------------------------------------------------------------------
@@ -668,5 +731,3 @@ class VanillaNet(nn.Module):
         self.deploy = True
 
     switch_to_deploy = reparameterize
-
-

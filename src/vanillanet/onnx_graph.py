@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ConversionError, first_line
+from .layers import StridedAdaptiveMaxPool2d
 from .models import check_input_size
 from .reparam import reparameterize_model
 
@@ -68,7 +69,8 @@ def make_exportable(model: nn.Module, img_size: int, in_chans: int | None = None
     model = (reparameterize_model(model) if deploy else copy.deepcopy(model).eval()).float().cpu()
     in_chans = in_chans or getattr(model, "in_chans", 3)
     check_input_size(model, img_size)
-    pools = {name: m for name, m in model.named_modules() if isinstance(m, nn.AdaptiveMaxPool2d)}
+    pools = {name: m for name, m in model.named_modules()
+             if isinstance(m, (nn.AdaptiveMaxPool2d, StridedAdaptiveMaxPool2d))}
     if not pools:
         return model
     sizes: dict[str, tuple[int, int]] = {}
@@ -78,8 +80,11 @@ def make_exportable(model: nn.Module, img_size: int, in_chans: int | None = None
     for h in hooks:
         h.remove()
     for name, pool in pools.items():
-        out = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
-        out = tuple(o if o is not None else s for o, s in zip(out, sizes[name]))
+        if isinstance(pool, StridedAdaptiveMaxPool2d):
+            out = pool.output_hw(*sizes[name])
+        else:
+            out = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
+            out = tuple(o if o is not None else s for o, s in zip(out, sizes[name]))
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, StaticAdaptiveMaxPool2d(sizes[name], out))
     return model

@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .checkpoint import load_checkpoint_file
 from .errors import ConfigError
-from .models import VARIANTS, VanillaNet, check_model_name, default_out_indices
+from .models import VARIANTS, VanillaNet, check_model_name, default_out_indices, input_cfg
 from .weights import architecture_kwargs, filter_state_dict, load_into
 
 __all__ = ["create_model", "default_cfgs"]
@@ -28,7 +28,6 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         "url": "",
         "num_classes": 1000,
         "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
         "crop_pct": 0.875,
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
@@ -41,7 +40,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
+default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg(**input_cfg(spec)) for name, spec in VARIANTS.items()})
 
 
 def checkpoint_filter_fn(state_dict: dict, model: VanillaNet) -> dict:
