@@ -388,3 +388,6 @@ def test_build_fused_refuses_what_it_cannot_run():
         build_fused(deploy, torch.zeros(1, 3, 16, 16, device="meta"))
     with pytest.raises(ConversionError, match="cannot run this model"):
         build_fused(deploy, torch.zeros(1, 3, 3, 3, device=DEV))  # too small: the stem gives no pixels
+    relu = reparameterize_model(VanillaNet(dims=(16, 24), strides=(2,), num_classes=5, series_act=False).to(DEV))
+    with pytest.raises(ConversionError, match="series_act=False"):
+        build_fused(relu.eval(), example)

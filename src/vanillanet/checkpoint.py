@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import CheckpointError, first_line
 from .fileio import save_atomic, write_atomic
-from .models import VARIANTS, variant_of
+from .models import MODEL_OPTIONS, VARIANTS, variant_of
 
 __all__ = ["FORMAT_NAME", "file_meta", "load_checkpoint_file", "model_meta", "read_class_names", "read_raw",
            "read_training_checkpoint", "save_weights", "select_state_dict", "normalise_keys"]
@@ -168,6 +168,10 @@ def meta_from(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]:
     arch = obj.get("arch")
     if isinstance(arch, Mapping) and arch.get("name"):
         meta.setdefault("architecture", arch["name"])
+        kwargs = arch.get("kwargs") if isinstance(arch.get("kwargs"), Mapping) else {}
+        for key in MODEL_OPTIONS:  # training checkpoints record the ablation options they were built with
+            if key in kwargs:
+                meta.setdefault(key, kwargs[key])
     for key in ("epoch", "step", "act_learn", "class_names", "config"):
         if key in obj and obj[key] is not None:
             meta.setdefault(key, obj[key])
@@ -285,6 +289,7 @@ def model_meta(model: nn.Module) -> dict[str, Any]:
         "strides": list(model.strides),
         "ada_pool": list(model.ada_pool) if model.ada_pool is not None else None,
         "act_learn": model.act_learn,
+        **{key: getattr(model, key) for key in MODEL_OPTIONS},
     }
 
 

@@ -1,4 +1,4 @@
-"""The ``vanillanet`` command line: ``vanillanet {list,info,convert,train,eval,predict,export,bench} ...``.
+"""The ``vanillanet`` command line: ``vanillanet {list,info,convert,train,eval,predict,export,bench,ablate} ...``.
 
 Each command lives in the module that does the work; that module's ``add_cli(parser)`` declares its options and
 sets ``func``. Only the chosen command's module is imported, so start-up stays fast. Errors a user can cause
@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "top-k classes for image files or folders"),
     "export": ("export", "export to ONNX / TorchScript with a parity check"),
     "bench": ("bench", "latency and throughput of models in several execution modes"),
+    "ablate": ("ablate", "train variations of a recipe over several seeds and summarise them (ablation studies)"),
 }
 
 

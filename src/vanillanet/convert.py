@@ -31,7 +31,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, model_name: str | No
     if model.deploy:
         deploy, err = model, 0.0
     else:
-        deploy = reparameterize_model(model)
+        try:
+            deploy = reparameterize_model(model)
+        except ConversionError as err:
+            raise ConversionError(f"{src}: {err}") from None
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(1, model.in_chans, img_size, img_size, generator=gen)
         err = conversion_error(model, x, deploy)

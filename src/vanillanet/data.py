@@ -63,6 +63,7 @@ __all__ = [
     "num_skipped",
     "resolve_preprocess",
     "set_epoch",
+    "take_subset",
 ]
 
 _log = logging.getLogger(__name__)
@@ -268,6 +269,29 @@ def synthetic_arrays(n: int, num_classes: int, img_size: int, *, seed: int = 0) 
     labels = np.arange(n) % num_classes
     noise = rng.normal(0, 40, size=(n, img_size, img_size, 3)) + rng.normal(0, 20, size=(n, 1, 1, 1))
     return np.clip(patterns[labels] + noise, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+class _Subset(Dataset):
+    """The items at ``indices`` of a dataset, keeping its ``classes``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+        self.classes = list(dataset.classes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
+
+
+def take_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
+    """A fixed random subset of ``n`` items (drawn with ``seed``, independent of the run's seed, so every run of a
+    study trains on the same images), in the dataset's order. For shorter experiments."""
+    if not 0 < n <= len(dataset):
+        raise ConfigError(f"train_subset must lie in 1..{len(dataset)} (the training set's size), got {n}")
+    picked = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
+    return _Subset(dataset, picked.tolist())
 
 
 def mean_std(dataset: Dataset, max_samples: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -51,8 +51,8 @@ class DeepTraining:
     """Owns act_learn during a run: the schedule, its cadence (once per epoch as the original, or every step) and
     the EMA copy, which has its own slope and must always hold the live model's value.
 
-    Models without deep training (baselines, ``deep_training=False``) have no ``set_act_learn``: then every call
-    is a no-op and ``value`` stays 1.
+    Models without deep training (baselines, which have no ``set_act_learn``, and ``VanillaNet(deep_training=
+    False)``, whose layers are single convs from the start): every call is a no-op and ``value`` stays 1.
     """
 
     model: nn.Module
@@ -70,7 +70,8 @@ class DeepTraining:
 
     @property
     def enabled(self) -> bool:
-        return hasattr(self.model, "set_act_learn") and not getattr(self.model, "deploy", False)
+        return (hasattr(self.model, "set_act_learn") and not getattr(self.model, "deploy", False)
+                and getattr(self.model, "deep_training", True))
 
     @property
     def value(self) -> float:

@@ -102,6 +102,8 @@ def export_hf(model: nn.Module, folder: str | Path, *, tol: float = 1e-5) -> Hub
     class_names = [str(c) for c in meta.get("class_names") or []] or None
     model_args = dict(deploy=True, dims=list(deploy.dims), width_mult=1.0, act_num=deploy.act_num,
                       in_chans=deploy.in_chans, num_classes=deploy.num_classes)  # dims are already scaled
+    if not deploy.series_act:  # the ablation's plain-ReLU network (the one option a deploy form keeps)
+        model_args["series_act"] = False
     data_config = dict(input_size=(deploy.in_chans, pre.img_size, pre.img_size), crop_pct=pre.crop_pct,
                        mean=tuple(pre.mean), std=tuple(pre.std), interpolation=pre.interpolation)
     ours = {k: v for k, v in meta.items() if k in ("top1", "dataset", "trained_by", "format", "format_version",

@@ -18,7 +18,8 @@ from torch import nn
 from . import kernels
 from .errors import ConversionError
 
-__all__ = ["BN_EPS", "SeriesActivation", "StridedAdaptiveMaxPool2d", "fold_bn", "merge_convs", "series_taps"]
+__all__ = ["BN_EPS", "ReLUActivation", "SeriesActivation", "StridedAdaptiveMaxPool2d", "fold_bn", "make_activation",
+           "make_pool", "merge_convs", "series_taps"]
 
 BN_EPS = 1e-6
 
@@ -192,3 +193,29 @@ class SeriesActivation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, act_num={self.act_num}, deploy={self.deploy}"
+
+
+class ReLUActivation(nn.ReLU):
+    """The activation without its series part (the ablation ``series_act=False``): a plain ReLU, no depthwise conv
+    and no parameters, so neither form has ``act.*`` keys. ``reparameterize`` is a no-op, so that the layers convert
+    the same way whichever activation they hold."""
+
+    def reparameterize(self) -> None:
+        """Nothing to fold."""
+
+    switch_to_deploy = reparameterize
+
+
+def make_activation(dim: int, act_num: int, deploy: bool = False, series: bool = True) -> nn.Module:
+    """The activation after each layer: the series activation (default) or, with ``series=False``, a plain ReLU."""
+    return SeriesActivation(dim, act_num, deploy=deploy) if series else ReLUActivation()
+
+
+def make_pool(stride: int, ada_pool: int | None = None) -> nn.Module:
+    """A layer's downsampling after its conv: none at stride 1, adaptive max pooling to ceil(side / stride)
+    (``StridedAdaptiveMaxPool2d``) when ``ada_pool`` is non-zero (the ada_pool design), else MaxPool2d(stride)."""
+    if stride == 1:
+        return nn.Identity()
+    if ada_pool:
+        return StridedAdaptiveMaxPool2d(stride)
+    return nn.MaxPool2d(stride)

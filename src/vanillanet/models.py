@@ -19,18 +19,19 @@ from torch import nn
 from .errors import ConfigError, ConversionError
 from .layers import (
     BN_EPS,
-    SeriesActivation,
-    StridedAdaptiveMaxPool2d,
     conv_bn,
     fold_conv_bn,
+    make_activation,
+    make_pool,
     merge_convs,
     new_conv,
 )
 
-__all__ = ["PUBLISHED", "PUBLISHED_TRAIN", "VARIANTS", "Block", "DeepTrainingSlope", "Published", "VanillaNet",
-           "VariantSpec", "check_input_size", "check_model_name", "default_out_indices", "describe_dims",
-           "feature_map_sides", "input_cfg", "match_variants", "min_input_side", "min_input_size", "variant_names",
-           "variant_of"]
+__all__ = ["MODEL_OPTIONS", "PUBLISHED", "PUBLISHED_TRAIN", "SHORTCUT_REFUSAL", "VARIANTS", "Block",
+           "ConversionHook", "DeepTrainingSlope", "Published", "ResidualBlock", "ResidualSingleConvBlock",
+           "SingleConvBlock", "VanillaNet", "VariantSpec", "check_input_size", "check_model_name",
+           "default_out_indices", "describe_dims", "feature_map_sides", "input_cfg", "match_variants",
+           "min_input_side", "min_input_size", "variant_names", "variant_of"]
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,10 @@ def check_input_size(model: nn.Module, img_size: int) -> None:
                           f"{need} px); use an image size of {need} or more")
 
 
+# The ablation options of VanillaNet (constructor arguments) and their values in the paper's network.
+MODEL_OPTIONS = {"deep_training": True, "series_act": True, "shortcut": False}
+
+
 class DeepTrainingSlope(nn.Module):
     """The deep-training slope ``act_learn``: one module shared by the stem, every block and the head.
 
@@ -252,6 +257,7 @@ class Block(nn.Module):
         deploy: bool = False,
         ada_pool: int | None = None,
         slope: DeepTrainingSlope | None = None,
+        series_act: bool = True,
     ):
         super().__init__()
         self.deploy = deploy
@@ -261,13 +267,8 @@ class Block(nn.Module):
             self.slope = slope if slope is not None else DeepTrainingSlope()
             self.conv1 = conv_bn(dim, dim)
             self.conv2 = conv_bn(dim, dim_out)
-        if stride == 1:
-            self.pool = nn.Identity()
-        elif ada_pool:
-            self.pool = StridedAdaptiveMaxPool2d(stride)
-        else:
-            self.pool = nn.MaxPool2d(stride)
-        self.act = SeriesActivation(dim_out, act_num, deploy=deploy)
+        self.pool = make_pool(stride, ada_pool)
+        self.act = make_activation(dim_out, act_num, deploy, series_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
@@ -288,6 +289,83 @@ class Block(nn.Module):
         self.deploy = True
 
     switch_to_deploy = reparameterize
+
+
+class SingleConvBlock(nn.Module):
+    """A layer trained without deep training (``VanillaNet(deep_training=False)``): conv(1x1)+BN, pool, activation.
+
+    It is the deploy-form Block with a BN after its conv, trained as such from the start (no second conv, no slope).
+    Conversion folds the BNs, giving exactly the keys of ``Block(deploy=True)``: ``conv.{weight,bias}``, ``act.*``.
+    """
+
+    def __init__(self, dim: int, dim_out: int, act_num: int = 3, stride: int = 2, ada_pool: int | None = None,
+                 series_act: bool = True):
+        super().__init__()
+        self.deploy = False
+        self.conv = conv_bn(dim, dim_out)
+        self.pool = make_pool(stride, ada_pool)
+        self.act = make_activation(dim_out, act_num, series=series_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.pool(self.conv(x)))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the conv's BN and the activation's BN. Idempotent."""
+        if self.deploy:
+            return
+        self.conv = new_conv(*fold_conv_bn(self.conv))
+        self.act.reparameterize()
+        self.deploy = True
+
+    switch_to_deploy = reparameterize
+
+
+SHORTCUT_REFUSAL = ("this network has shortcuts (shortcut=True): a residual connection adds the input to the output, "
+                    "so a shortcut network is not a plain network and has no deploy form; evaluate its train form")
+
+
+class _Shortcut:
+    """Refuses conversion for a block with an identity shortcut (``VanillaNet(shortcut=True)``): such a network is not
+    a plain network. Mixed into the residual block classes, which keep their plain block's keys."""
+
+    def reparameterize(self) -> None:
+        raise ConversionError(SHORTCUT_REFUSAL)
+
+    switch_to_deploy = reparameterize
+
+
+class ResidualBlock(_Shortcut, Block):
+    """A deep-training Block with an identity shortcut around it, activation included (input and output shapes
+    must match). Never in deploy form, so its forward is the train path (written out: TorchScript has no super())."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.pool(self.conv2(self.slope(self.conv1(x)))))
+
+
+class ResidualSingleConvBlock(_Shortcut, SingleConvBlock):
+    """A SingleConvBlock with an identity shortcut around it, activation included (input and output shapes must
+    match)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.pool(self.conv(x)))
+
+
+class ConversionHook(nn.Module):
+    """A parameterless first child whose ``reparameterize()`` converts its owner model.
+
+    ``timm.utils.reparameterize_model`` only visits children, so a model whose conversion is more than its
+    children's needs such a hook (in the deep-training form, the shared ``DeepTrainingSlope`` is it). Never called
+    in the forward pass; not a state_dict key.
+    """
+
+    def __init__(self, owner: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # plain back-reference, not a submodule
+
+    def reparameterize(self) -> None:
+        if self._owner is not None:
+            self._owner.reparameterize()
 
 
 def _check_slope(slope: DeepTrainingSlope) -> None:
@@ -317,7 +395,7 @@ def _init_weights(m: nn.Module) -> None:
 
 def _check_arguments(in_chans: int, num_classes: int, dims: Sequence[int], strides: Sequence[int], drop_rate: float,
                      act_num: int, ada_pool: Sequence[int] | None, width_mult: float, global_pool: str,
-                     drop_path_rate: float) -> None:
+                     drop_path_rate: float, deploy: bool = False, shortcut: bool = False) -> None:
     """One-line ConfigErrors for constructor arguments that cannot build a VanillaNet."""
     problems = [
         (len(dims) != len(strides) + 1, f"need len(dims) == len(strides) + 1, got {len(dims)} dims and "
@@ -325,7 +403,10 @@ def _check_arguments(in_chans: int, num_classes: int, dims: Sequence[int], strid
         (bool(drop_path_rate), "VanillaNet has no residual branches, so drop_path_rate must be 0"),
         (not width_mult > 0 or not math.isfinite(width_mult), f"width_mult must be a positive number, got "
                                                                f"{width_mult}"),
-        (not 0 <= act_num <= 16, f"act_num must be between 0 and 16 (kernel 2*act_num+1), got {act_num}"),
+        (isinstance(act_num, bool) or not isinstance(act_num, int) or not 0 <= act_num <= 16,
+         f"act_num must be an integer between 0 and 16 (kernel 2*act_num+1), got {act_num!r}"),
+        (shortcut and deploy, "shortcut=True has no deploy form (a shortcut network is not a plain network): build "
+                              "it with deploy=False"),
         (not 0 <= drop_rate < 1, f"drop_rate must lie in [0, 1), got {drop_rate}"),
         (in_chans < 1, f"in_chans must be at least 1, got {in_chans}"),
         (num_classes < 0, f"num_classes must be 0 (no head) or more, got {num_classes}"),
@@ -340,6 +421,15 @@ def _check_arguments(in_chans: int, num_classes: int, dims: Sequence[int], strid
     _check_global_pool(global_pool)
 
 
+def _residual_blocks(dims: Sequence[int], strides: Sequence[int], shortcut: bool) -> list[bool]:
+    """Which blocks get an identity shortcut with ``shortcut=True``: those whose input and output shapes match."""
+    residual = [shortcut and s == 1 and dims[i] == dims[i + 1] for i, s in enumerate(strides)]
+    if shortcut and not any(residual):
+        raise ConfigError("shortcut=True, but no block keeps its input shape (stride 1 and dim == dim_out), so there "
+                          "is nowhere to add an identity shortcut; use a variant with a stride-1 block")
+    return residual
+
+
 class VanillaNet(nn.Module):
     """VanillaNet (Chen et al., 2023) in train form (deep training, BN everywhere) or deploy form (plain convs).
 
@@ -349,14 +439,26 @@ class VanillaNet(nn.Module):
     (N, C)), ``global_pool=""`` removes the pooling too (NCHW out; with classes, per-position logits).
 
     Graph capture (FX, TorchScript, torch.export, ONNX): the forward methods branch only on attributes fixed at
-    construction or conversion (``deploy``, ``num_classes``, ``global_pool``, ``grad_checkpointing``), which
-    tracers read once; ``deploy`` is a TorchScript constant, so only the modules of the model's form are compiled.
-    The only shape-dependent code is in ``layers.series_taps`` (kernel trimming on tiny maps) and
+    construction or conversion (``single_conv``, ``num_classes``, ``global_pool``, ``grad_checkpointing``), which
+    tracers read once; ``single_conv`` is a TorchScript constant, so only the modules of the model's form are
+    compiled. The only shape-dependent code is in ``layers.series_taps`` (kernel trimming on tiny maps) and
     ``layers.StridedAdaptiveMaxPool2d``; their docstrings say what each capture sees. A captured graph keeps the
     act_learn value it was captured with.
+
+    Ablation options (the defaults are the paper's network, with the original keys):
+
+    - ``deep_training=False``: every layer is trained as the single conv it becomes at deploy time, from the start:
+      stem = 4x4 conv + BN + activation, block = 1x1 conv + BN, pool, activation, head = pool, dropout, one 1x1 conv;
+      no slope and no act_learn. Keys ``stem.0.0.*`` (conv), ``stem.0.1.*`` (BN), ``stem.1.*``,
+      ``stages.{i}.conv.{0,1}.*``, ``stages.{i}.act.*``, ``cls.2.*``; it converts to the usual deploy form.
+    - ``series_act=False``: a plain ReLU instead of the series activation (no depthwise conv, no ``act.*`` keys in
+      either form). ``act_num`` is then unused.
+    - ``shortcut=True``: an identity shortcut around every block whose input and output shapes match (stride 1 and
+      dim == dim_out; in vanillanet_6 only the last block); the other blocks, the stem and the head are unchanged.
+      Same keys, but not a plain network: conversion refuses (``ConversionError``).
     """
 
-    __constants__ = ["deploy"]
+    __constants__ = ["single_conv"]  # the deploy form, or the train form without deep training
     __jit_unused_properties__ = ["act_learn"]  # a training control, not part of the scripted graph
 
     def __init__(
@@ -372,11 +474,19 @@ class VanillaNet(nn.Module):
         width_mult: float = 1.0,
         global_pool: str = "avg",
         drop_path_rate: float = 0.0,
+        deep_training: bool = True,
+        series_act: bool = True,
+        shortcut: bool = False,
     ):
         super().__init__()
         _check_arguments(in_chans, num_classes, dims, strides, drop_rate, act_num, ada_pool, width_mult,
-                         global_pool, drop_path_rate)
+                         global_pool, drop_path_rate, deploy, shortcut)
         dims = [max(1, int(round(d * width_mult))) for d in dims]
+        self.deep_training, self.series_act, self.shortcut = bool(deep_training), bool(series_act), bool(shortcut)
+        residual = _residual_blocks(dims, strides, self.shortcut)
+        # True when each layer is one conv (the deploy form, or the train form without deep training): the stem and
+        # head then have the deploy form's layout.
+        self.single_conv = deploy or not deep_training
         self.in_chans, self.num_classes, self.drop_rate = in_chans, num_classes, drop_rate
         self.dims, self.strides = tuple(dims), tuple(strides)
         self.act_num, self.deploy = act_num, deploy
@@ -388,16 +498,20 @@ class VanillaNet(nn.Module):
         if deploy:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad),
-                SeriesActivation(dims[0], act_num, deploy=True),
+                make_activation(dims[0], act_num, True, series_act),
             )
+        elif not deep_training:
+            self.convert_hook = ConversionHook(self)
+            self.stem = nn.Sequential(conv_bn(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad),
+                                      make_activation(dims[0], act_num, series=series_act))
         else:
             self.slope = DeepTrainingSlope()
             object.__setattr__(self.slope, "_owner", self)
             self.stem1 = conv_bn(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad)
-            self.stem2 = nn.Sequential(*conv_bn(dims[0], dims[0]), SeriesActivation(dims[0], act_num))
+            self.stem2 = nn.Sequential(*conv_bn(dims[0], dims[0]), make_activation(dims[0], act_num, series=series_act))
         self.stages = nn.ModuleList(
-            Block(dims[i], dims[i + 1], act_num, strides[i], deploy,
-                  ada_pool[i] if ada_pool is not None else None, None if deploy else self.slope)
+            self._make_block(dims[i], dims[i + 1], strides[i], ada_pool[i] if ada_pool is not None else None,
+                             residual[i])
             for i in range(len(strides))
         )
         self.feature_info = []
@@ -408,12 +522,21 @@ class VanillaNet(nn.Module):
         self._build_head(num_classes, global_pool)
         self.apply(_init_weights)
 
+    def _make_block(self, dim: int, dim_out: int, stride: int, ada_pool: int | None, residual: bool) -> nn.Module:
+        """Block i in the form and with the options chosen at construction."""
+        if self.deep_training or self.deploy:
+            cls = ResidualBlock if residual else Block
+            return cls(dim, dim_out, self.act_num, stride, self.deploy, ada_pool, None if self.deploy else self.slope,
+                       self.series_act)
+        cls = ResidualSingleConvBlock if residual else SingleConvBlock
+        return cls(dim, dim_out, self.act_num, stride, ada_pool, self.series_act)
+
     # ---- head -------------------------------------------------------------------------------------------------
     def _build_head(self, num_classes: int, global_pool: str) -> None:
         c = self.num_features
         pool = nn.AdaptiveAvgPool2d((1, 1)) if global_pool == "avg" else nn.Identity()  # no parameters: same keys
         pool_drop = [pool, nn.Dropout(self.drop_rate)]
-        if self.deploy:
+        if self.single_conv:
             self.cls = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1) if num_classes else nn.Identity())
         elif num_classes:
             self.cls1 = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1), nn.BatchNorm2d(num_classes, eps=BN_EPS))
@@ -424,7 +547,7 @@ class VanillaNet(nn.Module):
         self.num_classes, self.global_pool = num_classes, global_pool
 
     def get_classifier(self) -> nn.Module:
-        return self.cls[2] if self.deploy else self.cls2[0]
+        return self.cls[2] if self.single_conv else self.cls2[0]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head by a freshly initialised one for ``num_classes`` (0 = no classifier), in the current
@@ -433,7 +556,7 @@ class VanillaNet(nn.Module):
         _check_global_pool(global_pool)
         ref = next(self.parameters())
         self._build_head(num_classes, global_pool)
-        head = [self.cls] if self.deploy else [self.cls1, self.cls2]
+        head = [self.cls] if self.single_conv else [self.cls1, self.cls2]
         for m in head:
             m.apply(_init_weights)
             m.to(device=ref.device, dtype=ref.dtype)
@@ -441,8 +564,9 @@ class VanillaNet(nn.Module):
     # ---- act_learn (deep training) ------------------------------------------------------------------------------
     @property
     def act_learn(self) -> float:
-        """Slope between each pair of convs: 0 = ReLU (start of deep training), 1 = identity (mergeable)."""
-        return 1.0 if self.deploy else self.slope.value
+        """Slope between each pair of convs: 0 = ReLU (start of deep training), 1 = identity (mergeable); 1 when
+        each layer is a single conv (deploy form, or ``deep_training=False``)."""
+        return 1.0 if self.single_conv else self.slope.value
 
     @act_learn.setter
     def act_learn(self, value: float) -> None:
@@ -454,6 +578,11 @@ class VanillaNet(nn.Module):
         value = float(value)
         if not 0.0 <= value <= 1.0 or math.isnan(value):
             raise ConfigError(f"act_learn must lie in [0, 1], got {value}; 0 = ReLU, 1 = identity")
+        if not self.deploy and not self.deep_training:
+            if value != 1.0:
+                raise ConfigError("this model trains without deep training (deep_training=False): each layer is one "
+                                  "conv, there is no act_learn to set; build it with deep_training=True to use it")
+            return
         if self.deploy:
             if value != 1.0:
                 raise ConversionError("this model is in deploy form: its layers are merged and act_learn is fixed "
@@ -465,7 +594,7 @@ class VanillaNet(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
+        if self.single_conv:
             return self.stem(x)
         return self.stem2(self.slope(self.stem1(x)))
 
@@ -483,7 +612,7 @@ class VanillaNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pooling and dropout, then (unless ``pre_logits``) the classifier; flattened to (N, C) when pooled."""
-        if self.deploy:
+        if self.single_conv:
             x = self.cls[1](self.cls[0](x))
             if not pre_logits:
                 x = self.cls[2](x)
@@ -555,9 +684,15 @@ class VanillaNet(nn.Module):
     def reparameterize(self) -> None:
         """Convert to the deploy form in place, exactly (eval-mode BN statistics). Idempotent.
 
-        Raises ConversionError when act_learn != 1 (the layers are not yet linear and cannot be merged).
+        Raises ConversionError when act_learn != 1 (the layers are not yet linear and cannot be merged) and for a
+        network with shortcuts (not a plain network).
         """
         if self.deploy:
+            return
+        if self.shortcut:
+            raise ConversionError(SHORTCUT_REFUSAL)
+        if not self.deep_training:
+            self._reparameterize_single_conv()
             return
         _check_slope(self.slope)
         stride, padding = self.stem1[0].stride, self.stem1[0].padding
@@ -580,6 +715,19 @@ class VanillaNet(nn.Module):
             stages=self.stages,
             cls=head,
         )
+        self.deploy = self.single_conv = True
+
+    @torch.no_grad()
+    def _reparameterize_single_conv(self) -> None:
+        """``deep_training=False``: fold every BN into its conv; the layout already is the deploy form's."""
+        conv = self.stem[0][0]
+        self.stem[0] = new_conv(*fold_conv_bn(self.stem[0]), stride=conv.stride, padding=conv.padding)
+        self.stem[1].reparameterize()
+        for block in self.stages:
+            block.reparameterize()
+        object.__setattr__(self.convert_hook, "_owner", None)  # break the back-reference; later calls are no-ops
+        # a fresh module dict without the hook (see reparameterize), in the deploy form's key order
+        self._modules = OrderedDict(stem=self.stem, stages=self.stages, cls=self.cls)
         self.deploy = True
 
     switch_to_deploy = reparameterize

@@ -70,8 +70,9 @@ class Data:
 
 def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accum: int, val_batch: int | None,
                seed: int, dist: DistInfo, device: torch.device) -> Data:
-    """Datasets (train with augmentation, val with the eval transform) and their deterministic loaders."""
-    from .data import build_dataset, build_loader, build_transform, resolve_preprocess
+    """Datasets (train with augmentation, val with the eval transform) and their deterministic loaders; with
+    ``inputs.train_subset`` a fixed random subset of the training set (the same for every seed)."""
+    from .data import build_dataset, build_loader, build_transform, resolve_preprocess, take_subset
 
     if not inputs.data:
         raise ConfigError("no dataset: pass --data PATH|fashion-mnist|digits|synthetic (or a recipe that sets it)")
@@ -84,6 +85,8 @@ def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accu
                                padding=inputs.padding)
     common = dict(in_chans=arch.in_chans, img_size=pre.img_size, num_classes=arch.num_classes, **inputs.data_options)
     train_ds = build_dataset(inputs.data, "train", train_tf, **common)
+    if inputs.train_subset:
+        train_ds = take_subset(train_ds, inputs.train_subset)
     val_ds = build_dataset(inputs.data, "val", pre.transform(arch.in_chans), **common)
     classes = list(train_ds.classes)
     if arch.num_classes is not None and arch.num_classes != len(classes):
@@ -107,7 +110,8 @@ def _freeze(model: nn.Module, stages: int) -> list[nn.Module]:
     """Freeze the first ``stages`` stages (the stem counts as the first); returns the frozen modules."""
     if stages <= 0:
         return []
-    units: list[list[nn.Module]] = [[model.stem1, model.stem2], *[[b] for b in model.stages]]
+    stem = [model.stem1, model.stem2] if model.deep_training else [model.stem]  # deep_training=False: one module
+    units: list[list[nn.Module]] = [stem, *[[b] for b in model.stages]]
     if stages > len(units):
         raise ConfigError(f"freeze_stages is {stages} but the model has {len(units)} stages (stem + "
                           f"{len(units) - 1} blocks); use at most {len(units) - 1} to leave something to train")
@@ -119,13 +123,26 @@ def _freeze(model: nn.Module, stages: int) -> list[nn.Module]:
 
 def build_model(arch: ArchConfig, num_classes: int, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
     """The train-form model (fine-tuned from ``arch.pretrained`` if given) and its architecture record, which a
-    resumed run must match."""
+    resumed run must match. An ablation baseline (``baselines.BASELINES``) trains alike, without deep training."""
+    from .baselines import create_baseline, is_baseline
+    from .models import MODEL_OPTIONS
     from .registry import create_model
     from .weights import load_weights
 
+    # the ablation options enter the record only when set, so that runs from before them still resume
+    options = {k: getattr(arch, k) for k, default in MODEL_OPTIONS.items() if getattr(arch, k) != default}
+    if is_baseline(arch.model):
+        given = [*options, *(["pretrained"] if arch.pretrained else []),
+                 *(["freeze_stages"] if arch.freeze_stages else [])]
+        if given:
+            raise ConfigError(f"{arch.model} is a baseline: the setting(s) {', '.join(given)} apply to VanillaNet "
+                              "models only; drop them for this model")
+        model, kwargs = create_baseline(arch.model, num_classes=num_classes, in_chans=arch.in_chans,
+                                        drop_rate=arch.drop_rate, width_mult=arch.width_mult)
+        return model, dict(name=arch.model, kwargs=kwargs)
     record = dict(name=arch.model, kwargs=dict(num_classes=num_classes, in_chans=arch.in_chans,
                                                drop_rate=arch.drop_rate, act_num=arch.act_num,
-                                               width_mult=arch.width_mult))
+                                               width_mult=arch.width_mult, **options))
     model = create_model(arch.model, **record["kwargs"])
     if arch.pretrained:
         report = load_weights(model, arch.pretrained, use_ema=True)
@@ -409,7 +426,8 @@ def end_epoch(state: TrainState, loop: Loop, epoch: int, stats: dict[str, float]
     loop.metrics(row)
     loop.log(f"epoch {epoch + 1}/{loop.cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * ev['top1']:.2f}%"
              f"{' (EMA)' if state.ema is not None else ''}  top-5 {100 * ev['top5']:.2f}%  lr {row['lr']:.3g}  "
-             f"act_learn {row['act_learn']:.3f}  {row['img_per_s']:.0f} img/s  {row['seconds']:.0f} s")
+             f"{'act_learn ' + format(row['act_learn'], '.3f') + '  ' if loop.deep.enabled else ''}"
+             f"{row['img_per_s']:.0f} img/s  {row['seconds']:.0f} s")
     path = save_checkpoint(state, loop, epoch, loop.data.micro_per_epoch)
     if improved and path is not None:
         loop.folder.mark_best(path)
@@ -458,17 +476,29 @@ def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
     loop.log(f"resumed from {path}: epoch {state.start_epoch}, batch {state.start_batch}, step {state.step}")
 
 
-def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
-    """Convert the evaluated model to the deploy form, check it on the validation set in fp32, write the deploy
-    weights, the plot and ``summary.json``; returns the summary."""
-    from .checkpoint import save_weights
-    from .complexity import count_macs, count_params
+def deploy_form(model: nn.Module, log: Callable[[str], None]) -> nn.Module | None:
+    """The deploy form of the evaluated model, or None for a model that has none: an ablation baseline (nothing to
+    re-parameterize) or a VanillaNet with shortcuts (not a plain network)."""
     from .reparam import reparameterize_model
 
+    if not hasattr(model, "reparameterize") or getattr(model, "shortcut", False):
+        why = "has shortcuts (not a plain network)" if hasattr(model, "reparameterize") else "is an ablation baseline"
+        log(f"this model {why} and has no deploy form: only its train form is evaluated")
+        return None
+    return reparameterize_model(model)
+
+
+def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
+    """Convert the evaluated model to the deploy form, check it on the validation set in fp32, write the deploy
+    weights, the plot and ``summary.json``; returns the summary. A model without a deploy form (``deploy_form``)
+    gets null deploy fields in the summary and n/a in the table."""
+    from .checkpoint import save_weights
+    from .complexity import count_macs, count_params
+
     cfg, final, folder = loop.cfg, state.eval_model, loop.folder
-    deploy = reparameterize_model(final)
+    deploy = deploy_form(final, loop.log)
     ev = validate_model(loop, final, deploy=deploy, amp=False)  # fp32: the agreement is about the conversion only
-    if ev["deploy_agreement"] < 1.0:
+    if deploy is not None and ev["deploy_agreement"] < 1.0:
         loop.log(f"warning: the deploy model changes {100 * (1 - ev['deploy_agreement']):.3f}% of predictions")
     hashes = None
     if loop.dist.enabled:
@@ -477,13 +507,14 @@ def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
         tdist.all_gather_object(hashes, state_hash(*(m.state_dict() for m in models)))
     if not loop.dist.main:
         return dict(status="completed", rank=loop.dist.rank)
-    deploy_path = folder.path / "model_deploy.safetensors"
-    save_weights(deploy.cpu(), deploy_path, class_names=loop.data.classes,
-                 extra_meta=dict(top1=ev["deploy_top1"], dataset=cfg.data, trained_by="vanillanet train",
-                                 **loop.data.preprocess.as_meta()))
+    deploy_path = folder.path / "model_deploy.safetensors" if deploy is not None else None
+    if deploy is not None:
+        save_weights(deploy.cpu(), deploy_path, class_names=loop.data.classes,
+                     extra_meta=dict(top1=ev["deploy_top1"], dataset=cfg.data, trained_by="vanillanet train",
+                                     **loop.data.preprocess.as_meta()))
     size = (cfg.in_chans, loop.data.preprocess.img_size, loop.data.preprocess.img_size)
-    cx = dict(params_train=count_params(final), params_deploy=count_params(deploy),
-              macs_train=count_macs(final, size), macs_deploy=count_macs(deploy, size))
+    cx = dict(params_train=count_params(final), params_deploy=count_params(deploy) if deploy else None,
+              macs_train=count_macs(final, size), macs_deploy=count_macs(deploy, size) if deploy else None)
     plot = folder.path / "training.png"
     try:
         from .plots import plot_training
@@ -498,11 +529,12 @@ def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
         img_size=loop.data.preprocess.img_size, epochs=cfg.epochs, steps=state.step,
         world_size=loop.dist.world_size, evaluated="ema" if state.ema else "model",
         test_top1=ev["top1"], test_top5=ev["top5"], test_loss=ev["loss"], test_images=ev["images"],
-        deploy_test_top1=ev["deploy_top1"], deploy_agreement=ev["deploy_agreement"],
+        deploy_test_top1=ev.get("deploy_top1"), deploy_agreement=ev.get("deploy_agreement"),
         best_top1=state.best_top1, best_epoch=state.best_epoch, act_learn=loop.deep.value,
         seconds=loop.seconds(state), **cx,
         checkpoint=str(state.last_checkpoint) if state.last_checkpoint else None,
-        best_checkpoint=str(best) if best.is_file() else None, deploy_weights=str(deploy_path),
+        best_checkpoint=str(best) if best.is_file() else None,
+        deploy_weights=str(deploy_path) if deploy_path else None,
         plot=str(plot) if plot else None, metrics=str(folder.metrics_path), config=str(folder.path / "config.yaml"),
     )
     if hashes is not None:
@@ -512,17 +544,22 @@ def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
     return summary
 
 
+def _scaled(value: float | None, scale: float, spec: str) -> str:
+    """``value * scale`` formatted, or n/a (no deploy form)."""
+    return "n/a" if value is None else format(value * scale, spec)
+
+
 def _summary_table(s: dict[str, Any]) -> str:
     rows = [
         ("best top-1 (epoch)", f"{100 * s['best_top1']:.2f}% ({s['best_epoch']})"),
         ("final top-1, train form", f"{100 * s['test_top1']:.2f}%"),
-        ("final top-1, deploy form", f"{100 * s['deploy_test_top1']:.2f}%"),
-        ("identical predictions", f"{100 * s['deploy_agreement']:.2f}% of {s['test_images']}"),
-        ("params train / deploy", f"{s['params_train'] / 1e6:.3f} M / {s['params_deploy'] / 1e6:.3f} M"),
-        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {s['macs_deploy'] / 1e6:.2f} M "
+        ("final top-1, deploy form", f"{_scaled(s['deploy_test_top1'], 100, '.2f')}%"),
+        ("identical predictions", f"{_scaled(s['deploy_agreement'], 100, '.2f')}% of {s['test_images']}"),
+        ("params train / deploy", f"{s['params_train'] / 1e6:.3f} M / {_scaled(s['params_deploy'], 1e-6, '.3f')} M"),
+        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {_scaled(s['macs_deploy'], 1e-6, '.2f')} M "
                                 f"({s['img_size']} px)"),
         ("time", f"{s['seconds']:.0f} s"),
-        ("deploy weights", s["deploy_weights"]),
+        ("deploy weights", s["deploy_weights"] or "-"),
         ("plot", s["plot"] or "-"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -534,15 +571,18 @@ def _build(cfg: TrainConfig, dist: DistInfo, device: torch.device, folder: RunFo
            on_step: StepCallback | None) -> tuple[TrainState, Loop]:
     from timm.utils import ModelEmaV3
 
+    from .models import VanillaNet
+
     for seed_fn in (torch.manual_seed, random.seed, np.random.seed):
         seed_fn(cfg.seed + dist.rank)
     data = build_data(cfg.inputs, cfg.arch, cfg.batch_size, cfg.grad_accum_steps, cfg.validation_batch_size,
                       cfg.seed, dist, device)
     model, arch = build_model(cfg.arch, len(data.classes), log)
-    if cfg.layer_decay is not None and cfg.layer_decay_layers not in (None, len(model.stages)):
+    blocks = len(model.stages) if isinstance(model, VanillaNet) else None  # baselines: timm's own grouping
+    if cfg.layer_decay is not None and blocks is not None and cfg.layer_decay_layers not in (None, blocks):
         raise ConfigError(f"layer_decay_layers is {cfg.layer_decay_layers} but {cfg.model} has {len(model.stages)} "
                           f"blocks; set it to {len(model.stages)} or null")
-    if cfg.pretrained and cfg.decay_epochs:
+    if cfg.pretrained and cfg.decay_epochs and cfg.deep_training:
         log(f"note: deep training restarts act_learn at 0 over {cfg.decay_epochs:g} epochs; --set decay_epochs=0 "
             "keeps the pretrained network at act_learn 1")
     frozen = _freeze(model, cfg.freeze_stages)

@@ -38,7 +38,8 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "hamming", "box")
 class ArchConfig:
     """The network."""
 
-    model: str = option("vanillanet_5", "variant name (see `vanillanet list`)")
+    model: str = option("vanillanet_5", "variant name (see `vanillanet list`), or an ablation baseline: resnet18, "
+                        "plain_cnn_6")
     num_classes: int | None = option(None, "classes of the head (default: the dataset's)", ge=1)
     in_chans: int = option(3, "input channels (1 for grayscale sources)", choices=(1, 3))
     drop_rate: float = option(0.05, "head dropout", ge=0, lt=1, aliases=("--drop",))
@@ -46,6 +47,11 @@ class ArchConfig:
     width_mult: float = option(1.0, "scale every width (e.g. 0.125 for CPU-sized models)", gt=0, le=16)
     pretrained: str | None = option(None, "fine-tune from this checkpoint (any layout the package loads)")
     freeze_stages: int = option(0, "freeze the first K stages, counting the stem as the first", ge=0)
+    deep_training: bool = option(True, "ablation: false trains each layer as one conv + BN from the start (no "
+                                 "act_learn)")
+    series_act: bool = option(True, "ablation: false replaces the series activation by a plain ReLU")
+    shortcut: bool = option(False, "ablation: identity shortcut around each block that keeps its shape (no deploy "
+                            "form)")
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class InputConfig:
                                           "{size: 64} for synthetic, {strict: true} for folders; a name qualified "
                                           "with a source (synthetic.size) applies to that source only",
                                           default_factory=dict)
+    train_subset: int | None = option(None, "train on a fixed random subset of this many training images (the same "
+                                      "for every seed; for shorter experiments)", ge=1)
     img_size: int | None = option(None, "input size (default: 224 for folders, 32 for the small sets)", ge=1, le=4096)
     crop_pct: float | None = option(None, "eval centre-crop fraction (default: 0.875 for folders)", gt=0, le=1)
     mean: tuple[float, ...] | None = option(None, "normalisation mean (default: the source's)")

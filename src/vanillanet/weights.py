@@ -18,17 +18,24 @@ import torch
 
 from .checkpoint import file_meta, load_checkpoint_file, meta_from, normalise_keys, select_state_dict
 from .errors import CheckpointError, ConversionError
-from .models import VARIANTS, VanillaNet, describe_dims, match_variants, variant_of
+from .models import SHORTCUT_REFUSAL, VARIANTS, VanillaNet, describe_dims, match_variants, variant_of
 
 __all__ = ["LoadReport", "WeightsInfo", "architecture_kwargs", "filter_state_dict", "infer_weights_info",
            "load_into", "load_weights"]
 
 log = logging.getLogger("vanillanet")
 
-_HEAD_PREFIXES = {"train": ("cls1.2.", "cls1.3.", "cls2.0."), "deploy": ("cls.2.",)}
-_STEM_CONV = {"train": "stem1.0.weight", "deploy": "stem.0.weight"}
-_STEM_ACT = {"train": "stem2.2.weight", "deploy": "stem.1.weight"}
-_CLASSIFIER = {"train": "cls2.0.weight", "deploy": "cls.2.weight"}
+# Key layouts: "train" (deep training), "single" (train form without deep training: deep_training=False), "deploy".
+_HEAD_PREFIXES = {"train": ("cls1.2.", "cls1.3.", "cls2.0."), "single": ("cls.2.",), "deploy": ("cls.2.",)}
+_STEM_CONV = {"train": "stem1.0.weight", "single": "stem.0.0.weight", "deploy": "stem.0.weight"}
+_STEM_ACT = {"train": "stem2.2.weight", "single": "stem.1.weight", "deploy": "stem.1.weight"}
+_BLOCK_CONV = {"train": "stages.{}.conv2.0.weight", "single": "stages.{}.conv.0.weight",
+               "deploy": "stages.{}.conv.weight"}
+_CLASSIFIER = {"train": "cls2.0.weight", "single": "cls.2.weight", "deploy": "cls.2.weight"}
+
+
+def _model_layout(model: VanillaNet) -> str:
+    return "deploy" if model.deploy else "train" if model.deep_training else "single"
 
 
 @dataclass(frozen=True)
@@ -37,28 +44,32 @@ class WeightsInfo:
 
     form: str  # "train" or "deploy"
     dims: tuple[int, ...]
-    act_num: int
+    act_num: int | None  # None without the series activation (then the weights do not tell)
     in_chans: int
     num_classes: int
+    deep_training: bool = True  # train form only: False = one conv + BN per layer (the deploy form has no trace)
+    series_act: bool = True
 
 
 def infer_weights_info(state_dict: Mapping[str, torch.Tensor], where: str = "the checkpoint") -> WeightsInfo:
-    """Form from the keys (``stem1.*`` = train, ``stem.*`` = deploy); act_num from the activation kernel size."""
-    form = next((f for f, key in _STEM_CONV.items() if key in state_dict), None)
-    if form is None:
+    """Form from the keys (``stem1.*`` = train, ``stem.0.0.*`` = train without deep training, ``stem.*`` = deploy);
+    widths from the layers' conv outputs; series activation from its ``act.weight`` keys and act_num from their
+    kernel size."""
+    layout = next((f for f, key in _STEM_CONV.items() if key in state_dict), None)
+    if layout is None:
         sample = ", ".join(list(state_dict)[:3]) or "none"
         raise CheckpointError(f"{where} holds no VanillaNet weights (no 'stem1.0.weight' or 'stem.0.weight'; keys "
                               f"start with {sample}): pass a VanillaNet checkpoint")
-    stem = state_dict[_STEM_CONV[form]]
+    stem = state_dict[_STEM_CONV[layout]]
     dims = [int(stem.shape[0])]
-    i = 0
-    while f"stages.{i}.act.weight" in state_dict:
-        dims.append(int(state_dict[f"stages.{i}.act.weight"].shape[0]))
-        i += 1
-    kernel = int(state_dict[_STEM_ACT[form]].shape[-1]) if _STEM_ACT[form] in state_dict else 7
-    classifier = state_dict.get(_CLASSIFIER[form])
-    return WeightsInfo(form=form, dims=tuple(dims), act_num=(kernel - 1) // 2, in_chans=int(stem.shape[1]),
-                       num_classes=int(classifier.shape[0]) if classifier is not None else 0)
+    while _BLOCK_CONV[layout].format(len(dims) - 1) in state_dict:
+        dims.append(int(state_dict[_BLOCK_CONV[layout].format(len(dims) - 1)].shape[0]))
+    act = next((state_dict[k] for k in (_STEM_ACT[layout], "stages.0.act.weight") if k in state_dict), None)
+    classifier = state_dict.get(_CLASSIFIER[layout])
+    return WeightsInfo(form="train" if layout == "single" else layout, dims=tuple(dims),
+                       act_num=(int(act.shape[-1]) - 1) // 2 if act is not None else None, in_chans=int(stem.shape[1]),
+                       num_classes=int(classifier.shape[0]) if classifier is not None else 0,
+                       deep_training=layout != "single", series_act=act is not None)
 
 
 def _fix_for(dims: tuple[int, ...]) -> str:
@@ -125,7 +136,8 @@ def _check_compatible(info: WeightsInfo, meta: Mapping[str, Any], model: Vanilla
         raise CheckpointError(f"{where} was trained as {recorded} (strides {list(strides)}, ada_pool {ada_pool}) but "
                               f"the model has strides {list(model.strides)}, ada_pool {model.ada_pool}: create "
                               f"{recorded} instead")
-    if info.act_num != model.act_num:
+    _check_options(info, meta, model, where)
+    if info.series_act and info.act_num != model.act_num:
         k, mk = 2 * info.act_num + 1, 2 * model.act_num + 1
         raise CheckpointError(f"{where} has {k}x{k} activation kernels (act_num={info.act_num}) but the model has "
                               f"{mk}x{mk} (act_num={model.act_num}): build the model with act_num={info.act_num}")
@@ -139,6 +151,25 @@ def _check_compatible(info: WeightsInfo, meta: Mapping[str, Any], model: Vanilla
     if info.form == "deploy" and not model.deploy:
         raise CheckpointError(f"{where} holds deploy-form (merged) weights, which cannot be split back into the "
                               "train form: build the model with deploy=True, or start from a train-form checkpoint")
+
+
+def _check_options(info: WeightsInfo, meta: Mapping[str, Any], model: VanillaNet, where: str) -> None:
+    """One-line errors when the file's ablation options (read from its keys, or its metadata for shortcuts, which
+    leave no trace in the weights) differ from the model's."""
+    if info.series_act != model.series_act:
+        has = "has" if info.series_act else "has no"
+        raise CheckpointError(f"{where} {has} series activation (act.weight keys) but the model was built with "
+                              f"series_act={model.series_act}: build it with series_act={info.series_act}")
+    if info.form == "train" and not model.deploy and info.deep_training != model.deep_training:
+        how = "with" if info.deep_training else "without"
+        raise CheckpointError(f"{where} was trained {how} deep training but the model was built with "
+                              f"deep_training={model.deep_training}: build it with deep_training={info.deep_training}")
+    shortcut = meta.get("shortcut")
+    if shortcut and model.deploy:
+        raise ConversionError(f"{where}: {SHORTCUT_REFUSAL}")
+    if shortcut is not None and bool(shortcut) != model.shortcut:
+        raise CheckpointError(f"{where} records shortcut={bool(shortcut)} but the model was built with "
+                              f"shortcut={model.shortcut}: build it with shortcut={bool(shortcut)}")
 
 
 def _check_keys(state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], where: str) -> None:
@@ -156,7 +187,8 @@ def _convert_to_deploy(state_dict: dict[str, torch.Tensor], info: WeightsInfo, m
                        act_learn: float, where: str) -> dict[str, torch.Tensor]:
     """Build the file's train form, load it, re-parameterize, and return the deploy state_dict."""
     source = VanillaNet(in_chans=info.in_chans, num_classes=info.num_classes, dims=info.dims, strides=model.strides,
-                        act_num=info.act_num, ada_pool=model.ada_pool)
+                        act_num=model.act_num if info.act_num is None else info.act_num, ada_pool=model.ada_pool,
+                        deep_training=info.deep_training, series_act=info.series_act)
     _check_keys(state_dict, source.state_dict(), where)
     source.load_state_dict(state_dict, strict=True)
     source.act_learn = act_learn
@@ -172,7 +204,7 @@ def _fit(state_dict: dict[str, torch.Tensor], meta: Mapping[str, Any], model: Va
     """Map a normalised state_dict onto exactly ``model``'s keys (conversion, head reset, in_chans adaptation)."""
     info = infer_weights_info(state_dict, where)
     _check_compatible(info, meta, model, where, reset_head, adapt_in_chans)
-    model_form = "deploy" if model.deploy else "train"
+    model_form, model_layout = "deploy" if model.deploy else "train", _model_layout(model)
     act_learn = float(meta["act_learn"]) if meta.get("act_learn") is not None else None
     report = LoadReport(path=str(meta.get("path", where)), source=meta.get("source"), layout=meta.get("layout", "?"),
                         file_form=info.form, model_form=model_form, num_classes=info.num_classes,
@@ -183,12 +215,12 @@ def _fit(state_dict: dict[str, torch.Tensor], meta: Mapping[str, Any], model: Va
     if info.in_chans != model.in_chans:  # only reached for timm's pretrained hook, which adapts the stem
         from timm.models import adapt_input_conv
 
-        key = _STEM_CONV[model_form]
+        key = _STEM_CONV[model_layout]
         state_dict = dict(state_dict)
         state_dict[key] = adapt_input_conv(model.in_chans, state_dict[key])
         log.warning("%s: adapted the %d-channel stem to in_chans=%d", where, info.in_chans, model.in_chans)
     if info.num_classes != model.num_classes:
-        head = _HEAD_PREFIXES[model_form]
+        head = _HEAD_PREFIXES[model_layout]
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
         if model.num_classes:
             model.reset_classifier(model.num_classes)
@@ -272,9 +304,15 @@ def architecture_kwargs(name: str | None, ckpt: Mapping[str, Any],
             raise CheckpointError(f"{meta['path']} holds weights for {describe_dims(info.dims)} (dims "
                                   f"{list(info.dims)}), not {name}: {_fix_for(info.dims)}")
         kwargs["dims"] = info.dims
-    kwargs.setdefault("act_num", info.act_num)
+    if info.act_num is not None:
+        kwargs.setdefault("act_num", info.act_num)
     kwargs.setdefault("in_chans", info.in_chans)
     kwargs.setdefault("deploy", info.form == "deploy")
+    kwargs.setdefault("deep_training", info.deep_training)
+    kwargs.setdefault("series_act", info.series_act)
+    kwargs.setdefault("shortcut", bool(meta.get("shortcut", False)))  # files without the record: the original
+    if kwargs["deploy"] and kwargs["shortcut"]:
+        raise ConversionError(f"{meta['path']}: {SHORTCUT_REFUSAL}")
     if kwargs.get("num_classes") is None:
         kwargs["num_classes"] = info.num_classes
     return name, kwargs

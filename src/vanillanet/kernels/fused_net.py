@@ -204,6 +204,9 @@ def _check_deploy(model: nn.Module) -> None:
                               "in train form (or another model); convert it with reparameterize_model(model) first")
     if model.training:
         raise ConversionError("the fused kernels run inference only; call model.eval() first")
+    if not getattr(model, "series_act", True):
+        raise ConversionError("the fused kernels run the series activation, and this model has plain ReLUs "
+                              "(series_act=False, an ablation): use another backend")
 
 
 def build_fused(model: nn.Module, example: torch.Tensor, plan: str | None = None,
