@@ -53,7 +53,8 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
         reason = _write_failure(path, err)
         if reason is None:
             raise
-        raise OutputError(f"cannot write {path} ({reason}); nothing was written: {_fix(reason)}") from err
+        err.__traceback__ = None  # its frames would keep the writer's open file (and the space it took) alive
+        raise OutputError(f"cannot write {path} ({reason}); nothing was written: {_fix(reason)}") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -1,9 +1,10 @@
 """Is a state sound, and are a file's bytes the ones we wrote? The one check shared by checkpoint writing, training,
 convert, export and loading, and the digest written into (and verified on reading) every file we save.
 
-- ``unsound(*named)``: the floating-point tensors of weights and buffers that hold NaN or inf, values so large that
-  squaring them overflows float32 (``MAX_ABS``: BN variances, weight decay and LAMB's norms square them, so such a
-  state diverges at the next step), or negative BatchNorm running variances. ``nonfinite`` is the finiteness part
+- ``unsound(*named)``: the floating-point tensors of weights and buffers that hold NaN or inf, weights so large
+  that squaring them overflows float32 (``MAX_ABS``: weight decay and LAMB's trust ratio square them, so such a
+  state diverges at the next step; BatchNorm's running statistics are exempt, a variance being a square already),
+  or negative BatchNorm running variances. ``nonfinite`` is the finiteness part
   alone, for states whose magnitudes are not weights (optimizer moments).
 - ``expanded(obj)``: tensors that are views larger than their storage (stride 0, as ``Tensor.expand`` makes them):
   a few bytes in a file that become gigabytes once copied. Files we write never hold them.
@@ -53,7 +54,7 @@ def nonfinite(*named: tuple[str, Any]) -> list[str]:
 
 def unsound(*named: tuple[str, Any]) -> list[str]:
     """``"path (why)"`` for every tensor of ``(name, state_dict)`` pairs that no usable model holds: NaN/inf, a
-    magnitude above ``MAX_ABS``, or a negative BatchNorm running variance (zero is fine: a channel that is always
+    weight above ``MAX_ABS``, or a negative BatchNorm running variance (zero is fine: a channel that is always
     zero has variance 0, and BN's eps keeps the division finite)."""
     bad = []
     for name, state in named:
@@ -63,7 +64,7 @@ def unsound(*named: tuple[str, Any]) -> list[str]:
             m = _largest(t)
             if not math.isfinite(m):
                 bad.append(f"{key} ({'NaN' if math.isnan(m) else 'inf'})")
-            elif m > MAX_ABS:
+            elif m > MAX_ABS and not key.endswith(("running_mean", "running_var")):
                 bad.append(f"{key} (|value| up to {m:.2g})")
             elif key.endswith("running_var") and t.numel() and float(t.amin()) < 0:
                 bad.append(f"{key} (negative variance)")

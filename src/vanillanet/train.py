@@ -266,8 +266,9 @@ class Loop:
         return state.seconds + time.perf_counter() - self.t0
 
 
-def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int) -> Path | None:
-    """Checkpoint after ``batch`` micro-batches of ``epoch`` (rank 0 writes; every rank gives its RNG state). An
+def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int, epoch_done: bool = False) -> Path | None:
+    """Checkpoint after ``batch`` micro-batches of ``epoch`` (rank 0 writes; every rank gives its RNG state);
+    ``epoch_done``: the epoch's evaluation is included (a resume starts the next epoch, else it evaluates first). An
     unsound state (``integrity.unsound`` weights or EMA, a non-finite optimizer state) is never written: training
     stops naming the cause and the last good checkpoint. A failed write (disk full) stops it the same way."""
     rng = get_rng_state()
@@ -277,8 +278,8 @@ def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int) -> Pa
         tdist.all_gather_object(rngs, rng)
     if not loop.dist.main:
         return None
-    ckpt = state.to_checkpoint(epoch, batch, rngs, loop.seconds(state), config=config_to_dict(loop.cfg),
-                               class_names=loop.data.classes, arch=loop.arch)
+    ckpt = state.to_checkpoint(epoch, batch, rngs, loop.seconds(state), epoch_done=epoch_done,
+                               config=config_to_dict(loop.cfg), class_names=loop.data.classes, arch=loop.arch)
     check_sound(state, loop, f"by step {state.step}", ckpt)
     try:
         state.last_checkpoint = loop.folder.save_checkpoint(ckpt, state.step, loop.cfg.keep_last,
@@ -452,7 +453,7 @@ def end_epoch(state: TrainState, loop: Loop, epoch: int, stats: dict[str, float]
     loop.log(f"epoch {epoch + 1}/{loop.cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * ev['top1']:.2f}%"
              f"{' (EMA)' if state.ema is not None else ''}  top-5 {100 * ev['top5']:.2f}%  lr {row['lr']:.3g}  "
              f"act_learn {row['act_learn']:.3f}  {row['img_per_s']:.0f} img/s  {row['seconds']:.0f} s")
-    path = save_checkpoint(state, loop, epoch, loop.data.micro_per_epoch)
+    path = save_checkpoint(state, loop, epoch, loop.data.micro_per_epoch, epoch_done=True)
     if improved and path is not None:
         loop.folder.mark_best(path)
 
@@ -487,6 +488,7 @@ def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
         raise CheckpointError(f"{path} was trained as {ckpt.get('arch')}, not {loop.arch}; resume with the same "
                               "model settings or start a new run with --pretrained")
     state.restore(ckpt, loop.data.micro_per_epoch)
+    loop.deep.set(float(ckpt["act_learn"]))  # exactly the slope in effect when it was saved
     state.last_checkpoint = Path(path)
     rngs = ckpt.get("rng") or []
     if len(rngs) == loop.dist.world_size:
@@ -505,6 +507,8 @@ def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
                     if moved else ""))
     if loop.dist.main:
         loop.folder.truncate_metrics(state.step)
+        if ckpt.get("epoch_done") and state.best_epoch == int(ckpt["epoch"]) + 1:
+            loop.folder.mark_best(Path(path))  # a stop between this epoch-end checkpoint and its best.pth link
     loop.log(f"resumed from {path}: epoch {state.start_epoch}, batch {state.start_batch}, step {state.step}")
 
 
@@ -521,10 +525,10 @@ def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
     ev = validate_model(loop, final, deploy=deploy, amp=False)  # fp32: the agreement is about the conversion only
     if not all(math.isfinite(ev[k]) for k in ("loss", "top1", "deploy_top1")):
         raise NonFiniteLossError(
-            f"the final {'EMA ' if state.ema is not None else ''}model gives a validation loss of {ev['loss']}; "
-            "nothing was written (the checkpoints are kept): "
-            + ("check model_ema_decay, or evaluate a checkpoint's live weights" if state.ema is not None
-               else "lower the lr and continue from an earlier checkpoint"))
+            f"the final {'EMA ' if state.ema is not None else ''}model gives non-finite outputs on the validation "
+            f"set (loss {ev['loss']}): the training diverged; nothing was written (the checkpoints are kept): lower "
+            "the lr and continue from an earlier checkpoint"
+            + (" (or check model_ema_decay)" if state.ema is not None else ""))
     state.good_checkpoint = state.last_checkpoint
     if ev["deploy_agreement"] < 1.0:
         loop.log(f"warning: the deploy model changes {100 * (1 - ev['deploy_agreement']):.3f}% of predictions")
@@ -653,7 +657,8 @@ def _run(cfg: TrainConfig, dist: DistInfo, device: torch.device, on_step: StepCa
         log(f"training {cfg.model} (width x{cfg.width_mult:g}, {len(loop.data.classes)} classes, "
             f"{loop.data.preprocess.img_size} px) on {cfg.data}: {cfg.epochs} epochs x {loop.data.steps_per_epoch} "
             f"steps, effective batch {loop.eff_batch}, {dist.world_size} process(es) on {device.type}")
-        loop.deep.start(state.start_epoch)
+        if not start:
+            loop.deep.start(0)
         try:
             with StopSignal() as stop:
                 for epoch in range(state.start_epoch, cfg.epochs):

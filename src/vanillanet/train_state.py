@@ -91,7 +91,7 @@ class TrainState:
         self.step = int(ckpt["step"])
         self.scheduler.step_update(self.step)
         epoch, batch = int(ckpt["epoch"]), int(ckpt["batch"])
-        if batch >= micro_per_epoch:
+        if batch >= micro_per_epoch and ckpt.get("epoch_done", True):  # else: evaluate the finished epoch first
             epoch, batch = epoch + 1, 0
         self.start_epoch, self.start_batch = epoch, batch
         self.best_top1, self.best_epoch = float(ckpt["best_top1"]), int(ckpt["best_epoch"])
