@@ -3,8 +3,8 @@
 One uninterrupted reference run, then ``--trials`` runs of the same tiny synthetic training (a checkpoint after
 every step, a metrics row after every step, so that many kills land inside a checkpoint write or a metrics append).
 Each run is started with ``vanillanet train``, killed (SIGKILL or SIGTERM, to its whole process group, at a moment
-drawn uniformly over the reference's training time, counted from when the run locks its folder; one kill in ten
-during start-up instead), restarted with ``--resume auto``, possibly killed again, and so on
+drawn uniformly over what is left of the reference's training time, counted from when the run locks its folder; one
+kill in ten during start-up instead), restarted with ``--resume auto``, possibly killed again, and so on
 until it completes. The finished run must equal the reference exactly: the final checkpoint's model, EMA,
 optimizer state, step, epoch and act_learn; the weights of ``best.pth``; every metrics row (timings excepted); and
 the summary's numbers. Prints and writes a JSON summary: kills (by signal, and how many left a temporary file of an
@@ -85,6 +85,11 @@ def _wait_for_lock(out: Path, proc: subprocess.Popen, deadline: float) -> float:
     return time.perf_counter()
 
 
+def _newest_step(out: Path) -> int:
+    steps = [int(p.stem.split("-")[1]) for p in out.glob("checkpoint-*.pth")] if out.is_dir() else []
+    return max(steps, default=0)
+
+
 def _leftover_temporaries(out: Path) -> int:
     return len(list(out.glob(".*.tmp"))) if out.is_dir() else 0
 
@@ -105,6 +110,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"reference run failed ({proc.returncode}): {stderr[-2000:]}")
     reference = _final_state(ref)
+    reference_steps = _newest_step(ref)
     stats: dict[str, Any] = dict(trials=0, kills=0, sigkill=0, sigterm=0, kills_in_startup=0, kills_leaving_tmp=0,
                                  resumes=0, bit_exact=0, failures=[], reference_startup_s=round(startup, 1),
                                  reference_training_s=round(training, 1), kill_log=[])
@@ -131,9 +137,10 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                     in_startup = rng.random() < 0.1
                     if in_startup:
                         deadline = time.perf_counter() + rng.uniform(0.2, startup)
-                    else:
+                    else:  # uniform over what is left of the training, estimated from the newest checkpoint
+                        left = 1.0 - _newest_step(out) / reference_steps
                         deadline = _wait_for_lock(out, proc, time.perf_counter() + args.launch_timeout)
-                        deadline += rng.uniform(0.0, training)
+                        deadline += rng.uniform(0.0, training * left)
                     try:
                         proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
                     except subprocess.TimeoutExpired:
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--trials", type=int, default=30, help="runs to kill and resume")
     parser.add_argument("--max-kills", type=int, default=60, help="stop after this many kills")
     parser.add_argument("--budget-s", type=float, default=900, help="start no trial after this many seconds")
-    parser.add_argument("--p-kill", type=float, default=0.5, help="probability of killing a resumed launch too")
+    parser.add_argument("--p-kill", type=float, default=0.7, help="probability of killing a resumed launch too")
     parser.add_argument("--p-sigkill", type=float, default=0.6, help="share of SIGKILL (else SIGTERM)")
     parser.add_argument("--max-launches", type=int, default=8)
     parser.add_argument("--launch-timeout", type=float, default=300, help="a launch taking longer is a hang")

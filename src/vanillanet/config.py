@@ -30,8 +30,8 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["Key", "add_arguments", "build", "check", "check_instance", "coerce", "keys_of", "option",
-           "overrides_from_args", "parse_text", "to_flat", "unknown_key_error", "value_type", "field_type"]
+__all__ = ["Key", "add_arguments", "build", "check", "check_instance", "coerce", "field_type", "keys_of", "option",
+           "overrides_from_args", "parse_text", "to_flat", "unknown_key_error", "value_type"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,  # noqa: A002

@@ -286,7 +286,8 @@ def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int, epoch
                                                             protect=state.good_checkpoint)
     except OutputError as err:
         last = state.good_checkpoint or state.last_checkpoint
-        how = f"continue from {Path(last).name} with --resume auto" if last else "start again"
+        how = (f"continue from {Path(last).name} with --resume auto" if last
+               else "no checkpoint was written yet: start again with another --output (or after deleting this one)")
         raise OutputError(f"{err}; training stopped at step {state.step}: {how}") from err
     return state.last_checkpoint
 
