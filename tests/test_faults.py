@@ -326,6 +326,30 @@ def test_a_stop_at_the_last_batch_still_evaluates_that_epoch(tmp_path, straight)
     assert state_of(out / "checkpoint-00000008.pth") == state_of(straight[0] / "checkpoint-00000008.pth")
 
 
+def test_a_kill_between_an_epochs_metrics_row_and_its_checkpoint(tmp_path, straight, monkeypatch):
+    """Found by the soak: the epoch's row was logged and the step checkpoint of its last batch written, but not the
+    epoch-end checkpoint; the resume evaluates the epoch again and must not log its row twice."""
+    import vanillanet.train as t
+
+    real = t.save_checkpoint
+
+    def killed_before_the_epoch_checkpoint(state, loop, epoch, batch, epoch_done=False):
+        if epoch_done:
+            raise KeyboardInterrupt  # the process dies here
+        return real(state, loop, epoch, batch, epoch_done)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(t, "save_checkpoint", killed_before_the_epoch_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(out, "checkpoint_every=1"))
+    monkeypatch.undo()
+    assert [r["type"] for r in rows(out)][-2:] == ["step", "epoch"]
+    assert load(out / "checkpoint-00000004.pth")["epoch_done"] is False
+    train(cfg(out, "checkpoint_every=1", "resume=auto"))
+    assert rows(out) == rows(straight[0])
+    assert state_of(out / "checkpoint-00000008.pth") == state_of(straight[0] / "checkpoint-00000008.pth")
+
+
 # ---- the soak: random kills, bit-exact resumes ------------------------------------------------------------------
 @pytest.mark.slow
 def test_soak_script_survives_a_kill(tmp_path):

@@ -197,10 +197,12 @@ class RunFolder:
                         rows.append(row)
         return rows
 
-    def truncate_metrics(self, step: int) -> list[dict[str, Any]]:
-        """Keep the rows logged up to ``step`` (a resumed run logs the rest again); returns the dropped rows."""
+    def truncate_metrics(self, step: int, epoch_done: bool = True) -> list[dict[str, Any]]:
+        """Keep the rows logged up to ``step`` (a resumed run logs the rest again); with ``epoch_done`` False, also
+        drop an epoch row at ``step`` (the resume evaluates that epoch again); returns the dropped rows."""
         rows = self.metrics()
-        kept = [r for r in rows if r.get("step", 0) <= step]
+        kept = [r for r in rows if r.get("step", 0) < step
+                or (r.get("step", 0) == step and (epoch_done or r.get("type") != "epoch"))]
         write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         return [r for r in rows if r.get("step", 0) > step]
 

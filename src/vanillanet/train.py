@@ -507,7 +507,7 @@ def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
                  + (f" (with another {', '.join(moved)} the run does not continue exactly as it would have)"
                     if moved else ""))
     if loop.dist.main:
-        loop.folder.truncate_metrics(state.step)
+        loop.folder.truncate_metrics(state.step, epoch_done=bool(ckpt.get("epoch_done", True)))
         if ckpt.get("epoch_done") and state.best_epoch == int(ckpt["epoch"]) + 1:
             loop.folder.mark_best(Path(path))  # a stop between this epoch-end checkpoint and its best.pth link
     loop.log(f"resumed from {path}: epoch {state.start_epoch}, batch {state.start_batch}, step {state.step}")
