@@ -97,8 +97,8 @@ def _check_size(name: str, kwargs: dict[str, Any], allow_large: bool, source: st
     n = sum(p.numel() for p in probe.parameters())
     if n > MAX_PARAMS:
         raise ConfigError(f"{source} implies a model of {n / 1e6:,.0f}M parameters ({probe.num_classes} classes, "
-                          f"widths {list(probe.dims)}), above the {MAX_PARAMS / 1e6:,.0f}M limit: refusing to allocate "
-                          "it; pass --allow-large (allow_large=True) if you mean it")
+                          f"widths up to {max(probe.dims)}), above the {MAX_PARAMS / 1e6:,.0f}M limit: refusing to "
+                          "allocate it; pass --allow-large (allow_large=True) if you mean it")
 
 
 def create_model(name: str | None, checkpoint: str | Path | None = None, *, num_classes: int | None = None,

@@ -129,7 +129,7 @@ def build_model(arch: ArchConfig, num_classes: int, log: Callable[[str], None]) 
     record = dict(name=arch.model, kwargs=dict(num_classes=num_classes, in_chans=arch.in_chans,
                                                drop_rate=arch.drop_rate, act_num=arch.act_num,
                                                width_mult=arch.width_mult))
-    model = create_model(arch.model, **record["kwargs"])
+    model = create_model(arch.model, allow_large=arch.allow_large, **record["kwargs"])
     if arch.pretrained:
         report = load_weights(model, arch.pretrained, use_ema=True)
         log(f"fine-tuning from {arch.pretrained} ({report.source or 'weights'}"

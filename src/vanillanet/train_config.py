@@ -44,6 +44,7 @@ class ArchConfig:
     width_mult: float = option(1.0, "scale every width (e.g. 0.125 for CPU-sized models)", gt=0, le=16)
     pretrained: str | None = option(None, "fine-tune from this checkpoint (any layout the package loads)")
     freeze_stages: int = option(0, "freeze the first K stages, counting the stem as the first", ge=0)
+    allow_large: bool = option(False, "lift the model-size limit (1e9 parameters, see docs/faults.md)")
 
 
 @dataclass(frozen=True)
