@@ -2,9 +2,9 @@
 
 One uninterrupted reference run, then ``--trials`` runs of the same tiny synthetic training (a checkpoint after
 every step, a metrics row after every step, so that many kills land inside a checkpoint write or a metrics append).
-Each run is started with ``vanillanet train``, killed (SIGKILL or SIGTERM, to its whole process group, at a moment
-drawn uniformly over what is left of the reference's training time, counted from when the run locks its folder; one
-kill in ten during start-up instead), restarted with ``--resume auto``, possibly killed again, and so on
+Each run is started with ``vanillanet train``, killed (SIGKILL or SIGTERM, to its whole process group) at a step
+drawn uniformly from those it has left, at a random moment within that step (one kill in ten during start-up
+instead), restarted with ``--resume auto``, possibly killed again, and so on
 until it completes. The finished run must equal the reference exactly: the final checkpoint's model, EMA,
 optimizer state, step, epoch and act_learn; the weights of ``best.pth``; every metrics row (timings excepted); and
 the summary's numbers. Prints and writes a JSON summary: kills (by signal, and how many left a temporary file of an
@@ -85,6 +85,13 @@ def _wait_for_lock(out: Path, proc: subprocess.Popen, deadline: float) -> float:
     return time.perf_counter()
 
 
+def _wait_for_step(out: Path, proc: subprocess.Popen, step: int, deadline: float) -> None:
+    """Until the run has checkpointed ``step`` (0: until it holds its folder), or ended, or the deadline."""
+    _wait_for_lock(out, proc, deadline)
+    while time.perf_counter() < deadline and proc.poll() is None and _newest_step(out) < step:
+        time.sleep(0.01)
+
+
 def _newest_step(out: Path) -> int:
     steps = [int(p.stem.split("-")[1]) for p in out.glob("checkpoint-*.pth")] if out.is_dir() else []
     return max(steps, default=0)
@@ -137,10 +144,10 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                     in_startup = rng.random() < 0.1
                     if in_startup:
                         deadline = time.perf_counter() + rng.uniform(0.2, startup)
-                    else:  # uniform over what is left of the training, estimated from the newest checkpoint
-                        left = 1.0 - _newest_step(out) / reference_steps
-                        deadline = _wait_for_lock(out, proc, time.perf_counter() + args.launch_timeout)
-                        deadline += rng.uniform(0.0, training * left)
+                    else:  # at a step drawn from those left, at a random moment within that step
+                        target = rng.randint(_newest_step(out), reference_steps - 1)
+                        _wait_for_step(out, proc, target, time.perf_counter() + args.launch_timeout)
+                        deadline = time.perf_counter() + rng.uniform(0.0, training / reference_steps)
                     try:
                         proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
                     except subprocess.TimeoutExpired:
