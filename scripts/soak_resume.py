@@ -145,7 +145,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                     if in_startup:
                         deadline = time.perf_counter() + rng.uniform(0.2, startup)
                     else:  # at a step drawn from those left, at a random moment within that step
-                        target = rng.randint(_newest_step(out), reference_steps - 1)
+                        target = rng.randint(_newest_step(out), reference_steps)  # the last: while finishing
                         _wait_for_step(out, proc, target, time.perf_counter() + args.launch_timeout)
                         deadline = time.perf_counter() + rng.uniform(0.0, training / reference_steps)
                     try:
