@@ -188,10 +188,8 @@ def series_act(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, p
                               K=k, RH=_reach(k, ho), RW=_reach(k, wo), S=pool, HAS_BIAS=bias is not None,
                               MEAN=mean, RELU=relu, **cfg.launch_kwargs())
 
-    if config is None:
-        key = autotune.cache_key("act", n, c, h, w, k, pool, mean, x.dtype)
-        config = autotune.pick(key, act_candidates(ho, wo, c, mean, interpreted), launch, x.device)
-    launch(config)
+    autotune.launch_tuned(autotune.cache_key("act", n, c, h, w, k, pool, mean, x.dtype),
+                          act_candidates(ho, wo, c, mean, interpreted), launch, x.device, config)
     return out
 
 
@@ -220,7 +218,5 @@ def dwconv_relu_backward(grad: torch.Tensor, x: torch.Tensor, taps: torch.Tensor
                                       RH=_reach(k, h), RW=_reach(k, w), **cfg.launch_kwargs())
         return part.sum(0)
 
-    if config is None:
-        key = autotune.cache_key("dwconv_relu_bwd", n, c, h, w, k, x.dtype)
-        config = autotune.pick(key, act_candidates(h, w, c, False, interpreted), launch, x.device)
-    return gx, launch(config)
+    return gx, autotune.launch_tuned(autotune.cache_key("dwconv_relu_bwd", n, c, h, w, k, x.dtype),
+                                     act_candidates(h, w, c, False, interpreted), launch, x.device, config)
