@@ -90,3 +90,13 @@ def test_info_command(capsys):
     assert "vanillanet_5 at 64x64 (width_mult=0.125)" in out and "deploy" in out and "published" not in out
     assert cli_main(["info", "vanillanet_5", "--img-size", "8"]) == 2
     assert "larger --img-size" in capsys.readouterr().err
+
+
+def test_list_shows_a_variant_without_published_numbers(capsys, monkeypatch):
+    """A new variant is one line in VARIANTS: `list` shows it before its published numbers exist (no check)."""
+    from vanillanet.models import PUBLISHED
+
+    monkeypatch.delitem(PUBLISHED, "vanillanet_5")
+    assert cli_main(["list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("vanillanet_5 "))
+    assert row.split()[-2:] == ["-", "-"] and row.split()[1:3] == ["22.3", "M"]

@@ -80,9 +80,11 @@ def _list_command(args: argparse.Namespace) -> int:
         c = model_complexity(name)
         tp, tm = c["train"]["params"] / 1e6, c["train"]["macs"] / 1e9
         dp, dm = c["deploy"]["params"] / 1e6, c["deploy"]["macs"] / 1e9
-        pp, pm = PUBLISHED[name].params_m, PUBLISHED[name].gmacs
-        ok = "ok" if matches_published(dp, pp) and matches_published(dm, pm) else "MISMATCH"
-        print(f"{name:<28} {tp:>11.1f} M {tm:>9.2f} G {dp:>12.1f} M {dm:>10.2f} G   {f'{pp} M / {pm} G':<18} {ok}")
+        pub = PUBLISHED.get(name)  # a variant without published numbers is listed without the check
+        ok = ("-" if pub is None else
+              "ok" if matches_published(dp, pub.params_m) and matches_published(dm, pub.gmacs) else "MISMATCH")
+        shown = "-" if pub is None else f"{pub.params_m} M / {pub.gmacs} G"
+        print(f"{name:<28} {tp:>11.1f} M {tm:>9.2f} G {dp:>12.1f} M {dm:>10.2f} G   {shown:<18} {ok}")
     return 0
 
 
