@@ -3,8 +3,9 @@
 Modes: ``paper`` (the published protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``eager``
 (fp32 NCHW), ``channels_last`` (fp32), ``fp16`` / ``bf16`` (channels_last eager in that dtype), ``cudagraph``
 (CUDA graph, fp16 by default), ``compile`` (torch.compile with frozen weights; fp32 on the CPU, fp16 on CUDA by
-default), ``onnxruntime`` (CPU, fp32). ``cudagraph`` and ``compile`` take a dtype suffix (``compile:bf16``).
-``best`` = every mode this machine runs well.
+default), ``onnxruntime`` (CPU, fp32), ``int8`` (CPU, onnxruntime static int8 calibrated on random inputs: its
+speed, not its accuracy; ``vanillanet quantize`` measures both on real data). ``cudagraph`` and ``compile`` take a
+dtype suffix (``compile:bf16``). ``best`` = every mode this machine runs well.
 
 Protocol: everything is built, compiled and warmed up before timing; then ``repeats`` rounds run interleaved
 across the modes of one model and batch size (so load from other processes on a shared machine hits every mode
@@ -38,11 +39,11 @@ __all__ = ["BASELINES", "MODES", "TRAIN_MODES", "BenchConfig", "Mode", "best_mod
 
 _log = logging.getLogger(__name__)
 
-MODES = ("paper", "eager", "channels_last", "fp16", "bf16", "cudagraph", "compile", "onnxruntime")
+MODES = ("paper", "eager", "channels_last", "fp16", "bf16", "cudagraph", "compile", "onnxruntime", "int8")
 TRAIN_MODES = ("train-fp32", "train-amp", "train-best")
 BASELINES = ("resnet50", "resnet18")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+_DTYPE_NAMES = {**{v: k for k, v in _DTYPES.items()}, torch.int8: "int8"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def best_modes(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return modes + ["cudagraph", "compile"]
     modes += ["compile"] + (["compile:bf16"] if _bf16_ok(device) else [])
-    return modes + (["onnxruntime"] if _has_onnxruntime() else [])
+    return modes + (["onnxruntime", "int8"] if _has_onnxruntime() else [])
 
 
 def parse_modes(spec: str, device: torch.device) -> list[Mode]:
@@ -99,17 +100,19 @@ def parse_modes(spec: str, device: torch.device) -> list[Mode]:
                               ":bf16)")
         if kind == "cudagraph" and device.type != "cuda":
             raise ConfigError("mode cudagraph needs a CUDA device; drop it or use --modes best on this machine")
-        if kind == "onnxruntime" and device.type != "cpu":
-            raise ConfigError("mode onnxruntime runs on the CPU only; use --device cpu for it")
+        if kind in ("onnxruntime", "int8") and device.type != "cpu":
+            raise ConfigError(f"mode {kind} runs on the CPU only; use --device cpu for it")
         if kind in ("fp16", "bf16"):
             dtype = _DTYPES[kind]
         elif kind in ("cudagraph", "compile"):
             dtype = _DTYPES[dt] if dt else (torch.float16 if device.type == "cuda" else torch.float32)
+        elif kind == "int8":
+            dtype = torch.int8  # the weights' and activations' type; inputs and logits stay fp32
         else:
             dtype = torch.float32
         if dtype == torch.bfloat16 and not _bf16_ok(device):
             raise ConfigError(f"mode {name} needs bf16 support, which this {device.type} lacks; drop it")
-        mode = Mode(kind, dtype, kind not in ("paper", "eager"), f"{kind}:{dt}" if dt else kind)
+        mode = Mode(kind, dtype, kind not in ("paper", "eager", "onnxruntime", "int8"), f"{kind}:{dt}" if dt else kind)
         if mode not in modes:
             modes.append(mode)
     if not modes:
@@ -241,7 +244,8 @@ def _inference_runner(model: nn.Module, mode: Mode, batch: int, x: torch.Tensor,
     if mode.kind in ("channels_last", "fp16", "bf16"):
         m = copy.deepcopy(model).to(dtype=mode.dtype, memory_format=torch.channels_last)
         return _Runner(mode, batch, torch.no_grad()(m), x.to(mode.dtype).contiguous(memory_format=torch.channels_last))
-    clf = fast_inference(model, device, mode.dtype, batch_size=batch, image_size=x.shape[-1], backend=mode.kind,
+    dtype = torch.float32 if mode.kind == "int8" else mode.dtype
+    clf = fast_inference(model, device, dtype, batch_size=batch, image_size=x.shape[-1], backend=mode.kind,
                          deploy=deploy, tol=float("inf"))  # bench reports the error, it does not gate on it
     return _Runner(mode, batch, clf, clf._prepare(x))
 
@@ -452,7 +456,7 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="throughput batch size (batch 1 is always "
                         "measured too)")
     parser.add_argument("--modes", default="best", help=f"comma-separated from {', '.join(MODES)}, or best "
-                        "(cudagraph/compile take :fp16/:bf16/:fp32)")
+                        "(cudagraph/compile take :fp16/:bf16/:fp32; int8 is calibrated on random inputs)")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per mode (median, min, max)")
     parser.add_argument("--iters", type=int, help="calls per round (default: about --round-s seconds' worth)")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, ConversionError, DataError
-from .inference import BACKENDS, fast_inference, load_model
+from .inference import EXACT_BACKENDS, fast_inference, load_model
 
 __all__ = ["Preprocess", "evaluate", "load_real_labels", "resolve_preprocess"]
 
@@ -175,8 +175,9 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--amp", action="store_true", help="half precision (fp16 on CUDA, bf16 on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format for --backend none (the other backends always use it)")
-    parser.add_argument("--backend", default="eager", choices=("none", *BACKENDS),
-                        help="fast_inference backend (default eager); none = the model exactly as loaded")
+    parser.add_argument("--backend", default="eager", choices=("none", *EXACT_BACKENDS),
+                        help="fast_inference backend (default eager); none = the model exactly as loaded; for int8 "
+                        "see vanillanet quantize")
     parser.add_argument("--no-ema", action="store_true", help="use the live weights, not the EMA weights")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -11,6 +11,10 @@ Every path is checked against the fp32 NCHW eager output of the deploy form on a
 ``max |out - ref| / max |ref|`` is kept in ``.max_rel_err``. The fast path serves the fixed shape it was built for
 (``batch_size`` x ``in_chans`` x ``image_size``^2); other shapes run eagerly in the same dtype and layout
 (onnxruntime also takes any batch size).
+
+``backend="auto"`` builds every candidate, then times them side by side (interleaved rounds, median) and keeps the
+simplest one within 3 % of the fastest: differences below the timing noise are no reason for more machinery. The
+``int8`` backend (onnxruntime, static int8) changes the numbers, so it is used only when asked for.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import contextlib
 import copy
 import logging
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,15 +31,22 @@ from torch import nn
 
 from .errors import ConfigError, ConversionError, VanillaNetError
 from .reparam import rel_err, reparameterize_model
+from .timing import interleaved_ms, pick_fastest
 
-__all__ = ["BACKENDS", "FastClassifier", "check_input_size", "fast_inference", "load_model",
+__all__ = ["BACKENDS", "EXACT_BACKENDS", "FastClassifier", "check_input_size", "fast_inference", "load_model",
            "min_input_size", "rel_err"]
 
 _log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "compile", "cudagraph", "onnxruntime")
+EXACT_BACKENDS = ("auto", "eager", "compile", "cudagraph", "onnxruntime")  # fp32's numbers (within the dtype)
+BACKENDS = (*EXACT_BACKENDS, "int8")
+SIMPLEST_FIRST = ("eager", "onnxruntime", "compile", "cudagraph")  # auto's tie-break, least machinery first
+ONNX_BACKENDS = ("onnxruntime", "int8")  # fp32 NCHW numpy in, a fresh output array out, any batch size
+REUSED_OUTPUT = ("compile", "cudagraph")  # outputs live in buffers that the next call overwrites
 FP32_TOL = 1e-4
 HALF_TOL = 1e-1  # a gate against broken paths (overflow, NaN), not an accuracy claim: bf16 keeps 8 bits
+INT8_TOL = 1.0  # likewise: int8 calibrated on noise is judged by top-1 on real data (vanillanet quantize)
+AUTO_ROUNDS, AUTO_ROUND_S = 5, 0.2  # auto's timing: interleaved rounds of about this many seconds per candidate
 
 
 def load_model(name: str | None, checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
@@ -99,20 +109,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
-               warmup: int = 2, iters: int = 5) -> float:
-    for _ in range(warmup):
-        fn(x)
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn(x)
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 class FastClassifier:
     """A deploy-form classifier run by one backend for a fixed input shape; call it on an image batch to get fp32
     logits on ``device``. Attributes: ``backend``, ``device``, ``dtype``, ``batch_size``, ``image_size``,
@@ -132,12 +128,15 @@ class FastClassifier:
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.batch_size, self.in_chans, self.image_size, self.image_size)
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
+        """The input as the path wants it: fp32 as given for onnxruntime (its runner makes it NCHW with numpy,
+        without waking torch's threads), else on ``device`` in ``dtype`` and channels_last."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ConfigError(f"expected an image batch of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}; "
                               "pass normalised images with the model's number of channels")
-        dtype = torch.float32 if self.backend == "onnxruntime" else self.dtype
-        return x.to(self.device, dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if fast and self.backend in ONNX_BACKENDS:
+            return x.to("cpu", torch.float32)
+        return x.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     def _uses_fast(self, x: torch.Tensor) -> bool:
         if self._fast is None:
@@ -150,9 +149,8 @@ class FastClassifier:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._uses_fast(x):
             out = self._fast(self._prepare(x))
-        else:
-            out = self.eager(self._prepare(x).to(self.dtype))
-        return out.to(device=self.device, dtype=torch.float32, copy=True)
+            return out.to(device=self.device, dtype=torch.float32, copy=self.backend in REUSED_OUTPUT)
+        return self.eager(self._prepare(x, fast=False)).to(device=self.device, dtype=torch.float32)
 
     def __repr__(self) -> str:
         return (f"FastClassifier(backend={self.backend!r}, device={str(self.device)!r}, dtype={self.dtype}, "
@@ -192,19 +190,13 @@ def _compiled(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor]
 
 def _onnxruntime(model: nn.Module, image_size: int, in_chans: int, deploy: bool = True
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
-    from .export import onnx_bytes, onnx_session
+    from .export import onnx_bytes, onnx_runner, onnx_session
 
-    sess = onnx_session(onnx_bytes(model, image_size, in_chans=in_chans, deploy=deploy))
-    name = sess.get_inputs()[0].name
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(None, {name: x.float().contiguous().cpu().numpy()})[0])
-
-    return run
+    return onnx_runner(onnx_session(onnx_bytes(model, image_size, in_chans=in_chans, deploy=deploy)))
 
 
 def _available(device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Backends worth trying for ``backend="auto"``, best guess first."""
+    """The backends ``backend="auto"`` builds and times (never int8: it changes the numbers)."""
     if device.type == "cuda":
         return ["cudagraph"]
     names = ["compile"]
@@ -234,12 +226,14 @@ def fast_inference(
     """Build a verified ``FastClassifier`` for ``model`` (any form; converted on a copy, the original untouched).
 
     ``backend``: ``eager`` (channels_last), ``compile`` (torch.compile with frozen weights), ``cudagraph`` (CUDA
-    only), ``onnxruntime`` (CPU, fp32 only) or ``auto``: on CUDA a CUDA graph; on the CPU each available backend
-    is built, verified and timed on the fixed shape, and the fastest kept. The output is checked against the fp32
-    NCHW eager output of the deploy form on a random batch (TF32 off); above ``tol`` (default 1e-4 for fp32, 1e-1
-    for fp16/bf16 and for fp32 on CUDA while TF32 convolutions are allowed) an explicitly chosen backend raises
-    ConversionError and ``auto`` skips it. ``deploy=False`` keeps
-    the train form (to benchmark it).
+    only), ``onnxruntime`` (CPU, fp32 only), ``int8`` (CPU, onnxruntime static int8 with activation ranges
+    calibrated on random inputs: for speed, never chosen by ``auto``; ``vanillanet quantize`` calibrates on real
+    images and measures the accuracy) or ``auto``: on CUDA a CUDA graph; on the CPU each available fp32 backend is
+    built, verified and timed side by side on the fixed shape (interleaved rounds, median), and the simplest one
+    within 3 % of the fastest kept. The output is checked against the fp32 NCHW eager output of the deploy form on
+    a random batch (TF32 off); above ``tol`` (default 1e-4 for fp32, 1e-1 for fp16/bf16 and for fp32 on CUDA while
+    TF32 convolutions are allowed, 1.0 for int8: gates that catch broken paths) an explicitly chosen backend raises
+    ConversionError and ``auto`` skips it. ``deploy=False`` keeps the train form (to benchmark it).
     """
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
@@ -252,13 +246,14 @@ def fast_inference(
         raise ConfigError("CUDA was requested but is not available; use device='cpu'")
     if backend == "cudagraph" and device.type != "cuda":
         raise ConfigError("the cudagraph backend needs a CUDA device; use backend='compile' or 'auto' on the CPU")
-    if backend == "onnxruntime" and (device.type != "cpu" or dtype != torch.float32):
-        raise ConfigError("the onnxruntime backend runs fp32 on the CPU only; use dtype=torch.float32, device='cpu'")
+    if backend in ONNX_BACKENDS and (device.type != "cpu" or dtype != torch.float32):
+        raise ConfigError(f"the {backend} backend runs on the CPU and takes fp32 inputs; use dtype=torch.float32, "
+                          "device='cpu'")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     if tol is None:
         tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32  # PyTorch's default for CUDA convs
-        tol = FP32_TOL if dtype == torch.float32 and not tf32 else HALF_TOL
+        tol = INT8_TOL if backend == "int8" else FP32_TOL if dtype == torch.float32 and not tf32 else HALF_TOL
 
     base = reparameterize_model(model) if deploy else copy.deepcopy(model).eval()
     base = base.to(device=device, dtype=torch.float32)
@@ -273,8 +268,7 @@ def fast_inference(
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
 
     candidates = _available(device, dtype) if backend == "auto" else [backend]
-    best: FastClassifier | None = None
-    timings: dict[str, float] = {}
+    built: dict[str, FastClassifier] = {}
     for name in candidates:
         try:
             clf = _build(name, eager, device, dtype, batch_size, image_size, in_chans)
@@ -297,12 +291,15 @@ def fast_inference(
                 raise ConversionError(msg)
             _log.warning("fast_inference: %s", msg)
             continue
-        if len(candidates) > 1:
-            timings[name] = _median_ms(clf, x, device)
-        if best is None or (timings and timings[name] < timings[best.backend]):
-            best = clf
-    if best is None:
+        built[name] = clf
+    if not built:
         raise ConversionError(f"no inference backend reproduced the fp32 output within {tol:g}; try dtype=float32")
+    if len(built) == 1:
+        return next(iter(built.values()))
+    rounds = interleaved_ms({name: (lambda c=clf: c(x)) for name, clf in built.items()}, rounds=AUTO_ROUNDS,
+                            round_s=AUTO_ROUND_S, sync=lambda: _sync(device))
+    timings = {name: statistics.median(ms) for name, ms in rounds.items()}
+    best = built[pick_fastest(timings, SIMPLEST_FIRST)]
     best.timings_ms = timings
     return best
 
@@ -319,6 +316,9 @@ def _build(name: str, eager: nn.Module, device: torch.device, dtype: torch.dtype
         return FastClassifier(eager, _cudagraph(eager, example), **kw)
     if name == "compile":
         return FastClassifier(eager, _compiled(eager, device), **kw)
+    if name == "int8":
+        from .quantize import build_int8
+
+        return FastClassifier(eager, build_int8(eager, example.float()), any_batch=True, **kw)
     onnx = _onnxruntime(eager, image_size, in_chans, deploy=getattr(eager, "deploy", True))
-    return FastClassifier(eager, onnx, any_batch=True,
-                          **{**kw, "dtype": torch.float32})
+    return FastClassifier(eager, onnx, any_batch=True, **kw)

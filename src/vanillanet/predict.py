@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
-from .inference import BACKENDS, fast_inference, load_model
+from .inference import EXACT_BACKENDS, fast_inference, load_model
 
 __all__ = ["Prediction", "class_names_for", "collect_images", "predict_images"]
 
@@ -110,7 +110,8 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--img-size", type=int, help="input size (default: from the checkpoint / model config)")
     parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: from the model config)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--backend", default="eager", choices=BACKENDS, help="fast_inference backend (default eager)")
+    parser.add_argument("--backend", default="eager", choices=EXACT_BACKENDS,
+                        help="fast_inference backend (default eager; for int8 see vanillanet quantize)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.set_defaults(func=_main)
 

@@ -1,0 +1,141 @@
+"""Our CPU fast path against the obvious alternative, side by side in one process: vanillanet_5 (deploy form,
+random weights with calibrated BN statistics), batch 1, fp32, the same threads everywhere, interleaved rounds.
+
+Rows: a plain onnxruntime session of ``torch.onnx.export(model)`` with default options (only the intra-op threads
+set); a plain session of our export; ``fast_inference`` with ``backend="onnxruntime"``, ``"auto"`` (and what it
+picked), ``"compile"`` and ``"eager"``; the previous onnxruntime wrapper (torch ops around the session, kept here
+to show what they cost); and int8: ``fast_inference(backend="int8")`` (ranges calibrated on noise: speed only)
+and a plain session of the same int8 graph.
+Usage: python benchmarks/cpu_fastpath.py [--threads 2] [--rounds 9] [--img-size 224] [--auto-trials 1]
+Writes OUT/cpu_fastpath.json and OUT/cpu_fastpath.md (default OUT: benchmarks/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tables import write_results
+
+from vanillanet.bench import _calibrate_bn, device_name
+from vanillanet.export import onnx_bytes, onnx_session
+from vanillanet.inference import fast_inference, load_model
+from vanillanet.reparam import reparameterize_model
+from vanillanet.timing import interleaved_ms
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _plain_session(data: bytes, threads: int):
+    """What a user writes: default session options, only the intra-op threads set."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def _torch_default_export(model: torch.nn.Module, x: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf)
+    return buf.getvalue()
+
+
+def _previous_wrapper(data: bytes):
+    """The onnxruntime path as it was: channels_last copy, a torch copy back to NCHW, a copy of the output."""
+    sess = onnx_session(data)
+    name = sess.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
+        out = torch.from_numpy(sess.run(None, {name: x.float().contiguous().cpu().numpy()})[0])
+        return out.to(dtype=torch.float32, copy=True)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--round-s", type=float, default=0.5)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--width-mult", type=float, default=1.0, help="narrower model (quick checks only)")
+    p.add_argument("--auto-trials", type=int, default=1, help="build backend='auto' this many times (its picks)")
+    p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = load_model("vanillanet_5", width_mult=args.width_mult).eval()
+    _calibrate_bn(model, args.img_size)
+    model = reparameterize_model(model)
+    x = torch.randn(1, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(1))
+    xn = x.numpy()
+    _log("exporting")
+    plain = _plain_session(_torch_default_export(model, x), args.threads)
+    ours_bytes = onnx_bytes(model, args.img_size)
+    ours_plain = _plain_session(ours_bytes, args.threads)
+    kw = dict(image_size=args.img_size, batch_size=1)
+    picks, auto_ms = Counter(), []
+    for _ in range(args.auto_trials):
+        _log("building backend='auto'")
+        auto = fast_inference(model, backend="auto", **kw)
+        picks[auto.backend] += 1
+        auto_ms.append(auto.timings_ms)
+    built = {}
+    for name in ("onnxruntime", "compile", "eager") + (() if args.no_int8 else ("int8",)):
+        _log(f"building backend='{name}'")
+        built[name] = fast_inference(model, backend=name, **kw)
+    previous = _previous_wrapper(ours_bytes)
+    pname = plain.get_inputs()[0].name
+    fns = {
+        "plain onnxruntime session, torch.onnx.export defaults": lambda: plain.run(None, {pname: xn}),
+        "plain onnxruntime session, our export": lambda: ours_plain.run(None, {"input": xn}),
+        "fast_inference(backend='onnxruntime')": lambda: built["onnxruntime"](x),
+        f"fast_inference(backend='auto') -> {auto.backend}": lambda: auto(x),
+        "fast_inference(backend='compile')": lambda: built["compile"](x),
+        "fast_inference(backend='eager') (channels_last)": lambda: built["eager"](x),
+        "previous onnxruntime wrapper (torch copies around the session)": lambda: previous(x),
+    }
+    if not args.no_int8:
+        from vanillanet.quantize import quantize_bytes
+
+        gen = torch.Generator().manual_seed(0)
+        noise = [torch.randn(1, 3, args.img_size, args.img_size, generator=gen) for _ in range(8)]
+        int8_plain = _plain_session(quantize_bytes(ours_bytes, noise), args.threads)
+        fns["int8: fast_inference(backend='int8')"] = lambda: built["int8"](x)
+        fns["int8: plain onnxruntime session of the same graph"] = (
+            lambda: int8_plain.run(None, {"input": xn}))
+    _log("timing")
+    times = interleaved_ms(fns, rounds=args.rounds, round_s=args.round_s)
+    base = statistics.median(times[next(iter(fns))])
+    records = [{"path": k, "median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "rounds_ms": v,
+                "vs_plain": base / statistics.median(v), "threads": args.threads, "img_size": args.img_size,
+                "batch_size": 1, "torch": torch.__version__} for k, v in times.items()]
+    rows = ["| path | median ms (min-max) | speed vs plain session |", "|---|---|---|"]
+    rows += [f"| {r['path']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | {r['vs_plain']:.2f}x |"
+             for r in records]
+    auto_line = ", ".join(f"{k} {v}x" for k, v in picks.items())
+    text = (f"CPU: {device_name(torch.device('cpu'))}, {args.threads} threads, torch {torch.__version__}; vanillanet_5 "
+            f"deploy form, {args.img_size} px, batch 1, fp32 unless marked int8; {args.rounds} interleaved rounds, "
+            "one process.\n\n" + "\n".join(rows) + f"\n\nbackend='auto' picked: {auto_line} (its own medians, ms: "
+            + "; ".join(", ".join(f"{k} {v:.1f}" for k, v in t.items()) for t in auto_ms) + ").")
+    write_results(args.out, "cpu_fastpath", records + [{"auto_picks": dict(picks), "auto_timings_ms": auto_ms}],
+                  text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
