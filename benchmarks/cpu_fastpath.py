@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--width-mult", type=float, default=1.0, help="narrower model (quick checks only)")
     p.add_argument("--auto-trials", type=int, default=1, help="build backend='auto' this many times (its picks)")
-    p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--backends", default="onnxruntime,compile,eager,int8",
+                   help="fast_inference backends to time besides auto (default: all CPU ones)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         picks[auto.backend] += 1
         auto_ms.append(auto.timings_ms)
     built = {}
-    for name in ("onnxruntime", "compile", "eager") + (() if args.no_int8 else ("int8",)):
+    for name in args.backends.split(","):
         _log(f"building backend='{name}'")
         built[name] = fast_inference(model, backend=name, **kw)
     previous = _previous_wrapper(ours_bytes)
@@ -103,30 +104,31 @@ def main(argv: list[str] | None = None) -> int:
     fns = {
         "plain onnxruntime session, torch.onnx.export defaults": lambda: plain.run(None, {pname: xn}),
         "plain onnxruntime session, our export": lambda: ours_plain.run(None, {"input": xn}),
-        "fast_inference(backend='onnxruntime')": lambda: built["onnxruntime"](x),
         f"fast_inference(backend='auto') -> {auto.backend}": lambda: auto(x),
-        "fast_inference(backend='compile')": lambda: built["compile"](x),
-        "fast_inference(backend='eager') (channels_last)": lambda: built["eager"](x),
+        **{f"fast_inference(backend='{name}')": (lambda c=clf: c(x)) for name, clf in built.items()},
         "previous onnxruntime wrapper (torch copies around the session)": lambda: previous(x),
     }
-    if not args.no_int8:
+    if "int8" in built:
         from vanillanet.quantize import quantize_bytes
 
         gen = torch.Generator().manual_seed(0)
         noise = [torch.randn(1, 3, args.img_size, args.img_size, generator=gen) for _ in range(8)]
         int8_plain = _plain_session(quantize_bytes(ours_bytes, noise), args.threads)
-        fns["int8: fast_inference(backend='int8')"] = lambda: built["int8"](x)
-        fns["int8: plain onnxruntime session of the same graph"] = (
-            lambda: int8_plain.run(None, {"input": xn}))
+        fns["int8: plain onnxruntime session of the same graph"] = lambda: int8_plain.run(None, {"input": xn})
     _log("timing")
     times = interleaved_ms(fns, rounds=args.rounds, round_s=args.round_s)
     base = statistics.median(times[next(iter(fns))])
+    errs = {k: clf.max_rel_err for k in fns for name, clf in [*built.items(), ("auto", auto)]
+            if f"backend='{name}'" in k}
     records = [{"path": k, "median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "rounds_ms": v,
-                "vs_plain": base / statistics.median(v), "threads": args.threads, "img_size": args.img_size,
-                "batch_size": 1, "torch": torch.__version__} for k, v in times.items()]
-    rows = ["| path | median ms (min-max) | speed vs plain session |", "|---|---|---|"]
-    rows += [f"| {r['path']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | {r['vs_plain']:.2f}x |"
-             for r in records]
+                "vs_plain": base / statistics.median(v), "max_rel_err": errs.get(k), "threads": args.threads,
+                "img_size": args.img_size, "batch_size": 1, "torch": torch.__version__} for k, v in times.items()]
+    rows = ["| path | median ms (min-max) | speed vs plain session | max rel. error vs fp32 eager |",
+            "|---|---|---|---|"]
+    for r in records:
+        err = "-" if r["max_rel_err"] is None else f"{r['max_rel_err']:.1e}"
+        rows.append(f"| {r['path']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
+                    f"{r['vs_plain']:.2f}x | {err} |")
     auto_line = ", ".join(f"{k} {v}x" for k, v in picks.items())
     text = (f"CPU: {device_name(torch.device('cpu'))}, {args.threads} threads, torch {torch.__version__}; vanillanet_5 "
             f"deploy form, {args.img_size} px, batch 1, fp32 unless marked int8; {args.rounds} interleaved rounds, "

@@ -89,7 +89,7 @@ def _accuracy(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 def _speed(args: argparse.Namespace) -> dict[str, list[float]]:
     """ms per call (one value per interleaved round) of fp32 and every option, vanillanet_5, batch 1."""
     torch.manual_seed(0)
-    model = load_model("vanillanet_5").eval()
+    model = load_model("vanillanet_5", width_mult=args.width_mult).eval()
     _calibrate_bn(model, args.img_size)
     model = reparameterize_model(model)
     fp32 = onnx_bytes(model, args.img_size)
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--round-s", type=float, default=0.5)
     p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--width-mult", type=float, default=1.0, help="narrower model for the speed part (quick checks)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
