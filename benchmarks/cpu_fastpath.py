@@ -89,14 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     ours_bytes = onnx_bytes(model, args.img_size)
     ours_plain = _plain_session(ours_bytes, args.threads)
     kw = dict(image_size=args.img_size, batch_size=1)
-    picks, auto_ms = Counter(), []
-    for _ in range(args.auto_trials):
+    picks, auto_ms, built = Counter(), [], {}
+    for _ in range(args.auto_trials):  # the last one is timed below
         _log("building backend='auto'")
-        auto = fast_inference(model, backend="auto", **kw)
-        picks[auto.backend] += 1
-        auto_ms.append(auto.timings_ms)
-    built = {}
-    for name in args.backends.split(","):
+        built["auto"] = fast_inference(model, backend="auto", **kw)
+        picks[built["auto"].backend] += 1
+        auto_ms.append(built["auto"].timings_ms)
+    for name in filter(None, args.backends.split(",")):
         _log(f"building backend='{name}'")
         built[name] = fast_inference(model, backend=name, **kw)
     previous = _previous_wrapper(ours_bytes)
@@ -104,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     fns = {
         "plain onnxruntime session, torch.onnx.export defaults": lambda: plain.run(None, {pname: xn}),
         "plain onnxruntime session, our export": lambda: ours_plain.run(None, {"input": xn}),
-        f"fast_inference(backend='auto') -> {auto.backend}": lambda: auto(x),
-        **{f"fast_inference(backend='{name}')": (lambda c=clf: c(x)) for name, clf in built.items()},
+        **{f"fast_inference(backend='{name}')" + (f" -> {clf.backend}" if name == "auto" else ""): (lambda c=clf: c(x))
+           for name, clf in built.items()},
         "previous onnxruntime wrapper (torch copies around the session)": lambda: previous(x),
     }
     if "int8" in built:
@@ -118,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     _log("timing")
     times = interleaved_ms(fns, rounds=args.rounds, round_s=args.round_s)
     base = statistics.median(times[next(iter(fns))])
-    errs = {k: clf.max_rel_err for k in fns for name, clf in [*built.items(), ("auto", auto)]
-            if f"backend='{name}'" in k}
+    errs = {k: clf.max_rel_err for k in fns for name, clf in built.items() if f"backend='{name}'" in k}
     records = [{"path": k, "median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "rounds_ms": v,
                 "vs_plain": base / statistics.median(v), "max_rel_err": errs.get(k), "threads": args.threads,
                 "img_size": args.img_size, "batch_size": 1, "torch": torch.__version__} for k, v in times.items()]
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         err = "-" if r["max_rel_err"] is None else f"{r['max_rel_err']:.1e}"
         rows.append(f"| {r['path']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
                     f"{r['vs_plain']:.2f}x | {err} |")
-    auto_line = ", ".join(f"{k} {v}x" for k, v in picks.items())
+    auto_line = ", ".join(f"{k} {v}x" for k, v in picks.items()) or "(not built)"
     text = (f"CPU: {device_name(torch.device('cpu'))}, {args.threads} threads, torch {torch.__version__}; vanillanet_5 "
             f"deploy form, {args.img_size} px, batch 1, fp32 unless marked int8; {args.rounds} interleaved rounds, "
             "one process.\n\n" + "\n".join(rows) + f"\n\nbackend='auto' picked: {auto_line} (its own medians, ms: "

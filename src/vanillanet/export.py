@@ -130,9 +130,9 @@ def onnx_runner(sess) -> Callable[[torch.Tensor], torch.Tensor]:
     """``sess`` as a function: image batch (any layout, on the CPU) -> fp32 logits, a CPU tensor the caller owns.
 
     Only numpy runs around the session, never a torch op: a parallel torch op wakes torch's OpenMP threads, which
-    then spin (libgomp's default) on the cores that onnxruntime's own threads need and slow the session by up to
-    half on two cores. numpy makes a channels_last input contiguous in one thread; a contiguous fp32 input is
-    passed without a copy, and the session's fresh output array is wrapped without one."""
+    then spin for a while (libgomp's default) on the cores that onnxruntime's own threads need, and the two thread
+    pools slow each other down on a small machine. numpy makes a channels_last input contiguous in one thread; a
+    contiguous fp32 input is passed without a copy, and the session's fresh output array is wrapped without one."""
     name = sess.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
