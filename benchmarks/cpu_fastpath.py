@@ -19,20 +19,38 @@ import statistics
 import sys
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tables import write_results
 
-from vanillanet.bench import _calibrate_bn, device_name
-from vanillanet.export import onnx_bytes, onnx_session
-from vanillanet.inference import fast_inference, load_model
-from vanillanet.reparam import reparameterize_model
-from vanillanet.timing import interleaved_ms
+from vanillanet.bench import device_name
+from vanillanet.inference import fast_inference
+from vanillanet.int8 import noise_batches, quantize_bytes
+from vanillanet.onnx_graph import onnx_bytes, onnx_session
+from vanillanet.registry import create_model
+from vanillanet.reparam import calibrate_bn, reparameterize_model
+from vanillanet.timing import time_interleaved
 
 
 def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def random_deploy_model(img_size: int, width_mult: float = 1.0) -> torch.nn.Module:
+    """vanillanet_5's deploy form with random weights and calibrated BN statistics (speed does not depend on the
+    weights), as ``vanillanet bench`` measures it."""
+    torch.manual_seed(0)
+    model = create_model("vanillanet_5", width_mult=width_mult).eval()
+    return reparameterize_model(calibrate_bn(model, (2, 3, img_size, img_size)))
+
+
+def time_named(fns: dict[str, Callable[[], object]], rounds: int, round_s: float) -> dict[str, list[float]]:
+    """ms per call of each no-argument function, one value per round, rounds interleaved (``timing``)."""
+    ms, _ = time_interleaved([lambda _, f=f: f() for f in fns.values()], [None] * len(fns), torch.device("cpu"),
+                             repeats=rounds, round_s=round_s)
+    return dict(zip(fns, ms))
 
 
 def _plain_session(data: bytes, threads: int):
@@ -78,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = load_model("vanillanet_5", width_mult=args.width_mult).eval()
-    _calibrate_bn(model, args.img_size)
-    model = reparameterize_model(model)
+    model = random_deploy_model(args.img_size, args.width_mult)
     x = torch.randn(1, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(1))
     xn = x.numpy()
     _log("exporting")
@@ -108,14 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         "previous onnxruntime wrapper (torch copies around the session)": lambda: previous(x),
     }
     if "int8" in built:
-        from vanillanet.quantize import quantize_bytes
-
-        gen = torch.Generator().manual_seed(0)
-        noise = [torch.randn(1, 3, args.img_size, args.img_size, generator=gen) for _ in range(8)]
-        int8_plain = _plain_session(quantize_bytes(ours_bytes, noise), args.threads)
+        int8_plain = _plain_session(quantize_bytes(ours_bytes, noise_batches(x.shape)), args.threads)
         fns["int8: plain onnxruntime session of the same graph"] = lambda: int8_plain.run(None, {"input": xn})
     _log("timing")
-    times = interleaved_ms(fns, rounds=args.rounds, round_s=args.round_s)
+    times = time_named(fns, args.rounds, args.round_s)
     base = statistics.median(times[next(iter(fns))])
     errs = {k: clf.max_rel_err for k in fns for name, clf in built.items() if f"backend='{name}'" in k}
     records = [{"path": k, "median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "rounds_ms": v,

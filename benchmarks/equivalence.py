@@ -11,22 +11,8 @@ import argparse
 import json
 
 import torch
-from torch import nn
 
 import vanillanet
-
-
-@torch.no_grad()
-def calibrate(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator) -> None:
-    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.weight.copy_(torch.rand(bn.weight.shape, generator=gen) + 0.5)
-        bn.bias.copy_(torch.rand(bn.bias.shape, generator=gen) - 0.5)
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    for _ in range(2):
-        model(torch.randn(shape, generator=gen, dtype=next(model.parameters()).dtype))
-    model.eval()
 
 
 def main() -> None:
@@ -46,7 +32,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = vanillanet.VanillaNet(dims=spec.dims, strides=spec.strides, ada_pool=spec.ada_pool).to(dtype)
             shape = (args.batch_size, 3, args.img_size, args.img_size)
-            calibrate(model, shape, gen)
+            vanillanet.calibrate_bn(model, shape, randomize_affine=True, generator=gen)
             x = torch.randn(shape, generator=gen, dtype=dtype)
             row[str(dtype).removeprefix("torch.")] = vanillanet.conversion_error(model, x)
             del model

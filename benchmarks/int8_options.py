@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cpu_fastpath import random_deploy_model, time_named
 
-from vanillanet.bench import _calibrate_bn, device_name
-from vanillanet.export import onnx_bytes
-from vanillanet.inference import load_model
-from vanillanet.quantize import Int8Config, quantize_bytes
-from vanillanet.reparam import reparameterize_model
-from vanillanet.timing import interleaved_ms
+from vanillanet.bench import device_name
+from vanillanet.int8 import Int8Config, noise_batches, quantize_bytes
+from vanillanet.onnx_graph import onnx_bytes
 
 OPTIONS = {  # label -> config; the first is the default
     "QOperator, u8 act. / s8 weights per channel, 7-bit (reduce_range)": Int8Config(),
@@ -60,16 +58,15 @@ def _session(data: bytes, threads: int, level: str = "all"):
 
 def _accuracy(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Top-1 of fp32 and of every option on the evaluation split; ranges from training images."""
-    from vanillanet.checkpoint import load_checkpoint_file
-    from vanillanet.data import build_dataset, build_loader
-    from vanillanet.evaluate import resolve_preprocess
-    from vanillanet.quantize import _spread
+    from vanillanet.data import build_dataset, build_loader, resolve_preprocess, spread_subset
+    from vanillanet.registry import create_model
 
-    model = load_model(None, args.checkpoint).eval()
-    pre = resolve_preprocess(model, load_checkpoint_file(args.checkpoint).get("meta", {}), args.data)
+    model = create_model(None, args.checkpoint).eval()
+    pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), data=args.data,
+                             meta=model.checkpoint_meta)
     in_chans = int(getattr(model, "in_chans", 3))
     tf = pre.transform(in_chans)
-    calib = _spread(build_dataset(args.data, "train", tf, in_chans=in_chans), args.calib_images)
+    calib = spread_subset(build_dataset(args.data, "train", tf, in_chans=in_chans), args.calib_images)
     calib_x = torch.cat([x for x, _ in build_loader(calib, 64, is_training=False)])
     val = build_loader(build_dataset(args.data, "val", tf, in_chans=in_chans), 500, is_training=False,
                        num_workers=2)
@@ -88,13 +85,9 @@ def _accuracy(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 def _speed(args: argparse.Namespace) -> dict[str, list[float]]:
     """ms per call (one value per interleaved round) of fp32 and every option, vanillanet_5, batch 1."""
-    torch.manual_seed(0)
-    model = load_model("vanillanet_5", width_mult=args.width_mult).eval()
-    _calibrate_bn(model, args.img_size)
-    model = reparameterize_model(model)
+    model = random_deploy_model(args.img_size, args.width_mult)
     fp32 = onnx_bytes(model, args.img_size)
-    gen = torch.Generator().manual_seed(0)
-    noise = [torch.randn(1, 3, args.img_size, args.img_size, generator=gen) for _ in range(8)]
+    noise = noise_batches((1, 3, args.img_size, args.img_size))
     sess = {f"fp32 ({lvl})": _session(fp32, args.threads, lvl) for lvl in LEVELS}
     for label, cfg in OPTIONS.items():
         if cfg.calibration not in SAME_GRAPH:
@@ -105,7 +98,7 @@ def _speed(args: argparse.Namespace) -> dict[str, list[float]]:
                 sess.update({f"{label} ({lvl})": _session(data, args.threads, lvl) for lvl in LEVELS[:2]})
     x = noise[0].numpy()
     fns = {k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sess.items()}
-    return interleaved_ms(fns, rounds=args.rounds, round_s=args.round_s)
+    return time_named(fns, args.rounds, args.round_s)
 
 
 def main(argv: list[str] | None = None) -> int:

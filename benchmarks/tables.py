@@ -1,4 +1,4 @@
-"""Markdown tables of `vanillanet bench` records, for the README."""
+"""Markdown tables of `vanillanet bench` records, for docs/results.md."""
 
 from __future__ import annotations
 
@@ -6,19 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vanillanet.bench import format_table
+
 
 def markdown_table(records: list[dict[str, Any]]) -> str:
-    """One row per record; 'x paper' = images/s over the paper-mode images/s of the same model's deploy form."""
-    paper = {r["model"]: r["images_per_s"] for r in records if r["mode"] == "paper" and r["form"] == "deploy"}
-    rows = ["| model | form | mode | dtype | batch | median ms (min-max) | images/s | x paper | max rel. error |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        ratio = r["images_per_s"] / paper[r["model"]] if r["model"] in paper and r["kind"] == "inference" else None
-        err = r["max_rel_err"]
-        rows.append(f"| {r['model']} | {r['form']} | {r['mode']} | {r['dtype']} | {r['batch_size']} | "
-                    f"{r['median_ms']:.2f} ({r['min_ms']:.2f}-{r['max_ms']:.2f}) | {r['images_per_s']:.1f} | "
-                    f"{'-' if ratio is None else f'{ratio:.2f}x'} | {'-' if err is None else f'{err:.1e}'} |")
-    return "\n".join(rows)
+    """The records as a markdown table (``vanillanet.bench.format_table``)."""
+    return format_table(records, markdown=True)
 
 
 def fastest(records: list[dict[str, Any]], model: str, dtype: str, batch: int = 1) -> dict[str, Any]:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 from torch import nn
 
-import vanillanet  # noqa: F401  (registers the models with timm)
-from vanillanet.models import VARIANTS, VanillaNet
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels are tested in Triton's interpreter, which must be chosen before triton is
+    # first imported (vanillanet imports timm, which imports triton); the kernels then run on CPU tensors.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import vanillanet  # noqa: E402, F401  (registers the models with timm)
+from vanillanet.models import VARIANTS, VanillaNet  # noqa: E402
+from vanillanet.reparam import calibrate_bn, rel_err  # noqa: E402, F401  (re-exported for the tests)
 
 torch.set_num_threads(2)
 
@@ -20,29 +27,9 @@ def build_variant(name: str, width_mult: float = 1 / 16, **kwargs) -> VanillaNet
     return VanillaNet(dims=spec.dims, strides=spec.strides, ada_pool=spec.ada_pool, width_mult=width_mult, **kwargs)
 
 
-@torch.no_grad()
 def give_realistic_bn_stats(model: nn.Module, in_shape: tuple[int, ...], seed: int = 0, batches: int = 3) -> None:
     """Random BN affine parameters, and running statistics gathered from forward passes (cumulative average)."""
-    gen = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.weight.copy_(torch.rand(bn.weight.shape, generator=gen) + 0.5)
-        bn.bias.copy_(torch.rand(bn.bias.shape, generator=gen) - 0.5)
-        bn.reset_running_stats()
-        bn.momentum = None
-    was_training = model.training
-    model.train()
-    for _ in range(batches):
-        model(torch.randn(in_shape, generator=gen, dtype=next(model.parameters()).dtype))
-    for bn in bns:
-        bn.momentum = 0.1
-    model.train(was_training)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|."""
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max())
+    calibrate_bn(model, in_shape, batches=batches, seed=seed, randomize_affine=True)
 
 
 @pytest.fixture(autouse=True)

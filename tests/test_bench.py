@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from vanillanet.bench import BenchConfig, format_table, parse_modes, run_bench
+from vanillanet.backends import dtype_supported, parse_modes
+from vanillanet.bench import BenchConfig, format_table, run_bench
 from vanillanet.cli import main
 from vanillanet.errors import ConfigError
 
@@ -25,12 +26,15 @@ def check_records(records):
         if r["mode"] in ("paper", "eager") or r["kind"] == "train":
             assert r["max_rel_err"] is None
         else:
-            assert r["max_rel_err"] < (1e-4 if r["dtype"] == "fp32" else 5e-2)
+            deep_random = r["model"].startswith("resnet")  # 50 random layers: fp32 algorithms differ by ~1e-4
+            assert r["max_rel_err"] < (1e-3 if deep_random else 1e-4) if r["dtype"] == "fp32" else 5e-2
 
 
 def test_cli_every_cpu_mode_json_table_and_plot(tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
-    modes = "paper,eager,channels_last,bf16,fp16,compile,onnxruntime"
+    cpu = torch.device("cpu")
+    half = [m for m, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)) if dtype_supported(cpu, dt)]
+    modes = ",".join(["paper", "eager", "channels_last", *half, "compile", "onnxruntime"])
     assert main(["bench", "--model", "vanillanet_5", "--width-mult", "0.03125", "--img-size", "32", "--batch-size",
                  "2", "--modes", modes, "--repeats", "2", "--iters", "1", "--threads", "1", "--json", str(out),
                  "--plot", str(png)]) == 0
@@ -75,12 +79,17 @@ def test_bad_modes_and_sizes():
     cpu = torch.device("cpu")
     with pytest.raises(ConfigError, match="unknown mode"):
         parse_modes("paper,turbo", cpu)
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(ConfigError, match="runs on cuda only"):
         parse_modes("cudagraph", cpu)
     with pytest.raises(ConfigError, match="dtype suffix"):
-        parse_modes("eager:bf16", cpu)
-    assert [m.label for m in parse_modes("compile:bf16,compile,paper,paper", cpu)] == ["compile:bf16", "compile",
+        parse_modes("compile:int4", cpu)
+    with pytest.raises(ConfigError, match="runs in fp32 only"):
+        parse_modes("onnxruntime:fp16", cpu)
+    assert [m.label for m in parse_modes("compile:fp32,compile,paper,paper", cpu)] == ["compile:fp32", "compile",
                                                                                        "paper"]
+    if not dtype_supported(cpu, torch.bfloat16):
+        with pytest.raises(ConfigError, match="needs bf16 support"):
+            parse_modes("bf16", cpu)
     with pytest.raises(ConfigError, match="too small"):
         run_bench(BenchConfig(modes="paper", **{**TINY, "img_size": 16}), log=lambda s: None)
     with pytest.raises(ConfigError, match="unknown model"):

@@ -1,5 +1,5 @@
 """The benchmark scripts run end to end (tiny models, CPU): cpu_speed.py, cpu_fastpath.py and int8_options.py
-quickly, gpu_speed.py as --dry-run."""
+quickly, gpu_check.py as --dry-run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -16,29 +17,12 @@ def test_cpu_speed_script(tmp_path, capsys):
     import cpu_speed
 
     assert cpu_speed.main(["--img-size", "32", "--width-mult", "0.03125", "--repeats", "1", "--round-s", "0.01",
-                           "--modes", "paper,channels_last,bf16", "--out", str(tmp_path)]) == 0
+                           "--modes", "paper,channels_last", "--out", str(tmp_path)]) == 0
     records = json.loads((tmp_path / "cpu_speed.json").read_text())
     assert {r["model"] for r in records} == {"vanillanet_5", "resnet18", "resnet50"}
     assert {r["form"] for r in records if r["model"] == "vanillanet_5"} == {"deploy", "train"}
     out = capsys.readouterr().out
     assert "Fastest fp32 path for vanillanet_5" in out and "| x paper |" in out
-
-
-def test_gpu_speed_dry_run(tmp_path, capsys):
-    import gpu_speed
-
-    assert gpu_speed.main(["--dry-run", "--out", str(tmp_path)]) == 0
-    records = json.loads((tmp_path / "gpu_speed.json").read_text())
-    assert {r["model"] for r in records} == {"vanillanet_5", "vanillanet_9", "vanillanet_13", "resnet50"}
-    assert {r["mode"] for r in records if r["kind"] == "train"} == {"train-fp32", "train-amp"}
-    assert "the paper protocol (target 5x)" in capsys.readouterr().out
-
-
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
-def test_gpu_speed_without_gpu_says_so():
-    import gpu_speed
-
-    assert gpu_speed.main(["--out", "/nonexistent"]) == 2
 
 
 def test_cpu_fastpath_script(tmp_path, capsys, monkeypatch):
@@ -47,23 +31,69 @@ def test_cpu_fastpath_script(tmp_path, capsys, monkeypatch):
 
     import vanillanet.inference as inf
 
-    monkeypatch.setattr(inf, "_available", lambda device, dtype: ["eager", "onnxruntime"])  # no compile: quick
-    monkeypatch.setattr(inf, "AUTO_ROUND_S", 0.01)
+    monkeypatch.setattr(inf, "auto_candidates", lambda device, dtype: ["eager", "onnxruntime"])  # no compile: quick
     assert cpu_fastpath.main(["--img-size", "32", "--width-mult", "0.0625", "--rounds", "1", "--round-s", "0.01",
                               "--backends", "int8", "--out", str(tmp_path)]) == 0
     records = json.loads((tmp_path / "cpu_fastpath.json").read_text())
     paths = [r["path"] for r in records if "path" in r]
     assert paths[0].startswith("plain onnxruntime session") and "fast_inference(backend='int8')" in paths
     assert any(p.startswith("fast_inference(backend='auto') -> ") for p in paths)
+    assert "int8: plain onnxruntime session of the same graph" in paths
     assert records[-1]["auto_picks"] and "| path |" in capsys.readouterr().out
 
 
-def test_int8_options_script_speed_part(tmp_path):
+def test_int8_options_script(tmp_path):
     pytest.importorskip("onnxruntime")
     import int8_options
+    from conftest import build_variant
 
+    from vanillanet.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    ckpt = save_weights(build_variant("vanillanet_5", num_classes=10, in_chans=1).eval(), tmp_path / "d.safetensors",
+                        extra_meta={"img_size": 32})
     assert int8_options.main(["--img-size", "32", "--width-mult", "0.0625", "--rounds", "1", "--round-s", "0.01",
+                              "--checkpoint", str(ckpt), "--data", "digits", "--calib-images", "16",
                               "--out", str(tmp_path)]) == 0
     rows = (tmp_path / "int8_options.md").read_text().splitlines()
     assert sum(r.startswith("| ") for r in rows) == 1 + 3 + len(int8_options.OPTIONS) + 2
-    assert json.loads((tmp_path / "int8_options.json").read_text())["rounds_ms"]["fp32 (all)"]
+    report = json.loads((tmp_path / "int8_options.json").read_text())
+    assert report["rounds_ms"]["fp32 (all)"]
+    assert set(report["accuracy"]) == {"fp32", *int8_options.OPTIONS}
+    assert all(a["images"] == report["accuracy"]["fp32"]["images"] > 0 for a in report["accuracy"].values())
+
+
+def test_gpu_check_dry_run_quick(tmp_path, capsys, monkeypatch):
+    """The GPU check's machinery on the CPU (sections, budget, outputs) with plain modes; the slow test below runs
+    every section, the fused mode in Triton's interpreter included."""
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "_modes", lambda model, plan: "paper,channels_last")
+    assert gpu_check.main(["--dry-run", "--skip", "pytest,train", "--models", "vanillanet_5", "--batch-size", "1",
+                           "--out", str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {(r["mode"], r["batch_size"]) for r in records} == {("paper", 1), ("channels_last", 1)}
+    assert (tmp_path / "gpu_check.png").is_file() and (tmp_path / "gpu_check_tuning.json").is_file()
+    assert "| vanillanet_5 | deploy | channels_last |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_every_section(tmp_path):
+    import gpu_check
+
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {r["model"] for r in records} == {"vanillanet_5", "resnet50"}
+    assert {r["mode"] for r in records if r["model"] == "vanillanet_5" and r["kind"] == "inference"} == {
+        "paper", "channels_last", "fused"}
+    assert all(r["max_rel_err"] < 1e-4 for r in records if r["mode"] == "fused")
+    assert {r["mode"] for r in records if r["kind"] == "train"} == {"train-fp32", "train-amp"}
+    assert "tests collected" in (tmp_path / "gpu_check_pytest.log").read_text()
+    assert "GPU tests: exit 0" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")
+def test_gpu_check_without_gpu_says_so():
+    import gpu_check
+
+    assert gpu_check.main(["--out", "/nonexistent"]) == 2

@@ -99,12 +99,12 @@ def test_digits_and_upscaling() -> None:
 
 
 def test_synthetic_is_deterministic_and_learnable() -> None:
-    a, b = (build_dataset("synthetic", "train", synthetic_size=60) for _ in range(2))
+    a, b = (build_dataset("synthetic", "train", size=60) for _ in range(2))
     assert np.array_equal(a.images, b.images) and a.images.shape == (60, 32, 32, 3) and len(a.classes) == 10
-    val = build_dataset("synthetic", "val", synthetic_size=60, num_classes=3, img_size=16)
+    val = build_dataset("synthetic", "val", size=60, num_classes=3, img_size=16)
     assert len(val) == 15 and val[0][0].size == (16, 16)
     # nearest class mean on raw pixels separates the classes: the set is learnable
-    train = build_dataset("synthetic", "train", synthetic_size=90, num_classes=3, img_size=16)
+    train = build_dataset("synthetic", "train", size=90, num_classes=3, img_size=16)
     x, y = train.images.reshape(90, -1).astype(float), np.array(train.targets)
     centroids = np.stack([x[y == c].mean(0) for c in range(3)])
     xv = val.images.reshape(len(val), -1).astype(float)
@@ -259,7 +259,7 @@ def _epoch(loader, epoch: int, start_batch: int = 0) -> list[tuple[torch.Tensor,
 
 def _aug_dataset():
     tf = build_transform(True, 16, in_chans=1, mean=(0.5,), std=(0.25,), augment="light", reprob=0.5)
-    return build_dataset("synthetic", "train", tf, in_chans=1, synthetic_size=40, img_size=16)
+    return build_dataset("synthetic", "train", tf, in_chans=1, size=40, img_size=16)
 
 
 def test_loader_depends_only_on_seed_and_epoch() -> None:
@@ -297,7 +297,7 @@ def test_loader_leaves_global_rng_alone() -> None:
 
 
 def test_eval_loader_order_and_completeness() -> None:
-    ds = build_dataset("synthetic", "val", build_transform(False, 16, crop_pct=1.0), synthetic_size=40, img_size=16)
+    ds = build_dataset("synthetic", "val", build_transform(False, 16, crop_pct=1.0), size=40, img_size=16)
     batches = _epoch(build_loader(ds, 4, is_training=False), 0)
     assert [len(y) for _, y in batches] == [4, 4, 2]
     assert torch.cat([y for _, y in batches]).tolist() == ds.targets

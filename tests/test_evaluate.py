@@ -83,7 +83,7 @@ def test_real_labels_follow_sorted_file_names(folder, tmp_path):
     assert labels == [real[os.path.basename(p)] for p, _ in ds.samples]
     r = evaluate(lambda x: torch.tensor(BIAS).expand(len(x), 3), [(torch.zeros(9, 3, 4, 4), torch.tensor(
         [t for _, t in ds.samples]))], device=torch.device("cpu"), real_labels=labels, progress=False)
-    assert r["real_images"] == 7 and r["real_top1"] == pytest.approx(100 * 3 / 7)
+    assert r["real_images"] == 7 and r["real_top1"] == pytest.approx(3 / 7)
     ckpt = constant_checkpoint(tmp_path / "m.safetensors")
     out = tmp_path / "r.json"
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(folder), "--real-labels", str(path), "--json",

@@ -9,8 +9,9 @@ from torch import nn
 
 from vanillanet.cli import main
 from vanillanet.errors import ConversionError
-from vanillanet.export import StaticAdaptiveMaxPool2d, export_onnx, export_torchscript, onnx_session
+from vanillanet.export import export_onnx, export_torchscript
 from vanillanet.models import VARIANTS
+from vanillanet.onnx_graph import StaticAdaptiveMaxPool2d, onnx_session
 
 pytest.importorskip("onnxruntime")
 
@@ -45,15 +46,19 @@ def test_static_adaptive_max_pool_is_exact(n_in, n_out):
     assert torch.equal(StaticAdaptiveMaxPool2d((n_in, n_in + 1), (n_out, n_out))(x), ref)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
 def test_legacy_exporter_and_torchscript(tmp_path, seeded):
+    """Scripted files take any input size; traced ones the exported size (the ada_pool variant's pools are fixed)."""
     model = build_variant("vanillanet_13_x1_5_ada_pool", width_mult=1 / 32).eval()
     assert export_onnx(model, tmp_path / "m.onnx", img_size=40, exporter="legacy").max_rel_err < 1e-5
-    res = export_torchscript(model, tmp_path / "m.pt", img_size=40)
-    assert res.max_rel_err < 1e-5
-    loaded = torch.jit.load(str(tmp_path / "m.pt"))
-    x = torch.randn(2, 3, 40, 40)
-    with torch.no_grad():
-        assert float((loaded(x) - model(x)).abs().max() / model(x).abs().max()) < 1e-5
+    for method, sizes in (("script", (40, 56)), ("trace", (40,))):
+        res = export_torchscript(model, tmp_path / f"{method}.pt", img_size=40, method=method)
+        assert res.max_rel_err < 1e-5 and res.exporter == method
+        loaded = torch.jit.load(str(tmp_path / f"{method}.pt"))
+        for size in sizes:
+            x = torch.randn(2, 3, size, size)
+            with torch.no_grad():
+                assert float((loaded(x) - model(x)).abs().max() / model(x).abs().max()) < 1e-5
 
 
 def test_refuses_unconverted_train_form_and_large_error(tmp_path):

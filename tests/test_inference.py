@@ -7,8 +7,8 @@ import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet.errors import ConfigError, ConversionError
-from vanillanet.inference import fast_inference, min_input_size
-from vanillanet.timing import pick_fastest
+from vanillanet.inference import fast_inference
+from vanillanet.models import min_input_size
 
 CUDA = torch.cuda.is_available()
 
@@ -48,35 +48,15 @@ def test_bf16_error_is_reported_and_bounded(model):
     assert rel_err(fast(x), _ref(model, x)) < 5e-2
 
 
-def test_auto_picks_a_verified_backend_and_records_timings(model, monkeypatch):
-    import vanillanet.inference as inf
-
+def test_auto_picks_a_verified_backend_and_records_timings(model):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(inf, "_available", lambda device, dtype: ["onnxruntime", "eager"])
-    monkeypatch.setattr(inf, "AUTO_ROUND_S", 0.02)
-    fast = fast_inference(model, "cpu", batch_size=1, image_size=32)
+    fast = fast_inference(model, "cpu", batch_size=1, image_size=32, backend=["eager", "onnxruntime"])
     assert set(fast.timings_ms) == {"eager", "onnxruntime"}
-    assert fast.backend == pick_fastest(fast.timings_ms, inf.SIMPLEST_FIRST)
+    best = min(fast.timings_ms.values())
+    assert fast.timings_ms[fast.backend] <= best * 1.03  # the fastest, or the simpler one within 3 %
+    if fast.backend == "onnxruntime":
+        assert fast.timings_ms["eager"] > best * 1.03
     assert fast.max_rel_err < 1e-5
-
-
-@pytest.mark.parametrize("eager_ms,expected", [(10.2, "eager"), (12.0, "onnxruntime")])
-def test_auto_times_all_candidates_together_and_prefers_the_simpler_on_a_tie(model, monkeypatch, eager_ms,
-                                                                             expected):
-    import vanillanet.inference as inf
-
-    pytest.importorskip("onnxruntime")
-    calls = []
-
-    def fake_timing(fns, **kw):  # one interleaved measurement of every verified candidate, medians taken after
-        calls.append(sorted(fns))
-        return {"onnxruntime": [10.0, 30.0, 10.0], "eager": [eager_ms, eager_ms, 50.0]}
-
-    monkeypatch.setattr(inf, "_available", lambda device, dtype: ["onnxruntime", "eager"])
-    monkeypatch.setattr(inf, "interleaved_ms", fake_timing)
-    fast = fast_inference(model, "cpu", batch_size=1, image_size=32)
-    assert calls == [["eager", "onnxruntime"]] and fast.backend == expected
-    assert fast.timings_ms == {"onnxruntime": 10.0, "eager": eager_ms}
 
 
 def test_onnxruntime_path_runs_no_torch_op_around_the_session(model):
@@ -101,7 +81,7 @@ def test_bad_inputs_give_one_line_errors(model):
         fast(torch.randn(1, 1, 32, 32))
     with pytest.raises(ConfigError, match="too small"):
         fast_inference(model, image_size=16)
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(ConfigError, match="runs on cuda only"):
         fast_inference(model, backend="cudagraph", image_size=32)
     with pytest.raises(ConfigError, match="backend"):
         fast_inference(model, backend="tensorrt", image_size=32)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import rel_err
 from torch import nn
 
-from vanillanet.layers import SeriesActivation, fold_bn_module, merge_convs
+from vanillanet.layers import SeriesActivation, StridedAdaptiveMaxPool2d, fold_bn_module, merge_convs, series_taps
 
 
 def _random_bn(c: int, gen: torch.Generator) -> nn.BatchNorm2d:
@@ -101,3 +101,37 @@ def test_series_activation_on_maps_smaller_than_the_kernel_is_exact(hw):
     g_out = torch.autograd.grad(out.sum(), (x, act.weight))
     g_ref = torch.autograd.grad(ref.sum(), (x, act.weight))
     assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(g_out, g_ref))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
+def test_series_taps_under_each_graph_capture():
+    """Eager and TorchScript trim; FX records the trimming as one call (its graph trims at run time, bitwise like
+    eager); torch.jit.trace (the legacy ONNX exporter) gets the full kernel."""
+    weight = torch.randn(4, 1, 7, 7)
+    tiny = torch.randn(1, 4, 2, 1)
+    trimmed, padding = series_taps(weight, 3, tiny)
+    assert trimmed.shape[-2:] == (3, 1) and padding == [1, 0]
+    assert torch.equal(trimmed, weight[:, :, 2:5, 3:4])
+    assert torch.jit.script(series_taps)(weight, 3, tiny)[0].shape[-2:] == (3, 1)
+    assert series_taps(weight, 3, torch.randn(1, 4, 4, 9))[0] is weight  # no outer tap is dead
+
+    act = SeriesActivation(4, 3).eval()
+    graph = torch.fx.symbolic_trace(act)
+    assert [n.target for n in graph.graph.nodes].count(series_taps) == 1
+    traced = torch.jit.trace(act, tiny)
+    assert "slice" not in str(traced.inlined_graph)
+    with torch.no_grad():
+        for x in (tiny, torch.randn(2, 4, 9, 3)):
+            assert torch.equal(graph(x), act(x))
+        assert rel_err(traced(tiny), act(tiny)) < 1e-6
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
+@pytest.mark.parametrize("hw", [(75, 75), (38, 19), (19, 7), (1, 2)])
+def test_strided_adaptive_max_pool_halves_with_ceil(hw):
+    """ceil(side / 2) outputs with AdaptiveMaxPool2d's windows: at 75 -> 38 it is the original's fixed pool."""
+    x = torch.randn(2, 3, *hw)
+    out_hw = tuple(-(-s // 2) for s in hw)
+    pool = StridedAdaptiveMaxPool2d(2)
+    assert torch.equal(pool(x), nn.AdaptiveMaxPool2d(out_hw)(x))
+    assert torch.equal(torch.jit.script(pool)(x), pool(x))

@@ -42,7 +42,8 @@ def test_predict_json_imagenet_names_and_missing(images, tmp_path, capsys):
     bias[1] = 4.0
     ckpt = constant_checkpoint(tmp_path / "in1k.safetensors", bias=bias, num_classes=1000)
     # this checkpoint records class_0..class_999, so drop the names to exercise ImageNet's
-    from vanillanet.checkpoint import create_model, save_weights
+    from vanillanet.checkpoint import save_weights
+    from vanillanet.registry import create_model
 
     save_weights(create_model(None, ckpt), tmp_path / "plain.safetensors")
     argv = ["predict", str(images / "a.png"), str(images / "sub" / "b.jpg"), str(tmp_path / "missing.png"),

@@ -1,4 +1,4 @@
-"""Recipes and config layering: the shipped YAMLs equal the published table (SPEC section 7)."""
+"""Recipes and config layering: the shipped YAMLs equal the published table (docs/training.md)."""
 
 from __future__ import annotations
 

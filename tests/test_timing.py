@@ -1,27 +1,18 @@
-"""Side-by-side timing: rounds interleave the candidates; ties go to the simpler path."""
+"""Side-by-side timing: rounds interleave the functions, each round after one untimed settling call."""
 
 from __future__ import annotations
 
-import pytest
+import torch
 
-from vanillanet.timing import interleaved_ms, pick_fastest
+from vanillanet.timing import time_interleaved
 
 
-def test_rounds_interleave_the_candidates():
+def test_rounds_interleave_the_functions_after_a_settling_call():
     calls: list[str] = []
-    fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
-    times = interleaved_ms(fns, rounds=3, iters=2, warmup=1)
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
-    assert all(t >= 0 for v in times.values() for t in v)
-    rounds = calls[-3 * 3 * 3:]  # per round and candidate: one settling call, then 2 timed calls
-    assert rounds == [n for _ in range(3) for n in ("a", "b", "c") for _ in range(3)]
-
-
-def test_pick_fastest_prefers_the_simpler_path_within_the_tie_margin():
-    order = ("eager", "onnxruntime", "compile")
-    assert pick_fastest({"compile": 10.0, "onnxruntime": 10.2, "eager": 30.0}, order) == "onnxruntime"
-    assert pick_fastest({"compile": 10.0, "onnxruntime": 10.5, "eager": 30.0}, order) == "compile"
-    assert pick_fastest({"compile": 10.0, "onnxruntime": 10.5}, order, tie=0.1) == "onnxruntime"
-    assert pick_fastest({"x": 5.0, "y": 5.0}, order) == "x"  # unknown names: their given order
-    with pytest.raises(ValueError):
-        pick_fastest({}, order)
+    fns = [lambda x, n=name: calls.append(n) for name in ("a", "b", "c")]
+    rounds, counts = time_interleaved(fns, [None] * 3, torch.device("cpu"), repeats=3, iters=2, warmup=1)
+    assert counts == [2, 2, 2] and [len(r) for r in rounds] == [3, 3, 3]
+    assert all(t >= 0 for r in rounds for t in r)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up, one call each
+    timed = calls[3:]  # per round and function: one settling call, then the 2 timed calls
+    assert timed == [n for _ in range(3) for n in ("a", "b", "c") for _ in range(3)]

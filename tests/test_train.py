@@ -19,8 +19,8 @@ from PIL import Image
 import vanillanet  # noqa: F401
 from vanillanet import cli
 from vanillanet.checkpoint import read_class_names
+from vanillanet.deep_training import act_learn_schedule
 from vanillanet.models import VARIANTS, VanillaNet
-from vanillanet.reparam import act_learn_schedule
 from vanillanet.train import NonFiniteLossError, build_optimizer, state_hash, train
 from vanillanet.train_config import resolve_config
 
@@ -262,7 +262,7 @@ def test_layer_decay_and_weight_decay_groups_vanillanet_6():
     cfg = resolve_config("vanillanet_6")
     spec = VARIANTS["vanillanet_6"]
     model = VanillaNet(dims=spec.dims, strides=spec.strides, width_mult=1 / 32, num_classes=10)
-    opt = build_optimizer(model, cfg, lr=1.0)
+    opt = build_optimizer(model, cfg.optim, lr=1.0)
     names = {id(p): n for n, p in model.named_parameters()}
     scale, decay = {}, {}
     for g in opt.param_groups:

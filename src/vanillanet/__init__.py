@@ -1,62 +1,54 @@
 """vanillanet: VanillaNet models, exact deploy conversion, training, evaluation, export and benchmarks.
 
-Importing this package registers every VanillaNet variant with timm (``timm.create_model("vanillanet_5")``).
-Training and evaluation live in their modules (``vanillanet.train.train(cfg)``, ``vanillanet.evaluate.evaluate``),
-whose names would otherwise shadow the modules.
+Importing this package is cheap: the public names below are imported on first use, and the variants are
+registered with timm as soon as timm is imported (or at once if it already is), so
+``import vanillanet; timm.create_model("vanillanet_5")`` works. Training and evaluation live in their modules
+(``vanillanet.train.train(cfg)``, ``vanillanet.evaluate.evaluate``), whose names would otherwise shadow the modules.
 """
 
-from .checkpoint import (
-    LoadReport,
-    convert_checkpoint,
-    create_model,
-    load_checkpoint_file,
-    load_weights,
-    read_class_names,
-    save_weights,
-)
-from .complexity import count_macs, count_params, model_complexity
-from .errors import CheckpointError, ConfigError, ConversionError, DataError, VanillaNetError
-from .export import export_onnx, export_torchscript
-from .inference import FastClassifier, fast_inference
-from .layers import SeriesActivation, fold_bn, merge_convs
-from .models import VARIANTS, Block, DeepTrainingSlope, VanillaNet, VariantSpec, variant_names
-from .reparam import act_learn_schedule, conversion_error, reparameterize_model
-from .train_config import TrainConfig, resolve_config
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import timm_hook
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "VARIANTS",
-    "Block",
-    "CheckpointError",
-    "ConfigError",
-    "ConversionError",
-    "DataError",
-    "DeepTrainingSlope",
-    "FastClassifier",
-    "LoadReport",
-    "SeriesActivation",
-    "TrainConfig",
-    "VanillaNet",
-    "VanillaNetError",
-    "VariantSpec",
-    "act_learn_schedule",
-    "conversion_error",
-    "convert_checkpoint",
-    "count_macs",
-    "count_params",
-    "create_model",
-    "export_onnx",
-    "export_torchscript",
-    "fast_inference",
-    "fold_bn",
-    "load_checkpoint_file",
-    "load_weights",
-    "merge_convs",
-    "model_complexity",
-    "read_class_names",
-    "reparameterize_model",
-    "resolve_config",
-    "save_weights",
-    "variant_names",
-]
+# public name -> module that defines it (imported on first access)
+_PUBLIC: dict[str, str] = {
+    **dict.fromkeys(["CheckpointError", "ConfigError", "ConversionError", "DataError", "NonFiniteLossError",
+                     "VanillaNetError"], "errors"),
+    **dict.fromkeys(["SeriesActivation", "fold_bn", "merge_convs"], "layers"),
+    **dict.fromkeys(["VARIANTS", "PUBLISHED", "Block", "DeepTrainingSlope", "VanillaNet", "VariantSpec",
+                     "variant_names"], "models"),
+    **dict.fromkeys(["calibrate_bn", "conversion_error", "reparameterize_model"], "reparam"),
+    **dict.fromkeys(["load_checkpoint_file", "read_class_names", "save_weights"], "checkpoint"),
+    **dict.fromkeys(["LoadReport", "load_weights"], "weights"),
+    "create_model": "registry",
+    "convert_checkpoint": "convert",
+    **dict.fromkeys(["count_macs", "count_params", "model_complexity"], "complexity"),
+    **dict.fromkeys(["BACKENDS", "Backend"], "backends"),
+    **dict.fromkeys(["FastClassifier", "fast_inference"], "inference"),
+    **dict.fromkeys(["export_onnx", "export_torchscript"], "export"),
+    **dict.fromkeys(["TrainConfig", "resolve_config"], "train_config"),
+    "act_learn_schedule": "deep_training",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vanillanet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+timm_hook.install()

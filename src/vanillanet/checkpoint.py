@@ -1,4 +1,8 @@
-"""Checkpoints: load every supported layout safely, save ours atomically, convert to the deploy form.
+"""Checkpoint files: read every supported layout safely, normalise it to our key layout, write ours atomically.
+
+This module is file IO only: what is in a file and how to read and write it. Fitting weights to a model instance
+(architecture inference, form conversion, head reset) lives in ``weights.py``; building a model from a name or a
+file in ``registry.create_model``.
 
 Supported inputs (detected from the content, not the file name):
 
@@ -9,48 +13,27 @@ Supported inputs (detected from the content, not the file name):
 - ours: ``.safetensors`` with metadata, ``.pth`` holding ``{'model', 'meta'}``, and the training checkpoints of
   ``vanillanet train`` (original layout plus extras such as ``act_learn``, ``class_names`` and ``arch``).
 
-The form (train or deploy), ``act_num``, ``in_chans``, ``num_classes`` and the widths are read from the tensor
-shapes, so a file fits a model or gets a one-line ``CheckpointError`` naming the cause and the fix. Pickles are
-loaded with ``weights_only=True`` and only ``argparse.Namespace`` allow-listed; anything else is refused.
+Pickles are loaded with ``weights_only=True`` and only ``argparse.Namespace`` allow-listed; anything else is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import pickle
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .errors import CheckpointError, ConfigError, ConversionError
-from .models import VARIANTS, VanillaNet
-from .reparam import conversion_error, reparameterize_model
+from .errors import CheckpointError, first_line
+from .fileio import save_atomic, write_atomic
+from .models import MODEL_OPTIONS, VARIANTS, variant_of
 
-__all__ = [
-    "LoadReport",
-    "WeightsInfo",
-    "check_model_name",
-    "convert_checkpoint",
-    "create_model",
-    "filter_state_dict",
-    "infer_weights_info",
-    "load_checkpoint_file",
-    "load_weights",
-    "match_variants",
-    "read_class_names",
-    "save_atomic",
-    "save_weights",
-    "write_atomic",
-]
-
-log = logging.getLogger("vanillanet")
+__all__ = ["FORMAT_NAME", "file_meta", "load_checkpoint_file", "model_meta", "read_class_names", "read_raw",
+           "read_training_checkpoint", "save_weights", "select_state_dict", "normalise_keys"]
 
 FORMAT_NAME = "vanillanet"
 FORMAT_VERSION = 1
@@ -58,88 +41,11 @@ _EMA_KEYS = ("model_ema", "state_dict_ema")
 _PLAIN_KEYS = ("model", "state_dict")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _OPENMIXUP_PREFIXES = ("backbone.", "head.")
-_HEAD_PREFIXES = {"train": ("cls1.2.", "cls1.3.", "cls2.0."), "deploy": ("cls.2.",)}
-_STEM_CONV = {"train": "stem1.0.weight", "deploy": "stem.0.weight"}
-_STEM_ACT = {"train": "stem2.2.weight", "deploy": "stem.1.weight"}
-_CLASSIFIER = {"train": "cls2.0.weight", "deploy": "cls.2.weight"}
 
 
-# ---- what a state_dict holds ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WeightsInfo:
-    """The architecture a VanillaNet state_dict implies, read from its keys and tensor shapes."""
-
-    form: str  # "train" or "deploy"
-    dims: tuple[int, ...]
-    act_num: int
-    in_chans: int
-    num_classes: int
-
-
-def infer_weights_info(state_dict: Mapping[str, torch.Tensor], where: str = "the checkpoint") -> WeightsInfo:
-    """Form from the keys (``stem1.*`` = train, ``stem.*`` = deploy); act_num from the activation kernel size."""
-    form = next((f for f, key in _STEM_CONV.items() if key in state_dict), None)
-    if form is None:
-        sample = ", ".join(list(state_dict)[:3]) or "none"
-        raise CheckpointError(f"{where} holds no VanillaNet weights (no 'stem1.0.weight' or 'stem.0.weight'; keys "
-                              f"start with {sample}): pass a VanillaNet checkpoint")
-    stem = state_dict[_STEM_CONV[form]]
-    dims = [int(stem.shape[0])]
-    i = 0
-    while f"stages.{i}.act.weight" in state_dict:
-        dims.append(int(state_dict[f"stages.{i}.act.weight"].shape[0]))
-        i += 1
-    kernel = int(state_dict[_STEM_ACT[form]].shape[-1]) if _STEM_ACT[form] in state_dict else 7
-    classifier = state_dict.get(_CLASSIFIER[form])
-    return WeightsInfo(form=form, dims=tuple(dims), act_num=(kernel - 1) // 2, in_chans=int(stem.shape[1]),
-                       num_classes=int(classifier.shape[0]) if classifier is not None else 0)
-
-
-def match_variants(dims: tuple[int, ...]) -> list[tuple[str, float]]:
-    """Registered variants whose widths, scaled uniformly (``width_mult``), give ``dims``: [(name, width_mult)]."""
-    found = []
-    for name, spec in VARIANTS.items():
-        if len(spec.dims) != len(dims):
-            continue
-        mult = dims[0] / spec.dims[0]
-        if all(max(1, int(round(d * mult))) == got for d, got in zip(spec.dims, dims)):
-            found.append((name, mult))
-    return found
-
-
-def _describe(dims: tuple[int, ...]) -> str:
-    matches = match_variants(dims)
-    if not matches:
-        return f"a custom VanillaNet with dims {list(dims)}"
-    exact = [name for name, mult in matches if mult == 1]
-    if exact:
-        return " or ".join(exact)
-    name, mult = matches[0]
-    return f"{name} with width_mult {mult:g}"
-
-
-def _fix_for(dims: tuple[int, ...]) -> str:
-    matches = match_variants(dims)
-    if not matches:
-        return "build VanillaNet(dims=..., strides=...) for it"
-    return f"create {matches[0][0]} instead"
-
-
-def _infer_variant(info: WeightsInfo, meta: Mapping[str, Any], where: str) -> str:
-    """The variant name from the file's metadata, else from the widths; refuses when pooling makes it ambiguous."""
-    recorded = meta.get("architecture")
-    if recorded in VARIANTS:
-        return recorded
-    matches = match_variants(info.dims)
-    if not matches:
-        raise CheckpointError(f"{where} holds {_describe(info.dims)}, which is no registered variant: build "
-                              "VanillaNet(dims=..., strides=...) yourself and use load_weights()")
-    shapes = {(VARIANTS[n].strides, VARIANTS[n].ada_pool) for n, _ in matches}
-    if len(shapes) > 1:
-        names = " and ".join(n for n, _ in matches)
-        raise CheckpointError(f"{where} fits {names}, which differ only in pooling (no weights tell them apart): "
-                              "name the model explicitly (--model NAME)")
-    return min(matches, key=lambda m: abs(m[1] - 1))[0]
+def _reason(err: BaseException) -> str:
+    """The first sentence of an exception's message (torch's are long and span lines)."""
+    return first_line(err, 120).split(". ")[0]
 
 
 # ---- reading files --------------------------------------------------------------------------------------------
@@ -155,13 +61,7 @@ def _kind_of(head: bytes) -> str:
     return "a text file"
 
 
-def _first_line(err: BaseException) -> str:
-    """The first sentence of an exception's message (torch's are long and span lines)."""
-    text = str(err).strip().splitlines()
-    return text[0].split(". ")[0][:120] if text else type(err).__name__
-
-
-def _read_raw(path: Path) -> tuple[Any, str, dict[str, str]]:
+def read_raw(path: Path) -> tuple[Any, str, dict[str, str]]:
     """(object, format, safetensors metadata) of a file, loaded safely; one-line errors for every failure."""
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}: check the path")
@@ -183,7 +83,7 @@ def _read_raw(path: Path) -> tuple[Any, str, dict[str, str]]:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
                 return tensors, "safetensors", dict(f.metadata() or {})
         except Exception as err:  # safetensors raises its own error types for every kind of damage
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_first_line(err)}): copy or "
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_reason(err)}): copy or "
                                   "download it again") from err
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise CheckpointError(f"{path} is not a checkpoint (it looks like {_kind_of(head)}): pass a PyTorch "
@@ -193,7 +93,7 @@ def _read_raw(path: Path) -> tuple[Any, str, dict[str, str]]:
             return torch.load(path, map_location="cpu", weights_only=True), "pth", {}
     except pickle.UnpicklingError as err:
         if "weights only load failed" not in str(err).lower():
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_first_line(err)}): copy or "
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_reason(err)}): copy or "
                                   "download it again") from err
         try:
             unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -204,7 +104,7 @@ def _read_raw(path: Path) -> tuple[Any, str, dict[str, str]]:
         raise CheckpointError(f"{path} contains pickled {what}, which could run code when loaded: refusing it; "
                               "if you trust the file, re-save only its state_dict (tensors) and load that") from err
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({size} bytes; {_first_line(err)}): copy "
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({size} bytes; {_reason(err)}): copy "
                               "or download it again") from err
 
 
@@ -212,7 +112,7 @@ def _is_state_dict(obj: Mapping) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _select_state_dict(obj: Any, use_ema: bool, where: str) -> tuple[Mapping[str, torch.Tensor], str | None]:
+def select_state_dict(obj: Any, use_ema: bool, where: str) -> tuple[Mapping[str, torch.Tensor], str | None]:
     """The weights inside a checkpoint dict: EMA first when ``use_ema`` (as the released files are evaluated)."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{where} holds a {type(obj).__name__}, not a dict of weights: pass a checkpoint "
@@ -229,7 +129,7 @@ def _select_state_dict(obj: Any, use_ema: bool, where: str) -> tuple[Mapping[str
                           "'state_dict' or a plain state_dict")
 
 
-def _normalise_keys(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+def normalise_keys(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
     """Strip DDP / torch.compile wrappers and OpenMixup's ``backbone.``/``head.``; returns (dict, is_openmixup)."""
     openmixup = any(k.startswith("backbone.") for k in state_dict)
     out = {}
@@ -251,7 +151,7 @@ def _parse_meta_value(text: str) -> Any:
         return text
 
 
-def _meta_from(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]:
+def meta_from(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]:
     """What a file records besides the weights (ours: everything; original: args; ours-training: extras)."""
     if fmt == "safetensors":
         return {k: _parse_meta_value(v) for k, v in st_meta.items()}
@@ -268,259 +168,104 @@ def _meta_from(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]:
     arch = obj.get("arch")
     if isinstance(arch, Mapping) and arch.get("name"):
         meta.setdefault("architecture", arch["name"])
+        kwargs = arch.get("kwargs") if isinstance(arch.get("kwargs"), Mapping) else {}
+        for key in MODEL_OPTIONS:  # training checkpoints record the ablation options they were built with
+            if key in kwargs:
+                meta.setdefault(key, kwargs[key])
     for key in ("epoch", "step", "act_learn", "class_names", "config"):
         if key in obj and obj[key] is not None:
             meta.setdefault(key, obj[key])
+    if isinstance(obj.get("preprocess"), Mapping):  # training checkpoints: the eval transform the run used
+        for key, value in obj["preprocess"].items():
+            meta.setdefault(key, value)
     return meta
+
+
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what timm's Hugging Face folders hold, preferred first
+
+
+def hub_folder_meta(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Our metadata from a Hugging Face / timm folder's ``config.json``: architecture, class names, the
+    preprocessing of its ``pretrained_cfg``, and what ``vanillanet export --format hf`` recorded."""
+    cfg = config.get("pretrained_cfg") or {}
+    meta: dict[str, Any] = dict(config.get("vanillanet") or {})
+    meta["architecture"] = config.get("architecture")
+    if config.get("label_names"):
+        meta["class_names"] = list(config["label_names"])
+    if cfg.get("input_size"):
+        meta["img_size"] = int(cfg["input_size"][-1])
+    meta.update({k: cfg[k] for k in ("crop_pct", "mean", "std", "interpolation") if cfg.get(k) is not None})
+    return meta
+
+
+def _read_hub_folder(path: Path) -> tuple[Any, str, dict[str, Any]]:
+    """(weights, format, metadata) of a folder in timm's Hugging Face layout (config.json + model.safetensors)."""
+    weights = next((path / name for name in HUB_WEIGHTS if (path / name).is_file()), None)
+    if not (path / "config.json").is_file() or weights is None:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint: pass the .pth or .safetensors file inside it, "
+                              "or a Hugging Face model folder (config.json + model.safetensors)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / 'config.json'} is unreadable ({_reason(err)}); export the folder "
+                              "again") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / 'config.json'} is not a JSON object; export the folder again")
+    obj, fmt, _ = read_raw(weights)
+    return obj, fmt, hub_folder_meta(config)
 
 
 def load_checkpoint_file(path: str | Path, *, use_ema: bool = True) -> dict[str, Any]:
     """Read any supported checkpoint safely -> ``{"state_dict": ..., "meta": {...}}`` in our key layout.
 
-    ``meta`` holds what the file records (architecture, act_learn, class_names, epoch, the original ``args``...)
-    plus ``path``, ``format`` ('pth'/'safetensors'), ``source`` (the entry used, e.g. 'model_ema') and ``layout``.
+    ``path`` is a file, or a folder in timm's Hugging Face layout. ``meta`` holds what the file records
+    (architecture, act_learn, class_names, epoch, the original ``args``...) plus ``path``, ``format``
+    ('pth'/'safetensors'), ``source`` (the entry used, e.g. 'model_ema') and ``layout``.
     """
     path = Path(path)
-    obj, fmt, st_meta = _read_raw(path)
-    state_dict, source = _select_state_dict(obj, use_ema, str(path))
-    state_dict, openmixup = _normalise_keys(state_dict)
-    meta = _meta_from(obj, fmt, st_meta)
+    if path.is_dir():
+        obj, fmt, hub_meta = _read_hub_folder(path)
+        state_dict, _ = normalise_keys(select_state_dict(obj, use_ema, str(path))[0])
+        return {"state_dict": state_dict, "meta": {**hub_meta, "path": str(path), "format": fmt, "source": None,
+                                                   "layout": "hf-folder"}}
+    obj, fmt, st_meta = read_raw(path)
+    state_dict, source = select_state_dict(obj, use_ema, str(path))
+    state_dict, openmixup = normalise_keys(state_dict)
+    meta = meta_from(obj, fmt, st_meta)
     layout = ("openmixup" if openmixup else "vanillanet" if meta.get("format") == FORMAT_NAME
               else "original" if source in ("model", "model_ema") else "state_dict")
     meta.update(path=str(path), format=fmt, source=source, layout=layout)
     return {"state_dict": state_dict, "meta": meta}
 
 
-# ---- fitting weights to a model --------------------------------------------------------------------------------
-@dataclass
-class LoadReport:
-    """What a load did: which entry of which file, whether it converted the form or re-initialised the head."""
-
-    path: str
-    source: str | None
-    layout: str
-    file_form: str
-    model_form: str
-    converted: bool = False
-    head_reset: bool = False
-    num_classes: int = 0  # of the file's head
-    act_learn: float | None = None
-    message: str | None = None
-
-
-def _model_name(model: VanillaNet) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture") or _describe(model.dims)
-
-
-def _check_compatible(info: WeightsInfo, meta: Mapping[str, Any], model: VanillaNet, where: str,
-                      reset_head: bool, adapt_in_chans: bool) -> None:
-    """One-line errors for every way the file cannot fit ``model``."""
-    if info.dims != tuple(model.dims):
-        raise CheckpointError(f"{where} holds weights for {_describe(info.dims)} ({len(info.dims) - 1} blocks, dims "
-                              f"{list(info.dims)}) but the model is {_model_name(model)} (dims {list(model.dims)}): "
-                              f"{_fix_for(info.dims)}")
-    recorded = meta.get("architecture")
-    if meta.get("strides") is not None:
-        strides, ada_pool = meta["strides"], meta.get("ada_pool")
-    elif recorded in VARIANTS:
-        strides, ada_pool = VARIANTS[recorded].strides, VARIANTS[recorded].ada_pool
-    else:  # pooling has no weights: nothing to compare
-        strides, ada_pool = model.strides, model.ada_pool
-    if (list(strides), list(ada_pool or [])) != (list(model.strides), list(model.ada_pool or [])):
-        raise CheckpointError(f"{where} was trained as {recorded} (strides {list(strides)}, ada_pool {ada_pool}) but "
-                              f"the model has strides {list(model.strides)}, ada_pool {model.ada_pool}: create "
-                              f"{recorded} instead")
-    if info.act_num != model.act_num:
-        k, mk = 2 * info.act_num + 1, 2 * model.act_num + 1
-        raise CheckpointError(f"{where} has {k}x{k} activation kernels (act_num={info.act_num}) but the model has "
-                              f"{mk}x{mk} (act_num={model.act_num}): build the model with act_num={info.act_num}")
-    if info.in_chans != model.in_chans and not adapt_in_chans:
-        raise CheckpointError(f"{where} expects {info.in_chans}-channel input but the model has in_chans="
-                              f"{model.in_chans}: build the model with in_chans={info.in_chans}")
-    if info.num_classes != model.num_classes and not reset_head:
-        raise CheckpointError(f"{where} has a {info.num_classes}-class head but the model has {model.num_classes} "
-                              f"classes: build the model with num_classes={info.num_classes}, or fine-tune "
-                              "(reset_head=True re-initialises the head)")
-    if info.form == "deploy" and not model.deploy:
-        raise CheckpointError(f"{where} holds deploy-form (merged) weights, which cannot be split back into the "
-                              "train form: build the model with deploy=True, or start from a train-form checkpoint")
-
-
-def _check_keys(state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], where: str) -> None:
-    missing = [k for k in reference if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in reference]
-    wrong = [k for k in reference if k in state_dict and state_dict[k].shape != reference[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise CheckpointError(f"{where} does not match the model's keys ({'; '.join(parts)}): pass a VanillaNet "
-                              "checkpoint of this architecture")
-
-
-def _convert_to_deploy(state_dict: dict[str, torch.Tensor], info: WeightsInfo, model: VanillaNet,
-                       act_learn: float, where: str) -> dict[str, torch.Tensor]:
-    """Build the file's train form, load it, re-parameterize, and return the deploy state_dict."""
-    source = VanillaNet(in_chans=info.in_chans, num_classes=info.num_classes, dims=info.dims, strides=model.strides,
-                        act_num=info.act_num, ada_pool=model.ada_pool)
-    _check_keys(state_dict, source.state_dict(), where)
-    source.load_state_dict(state_dict, strict=True)
-    source.act_learn = act_learn
-    try:
-        source.eval().reparameterize()
-    except ConversionError as err:
-        raise ConversionError(f"{where}: {err}") from err
-    return source.state_dict()
-
-
-def _fit(state_dict: dict[str, torch.Tensor], meta: Mapping[str, Any], model: VanillaNet, where: str, *,
-         reset_head: bool, adapt_in_chans: bool = False) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Map a normalised state_dict onto exactly ``model``'s keys (conversion, head reset, in_chans adaptation)."""
-    info = infer_weights_info(state_dict, where)
-    _check_compatible(info, meta, model, where, reset_head, adapt_in_chans)
-    model_form = "deploy" if model.deploy else "train"
-    act_learn = float(meta["act_learn"]) if meta.get("act_learn") is not None else None
-    report = LoadReport(path=str(meta.get("path", where)), source=meta.get("source"), layout=meta.get("layout", "?"),
-                        file_form=info.form, model_form=model_form, num_classes=info.num_classes,
-                        act_learn=act_learn)
-    if info.form == "train" and model.deploy:
-        state_dict = _convert_to_deploy(state_dict, info, model, 1.0 if act_learn is None else act_learn, where)
-        report.converted = True
-    if info.in_chans != model.in_chans:  # only reached for timm's pretrained hook, which adapts the stem
-        from timm.models import adapt_input_conv
-
-        key = _STEM_CONV[model_form]
-        state_dict = dict(state_dict)
-        state_dict[key] = adapt_input_conv(model.in_chans, state_dict[key])
-        log.warning("%s: adapted the %d-channel stem to in_chans=%d", where, info.in_chans, model.in_chans)
-    if info.num_classes != model.num_classes:
-        head = _HEAD_PREFIXES[model_form]
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
-        if model.num_classes:
-            model.reset_classifier(model.num_classes)
-            fresh = model.state_dict()
-            state_dict.update({k: v for k, v in fresh.items() if k.startswith(head)})
-            report.head_reset = True
-            report.message = (f"{where}: loaded all weights but the {info.num_classes}-class head "
-                              f"({', '.join(p.rstrip('.') for p in head)}); the {model.num_classes}-class head is "
-                              "freshly initialised for fine-tuning")
-            log.warning(report.message)
-    _check_keys(state_dict, model.state_dict(), where)
-    return state_dict, report
-
-
-def _load_into(model: VanillaNet, ckpt: Mapping[str, Any], *, reset_head: bool) -> LoadReport:
-    meta = ckpt["meta"]
-    state_dict, report = _fit(ckpt["state_dict"], meta, model, meta["path"], reset_head=reset_head)
-    model.load_state_dict(state_dict, strict=True)
-    if not model.deploy and report.act_learn is not None:
-        model.act_learn = report.act_learn
-    return report
-
-
-def load_weights(model: VanillaNet, path: str | Path, *, use_ema: bool = True, reset_head: bool = True) -> LoadReport:
-    """Load any supported checkpoint into ``model`` (strict key matching after mapping the layout).
-
-    A train-form file is converted when ``model`` is in deploy form. With another number of classes the head is
-    re-initialised and one line is logged (``reset_head=False`` raises instead). A recorded act_learn is applied.
-    """
-    return _load_into(model, load_checkpoint_file(path, use_ema=use_ema), reset_head=reset_head)
-
-
-def _file_meta(path: Path) -> dict[str, Any]:
+def file_meta(path: Path) -> dict[str, Any]:
     """What a checkpoint file records besides its weights, without reading the tensors into memory."""
     if path.suffix == ".safetensors":  # timm, too, picks the reader by the suffix
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return _meta_from(None, "safetensors", dict(f.metadata() or {}))
+            return meta_from(None, "safetensors", dict(f.metadata() or {}))
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = _read_raw(path)[0]
-    return _meta_from(obj, "pth", {})
+        obj = read_raw(path)[0]
+    return meta_from(obj, "pth", {})
 
 
-def _pretrained_file(model: VanillaNet) -> Path | None:
-    """The local file timm loaded for ``model`` (its 'file' source), or None for URLs, the hub and state_dicts."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if cfg.get("state_dict") is not None or cfg.get("source") in ("hf-hub", "local-dir") or not cfg.get("file"):
-        return None
-    path = Path(cfg["file"])
-    return path if path.is_file() else None
-
-
-def filter_state_dict(obj: Mapping[str, Any], model: VanillaNet, *, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """timm's pretrained hook: any supported layout (already unpacked by timm, or a whole checkpoint dict) mapped
-    onto ``model``'s keys. A different ``in_chans`` is adapted the timm way; another class count resets the head.
-
-    The recorded act_learn is applied to a train-form model, and a train-form file recorded before the end of deep
-    training (act_learn < 1) is refused for a deploy model. timm hands over the whole checkpoint dict for URLs and
-    ``pretrained_cfg['state_dict']``, so act_learn is read from it; for a local ``file`` (.pth or .safetensors) timm
-    passes only the unpacked weights, so the file's metadata is read again (header / memory-mapped, cheap). For
-    Hugging Face hub weights timm passes bare tensors and no file name: no act_learn is known and 1 is assumed.
-    """
-    state_dict, source = _select_state_dict(obj, use_ema, "the pretrained weights")
-    state_dict, openmixup = _normalise_keys(state_dict)
-    path = None if source else _pretrained_file(model)
-    meta = _meta_from(obj, "pth", {}) if source else _file_meta(path) if path else {}
-    meta.update(source=source, layout="openmixup" if openmixup else "state_dict")
-    where = f"the pretrained weights {path}" if path else "the pretrained weights"
-    fitted, report = _fit(state_dict, meta, model, where, reset_head=True, adapt_in_chans=True)
-    if not model.deploy and report.act_learn is not None:
-        model.act_learn = report.act_learn
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and report.num_classes == model.num_classes != cfg.get("num_classes"):
-        # timm drops the classifier when the config's class count differs from the model's; here the file's
-        # head fits the model, so record its true class count and keep the trained head.
-        cfg["num_classes"] = model.num_classes
-    return fitted
-
-
-def check_model_name(name: str) -> None:
-    """One-line ``ConfigError`` listing the valid names unless ``name`` is a registered variant."""
-    if name not in VARIANTS:
-        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(VARIANTS)} (see `vanillanet list`)")
-
-
-def _create_from(name: str | None, ckpt: Mapping[str, Any], num_classes: int | None, **kwargs: Any) -> VanillaNet:
-    import timm
-
-    meta = ckpt["meta"]
-    info = infer_weights_info(ckpt["state_dict"], meta["path"])
-    name = name or _infer_variant(info, meta, meta["path"])
-    check_model_name(name)
-    if "dims" not in kwargs and "width_mult" not in kwargs:
-        if name not in {n for n, _ in match_variants(info.dims)}:
-            raise CheckpointError(f"{meta['path']} holds weights for {_describe(info.dims)} (dims {list(info.dims)}), "
-                                  f"not {name}: {_fix_for(info.dims)}")
-        kwargs["dims"] = info.dims
-    kwargs.setdefault("act_num", info.act_num)
-    kwargs.setdefault("in_chans", info.in_chans)
-    kwargs.setdefault("deploy", info.form == "deploy")
-    model = timm.create_model(name, num_classes=info.num_classes if num_classes is None else num_classes, **kwargs)
-    _load_into(model, ckpt, reset_head=True)
-    return model
-
-
-def create_model(name: str | None, checkpoint: str | Path | None = None, *, num_classes: int | None = None,
-                 use_ema: bool = True, **kwargs: Any) -> VanillaNet:
-    """Build variant ``name`` and load ``checkpoint`` into it.
-
-    The form (train/deploy), act_num, in_chans, widths and class count come from the file unless given;
-    ``deploy=True`` with a train-form file converts it. Another ``num_classes`` loads all but the head and logs
-    one line. ``name=None`` infers the variant from the file. Without a checkpoint: a freshly initialised model.
-    """
-    if name is not None:
-        check_model_name(name)
-    if checkpoint is None:
-        if name is None:
-            raise ConfigError("create_model needs a model name or a checkpoint")
-        import timm
-
-        return timm.create_model(name, **({} if num_classes is None else {"num_classes": num_classes}), **kwargs)
-    return _create_from(name, load_checkpoint_file(checkpoint, use_ema=use_ema), num_classes, **kwargs)
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint written by ``vanillanet train`` (safe loading), or CheckpointError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a file written by `vanillanet train` or "
+                              "--resume auto")
+    obj = read_raw(path)[0]
+    missing = [k for k in ("model", "optimizer", "step", "epoch", "config")
+               if not isinstance(obj, Mapping) or k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} has no {', '.join(missing)}: it holds weights, not a training state; use "
+                              "--pretrained to start from it")
+    return dict(obj)
 
 
 def read_class_names(path: str | Path) -> list[str] | None:
@@ -530,40 +275,12 @@ def read_class_names(path: str | Path) -> list[str] | None:
 
 
 # ---- writing --------------------------------------------------------------------------------------------------
-def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Run ``write(temporary_path)`` in the same folder, then ``os.replace`` onto ``path``: readers never see half
-    a file, a failure leaves the old one, and the result gets the usual umask mode (mkstemp would give 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.touch()  # the mode a plain file gets here (umask); some writers (safetensors) create files 0600
-        mode = tmp.stat().st_mode & 0o777
-        write(str(tmp))
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` written atomically (for training checkpoints)."""
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def model_meta(model: VanillaNet) -> dict[str, Any]:
+def model_meta(model: nn.Module) -> dict[str, Any]:
     """The architecture record written into our checkpoints."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    name = cfg.get("architecture")
-    if name not in VARIANTS:
-        fits = [n for n, _ in match_variants(model.dims)
-                if (VARIANTS[n].strides, VARIANTS[n].ada_pool) == (tuple(model.strides), model.ada_pool)]
-        name = fits[0] if fits else "custom"
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "architecture": name,
+        "architecture": variant_of(model),
         "form": "deploy" if model.deploy else "train",
         "act_num": model.act_num,
         "num_classes": model.num_classes,
@@ -572,10 +289,11 @@ def model_meta(model: VanillaNet) -> dict[str, Any]:
         "strides": list(model.strides),
         "ada_pool": list(model.ada_pool) if model.ada_pool is not None else None,
         "act_learn": model.act_learn,
+        **{key: getattr(model, key) for key in MODEL_OPTIONS},
     }
 
 
-def save_weights(model: VanillaNet, path: str | Path, *, class_names: list[str] | None = None,
+def save_weights(model: nn.Module, path: str | Path, *, class_names: list[str] | None = None,
                  extra_meta: Mapping[str, Any] | None = None) -> Path:
     """Save ``model``'s weights with metadata: ``.safetensors`` (metadata as JSON strings) or ``.pth``
     (``{'model': state_dict, 'meta': {...}}``, loadable with weights_only=True). Written atomically."""
@@ -593,55 +311,3 @@ def save_weights(model: VanillaNet, path: str | Path, *, class_names: list[str] 
     if path.suffix in (".pth", ".pt"):
         return save_atomic({"model": state_dict, "meta": meta}, path)
     raise CheckpointError(f"cannot save to {path}: use a .safetensors or .pth file name")
-
-
-# ---- conversion ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def convert_checkpoint(src: str | Path, dst: str | Path, *, model_name: str | None = None, use_ema: bool = True,
-                       img_size: int = 224, tol: float = 1e-4, seed: int = 0) -> dict[str, Any]:
-    """Any supported checkpoint -> a deploy-form ``.safetensors`` file, written only if the fp32 outputs of the
-    train and deploy forms agree (eval mode, random input, max relative error <= ``tol``)."""
-    dst = Path(dst)
-    if dst.suffix != ".safetensors":
-        raise CheckpointError(f"the output {dst} must end in .safetensors (the deploy format)")
-    ckpt = load_checkpoint_file(src, use_ema=use_ema)
-    model = _create_from(model_name, ckpt, None).float().eval()
-    form = "deploy" if model.deploy else "train"
-    if model.deploy:
-        deploy, err = model, 0.0
-    else:
-        deploy = reparameterize_model(model)
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(1, model.in_chans, img_size, img_size, generator=gen)
-        err = conversion_error(model, x, deploy)
-        if not err <= tol:
-            raise ConversionError(f"{src}: deploy and train outputs differ (relative error {err:.3g} > {tol:g}); "
-                                  "not written: check the act_learn and BatchNorm statistics of the checkpoint")
-    save_weights(deploy, dst, class_names=ckpt["meta"].get("class_names"),
-                 extra_meta={"converted_from": Path(src).name, "conversion_rel_error": err})
-    return {"architecture": model_meta(deploy)["architecture"], "source": ckpt["meta"]["source"],
-            "layout": ckpt["meta"]["layout"], "input_form": form, "rel_error": err,
-            "params": sum(p.numel() for p in deploy.parameters()), "output": str(dst)}
-
-
-def _convert_command(args: argparse.Namespace) -> int:
-    result = convert_checkpoint(args.input, args.output, model_name=args.model, use_ema=not args.no_ema,
-                                img_size=args.img_size)
-    entry = f" '{result['source']}'" if result["source"] else ""
-    if result["input_form"] == "deploy":
-        check = "input already in deploy form, weights copied unchanged"
-    else:
-        check = f"train vs deploy max relative error {result['rel_error']:.2e} (fp32, {args.img_size}px random input)"
-    print(f"{args.input}{entry} ({result['layout']}, {result['input_form']} form) -> {result['output']}: "
-          f"{result['architecture']} deploy form, {result['params'] / 1e6:.2f}M params; {check}")
-    return 0
-
-
-def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
-    """``vanillanet convert IN OUT [--model NAME]``."""
-    parser.add_argument("input", help="checkpoint: original (.pth), OpenMixup, ours (.pth/.safetensors), any form")
-    parser.add_argument("output", help="deploy-form .safetensors file to write")
-    parser.add_argument("--model", default=None, help="variant name (default: inferred from the file)")
-    parser.add_argument("--no-ema", action="store_true", help="use the 'model' weights, not 'model_ema'")
-    parser.add_argument("--img-size", type=int, default=224, help="input size of the output check (default 224)")
-    parser.set_defaults(func=_convert_command)

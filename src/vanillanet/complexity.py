@@ -2,7 +2,7 @@
 
 MACs are counted with torch's own ``torch.utils.flop_counter.FlopCounterMode`` and reported as FLOPs / 2. It
 counts convolutions and matrix products only (not BatchNorm, activations, pooling or bias additions), which is
-what the published "FLOPs" column counts: every deploy-form number in SPEC.md section 6 is reproduced exactly.
+what the published "FLOPs" column counts: every deploy-form number in docs/models.md is reproduced exactly.
 Models are built on the ``meta`` device, so even the 237M-parameter variants are measured in milliseconds.
 """
 
@@ -16,30 +16,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .checkpoint import check_model_name
-from .errors import ConfigError
-from .models import VARIANTS
+from .errors import ConfigError, first_line
+from .models import PUBLISHED, VARIANTS, check_model_name
+from .registry import create_model
 
-__all__ = ["PUBLISHED", "PUBLISHED_TRAIN", "count_macs", "count_params", "model_complexity"]
-
-# Published deploy-form numbers at 224x224 (params in M, GMACs), SPEC.md section 6, as printed (the precision
-# is part of the claim, so they are kept as text).
-PUBLISHED: dict[str, tuple[str, str]] = {
-    "vanillanet_5": ("15.5", "5.2"),
-    "vanillanet_6": ("32.5", "6.0"),
-    "vanillanet_7": ("32.8", "6.9"),
-    "vanillanet_8": ("37.1", "7.7"),
-    "vanillanet_9": ("41.4", "8.6"),
-    "vanillanet_10": ("45.7", "9.4"),
-    "vanillanet_11": ("50.0", "10.3"),
-    "vanillanet_12": ("54.3", "11.1"),
-    "vanillanet_13": ("58.6", "11.9"),
-    "vanillanet_13_x1_5": ("127.8", "26.5"),
-    "vanillanet_13_x1_5_ada_pool": ("127.8", "48.98"),
-}
-# Published train-form numbers (SPEC.md section 6).
-PUBLISHED_TRAIN: dict[str, tuple[str, str]] = {"vanillanet_5": ("22.3", "8.45"), "vanillanet_13": ("107.7", "21.8")}
-
+__all__ = ["count_macs", "count_params", "matches_published", "model_complexity"]
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (BatchNorm running statistics are buffers and not counted)."""
@@ -56,7 +37,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
     except RuntimeError as err:
-        raise ConfigError(f"input {tuple(input_size)} does not fit the model ({str(err).splitlines()[0][:100]}): "
+        raise ConfigError(f"input {tuple(input_size)} does not fit the model ({first_line(err, 100)}): "
                           "use a larger --img-size (VanillaNet needs at least 32 px)") from err
     finally:
         model.train(was_training)
@@ -68,8 +49,6 @@ def model_complexity(name: str, img_size: int = 224, **kwargs: Any) -> dict[str,
 
     ``kwargs`` go to the model (``width_mult``, ``num_classes``, ``act_num``, ``in_chans``...).
     """
-    import timm
-
     check_model_name(name)
     if "deploy" in kwargs:
         raise ConfigError("model_complexity measures both forms: do not pass deploy")
@@ -77,11 +56,11 @@ def model_complexity(name: str, img_size: int = 224, **kwargs: Any) -> dict[str,
     result: dict[str, Any] = {"model": name, "img_size": img_size, **kwargs}
     for form in ("train", "deploy"):
         with torch.device("meta"):
-            model = timm.create_model(name, deploy=form == "deploy", **kwargs)
+            model = create_model(name, deploy=form == "deploy", **kwargs)
         result[form] = {"params": count_params(model), "macs": count_macs(model, (in_chans, img_size, img_size))}
     published = PUBLISHED.get(name) if img_size == 224 and not kwargs else None
     if published:
-        result["published_deploy"] = {"params_m": float(published[0]), "gmacs": float(published[1])}
+        result["published_deploy"] = {"params_m": float(published.params_m), "gmacs": float(published.gmacs)}
     return result
 
 
@@ -100,7 +79,7 @@ def _list_command(args: argparse.Namespace) -> int:
         c = model_complexity(name)
         tp, tm = c["train"]["params"] / 1e6, c["train"]["macs"] / 1e9
         dp, dm = c["deploy"]["params"] / 1e6, c["deploy"]["macs"] / 1e9
-        pp, pm = PUBLISHED[name]
+        pp, pm = PUBLISHED[name].params_m, PUBLISHED[name].gmacs
         ok = "ok" if matches_published(dp, pp) and matches_published(dm, pm) else "MISMATCH"
         print(f"{name:<28} {tp:>11.1f} M {tm:>9.2f} G {dp:>12.1f} M {dm:>10.2f} G   {f'{pp} M / {pm} G':<18} {ok}")
     return 0

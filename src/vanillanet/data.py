@@ -1,26 +1,22 @@
-"""Datasets, transforms and loaders for training and evaluation.
+"""Datasets, preprocessing and loaders for training, evaluation and prediction.
 
-Contract (used by ``train.py`` and ``evaluate.py``):
-
-- ``build_dataset(data, split, transform=None, *, in_chans=3, strict=False, root=None, synthetic_size=512,
-  num_classes=10, img_size=32) -> Dataset`` with ``.classes: list[str]``. ``data`` is an ImageFolder root holding
-  ``train/`` and ``val/``, ``"fashion-mnist"`` (or a folder holding its four IDX files), ``"digits"`` or
-  ``"synthetic"``; ``split`` is ``"train"`` or ``"val"`` (Fashion-MNIST's test set is its ``val``). Without a
-  transform an item is ``(PIL image, label)``; grayscale sources give mode ``L`` when ``in_chans == 1`` and
-  replicated ``RGB`` when ``in_chans == 3``. Unreadable images are skipped (the next good one is returned) with a
-  warning and counted: ``num_skipped(dataset_or_loader)``; with ``strict=True`` they raise ``DataError``.
-- ``dataset_defaults(data) -> DataDefaults`` (img_size, mean, std, crop_pct) suited to a source.
-- ``build_transform(is_training, img_size, *, in_chans, mean, std, crop_pct, interpolation, augment, auto_augment,
-  reprob, remode, hflip, scale, ratio, color_jitter, padding)``: ``augment="timm"`` is the paper's recipe through
-  ``timm.data.create_transform`` (RandAugment, bicubic RandomResizedCrop, flip, random erasing); ``"light"`` is
-  resize + random crop with padding + flip (+ erasing if ``reprob``), for small grayscale images; ``"none"`` is the
-  eval transform. Eval: bicubic resize to ``img_size / crop_pct``, centre crop, normalise.
-- ``build_loader(dataset, batch_size, *, is_training, num_workers=0, distributed=False, seed=0, drop_last=None)
-  -> DataLoader`` whose batch order AND augmentation depend only on ``(seed, epoch, batch index)``.
-  The caller calls ``set_epoch(loader, epoch, start_batch=0)`` before iterating each epoch (also when not
-  distributed). To resume mid-epoch after ``k`` finished batches: ``set_epoch(loader, epoch, start_batch=k)``;
-  the loader then yields batches ``k, k+1, ...`` of that epoch, identical to an uninterrupted run, whatever
-  ``num_workers`` is, and without touching the global RNG streams (model dropout etc. stay the caller's).
+- **Sources** are records in one table, ``SOURCES``: a name, preprocessing defaults (``DataDefaults``), the options
+  the source takes (e.g. Fashion-MNIST's ``root``, a folder's ``strict``, the synthetic set's ``size``) and a
+  ``load(split, transform, ...)`` function. ``--data`` names a source or a path: an ImageFolder root holding
+  ``train/`` and ``val/``, or a folder holding Fashion-MNIST's four IDX files. Adding a dataset kind is one record.
+  ``build_dataset(data, split, transform, *, in_chans, img_size, num_classes, **options)`` returns a Dataset with
+  ``.classes``; without a transform an item is ``(PIL image, label)`` (mode ``L`` for ``in_chans == 1``, ``RGB``
+  for 3). Unreadable images in a folder are skipped (the next good one is returned) with a warning and counted
+  (``num_skipped``); with the folder option ``strict=True`` they raise ``DataError``.
+- **Preprocessing**: ``Preprocess`` (img_size, crop_pct, mean, std, interpolation) is the evaluation transform used
+  identically by train, eval and predict, and ``resolve_preprocess`` layers its settings (model config < source
+  defaults < checkpoint metadata < explicit values). ``build_transform(True, ...)`` is the training transform:
+  ``augment="timm"`` is the paper's recipe through ``timm.data.create_transform``, ``"light"`` resize + random crop
+  with padding + flip (+ erasing), ``"none"`` the eval transform.
+- **Loaders**: ``build_loader(dataset, batch_size, *, is_training, ...)`` whose batch order AND augmentation depend
+  only on ``(seed, epoch, batch index)``: call ``set_epoch(loader, epoch, start_batch)`` before each epoch; resuming
+  after ``k`` finished batches yields batches ``k, k+1, ...`` identical to an uninterrupted run, whatever
+  ``num_workers`` is, without touching the global RNG streams.
 """
 
 from __future__ import annotations
@@ -29,8 +25,8 @@ import contextlib
 import gzip
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,28 +39,36 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from .errors import ConfigError, DataError
+from .config import coerce
+from .errors import ConfigError, DataError, first_line
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIRS",
+    "DATA_HELP",
+    "SOURCES",
     "ArrayDataset",
     "DataDefaults",
+    "DataSource",
     "EpochBatchSampler",
+    "Preprocess",
     "SafeImageFolder",
     "build_dataset",
     "build_loader",
     "build_transform",
     "dataset_defaults",
+    "find_source",
     "load_fashion_mnist",
     "mean_std",
     "num_skipped",
+    "resolve_preprocess",
     "set_epoch",
+    "spread_subset",
+    "take_subset",
 ]
 
 _log = logging.getLogger(__name__)
 
-SOURCES = ("fashion-mnist", "digits", "synthetic")
 SPLITS = ("train", "val")
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)  # where Debian's dataset-fashion-mnist installs
 FASHION_MNIST_CLASSES = [
@@ -83,18 +87,6 @@ class DataDefaults:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_pct: float
-
-
-def dataset_defaults(data: str) -> DataDefaults:
-    """Defaults for ``data``: the small grayscale sets are upscaled to 32 px (the stem's stride 4 and three
-    stride-2 blocks of vanillanet_5 need at least 32) with their own single-channel mean/std; folders get ImageNet's."""
-    if data == "fashion-mnist" or _is_idx_folder(data):
-        return DataDefaults(32, (0.2860,), (0.3530,), 1.0)  # mean/std of the 60k training images
-    if data == "digits":
-        return DataDefaults(32, (0.3053,), (0.3760,), 1.0)
-    if data == "synthetic":
-        return DataDefaults(32, (0.5,), (0.25,), 1.0)
-    return DataDefaults(224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875)
 
 
 # --------------------------------------------------------------------------------------------------- datasets
@@ -138,7 +130,7 @@ class SafeImageFolder(ImageFolder):
         try:
             super().__init__(str(root), transform=transform, loader=lambda p: _open_image(p, mode))
         except FileNotFoundError as err:  # no class folders, or class folders without images
-            raise DataError(f"{root}: {_first_line(err)}; put the images in one subfolder per class") from None
+            raise DataError(f"{root}: {first_line(err, 500)}; put the images in one subfolder per class") from None
         self.strict = strict
         self.bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
@@ -157,10 +149,10 @@ class SafeImageFolder(ImageFolder):
                 img = self.loader(path)
             except _UNREADABLE as err:
                 if self.strict:
-                    raise DataError(f"cannot read image {path} ({_first_line(err)}); fix or delete it, or train "
+                    raise DataError(f"cannot read image {path} ({first_line(err, 500)}); fix or delete it, or train "
                                     "without --strict-data to skip unreadable images") from None
                 self.bad[i] = True
-                _log.warning("skipping unreadable image %s (%s); %d skipped so far", path, _first_line(err),
+                _log.warning("skipping unreadable image %s (%s); %d skipped so far", path, first_line(err, 500),
                              self.num_skipped)
                 continue
             if self.transform is not None:
@@ -175,11 +167,6 @@ def _open_image(path: str, mode: str) -> Image.Image:
         return img.convert(mode)  # convert() forces the full decode inside the try of the caller
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def num_skipped(obj: Any) -> int:
     """Unreadable images skipped so far by a dataset, a wrapped dataset or a DataLoader (0 for in-memory sets)."""
     while obj is not None:
@@ -189,44 +176,11 @@ def num_skipped(obj: Any) -> int:
     return 0
 
 
-def build_dataset(
-    data: str | Path,
-    split: str,
-    transform: Callable | None = None,
-    *,
-    in_chans: int = 3,
-    strict: bool = False,
-    root: str | Path | None = None,
-    synthetic_size: int = 512,
-    num_classes: int = 10,
-    img_size: int = 32,
-) -> Dataset:
-    """One split of a dataset; see the module docstring. ``root`` is where Fashion-MNIST's IDX files are (default:
-    the Debian package's folder); ``synthetic_size`` (train; val gets a quarter), ``num_classes`` and ``img_size``
-    shape the synthetic set."""
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    data = str(data)
-    if data == "fashion-mnist" or _is_idx_folder(data):
-        folder = root if data == "fashion-mnist" else data
-        images, labels = load_fashion_mnist(split, folder)
-        return ArrayDataset(images, labels, FASHION_MNIST_CLASSES, in_chans=in_chans, transform=transform)
-    if data == "digits":
-        images, labels = _digits(split)
-        return ArrayDataset(images, labels, [str(d) for d in range(10)], in_chans=in_chans, transform=transform)
-    if data == "synthetic":
-        n = synthetic_size if split == "train" else max(num_classes, synthetic_size // 4)
-        images, labels = synthetic_arrays(n, num_classes, img_size, seed=0 if split == "train" else 1)
-        classes = [f"class_{c}" for c in range(num_classes)]
-        return ArrayDataset(images, labels, classes, in_chans=in_chans, transform=transform)
-    return _image_folder(Path(data), split, transform, in_chans=in_chans, strict=strict)
-
-
 def _image_folder(base: Path, split: str, transform: Callable | None, *, in_chans: int,
-                  strict: bool) -> SafeImageFolder:
+                  strict: bool = False) -> SafeImageFolder:
     if not base.is_dir():
         raise DataError(f"dataset folder {base} does not exist; pass an ImageFolder root (with train/ and val/) or "
-                        f"one of {', '.join(SOURCES)}")
+                        f"one of {', '.join(n for n in SOURCES if n != 'folder')}")
     split_dirs = {s: base / s for s in SPLITS}
     missing = [s for s, d in split_dirs.items() if not d.is_dir()]
     if missing:
@@ -283,7 +237,7 @@ def _read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:
-        raise DataError(f"cannot read {path} ({_first_line(err)}); re-download or re-install the file") from None
+        raise DataError(f"cannot read {path} ({first_line(err, 500)}); re-download or re-install the file") from None
     ndim = raw[3] if len(raw) >= 4 else 0
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:3] != b"\x00\x00\x08" or ndim == 0:
@@ -318,6 +272,39 @@ def synthetic_arrays(n: int, num_classes: int, img_size: int, *, seed: int = 0) 
     return np.clip(patterns[labels] + noise, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
+class _Subset(Dataset):
+    """The items at ``indices`` of a dataset, keeping its ``classes``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+        self.classes = list(dataset.classes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
+
+
+def take_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
+    """A fixed random subset of ``n`` items (drawn with ``seed``, independent of the run's seed, so every run of a
+    study trains on the same images), in the dataset's order. For shorter experiments."""
+    if not 0 < n <= len(dataset):
+        raise ConfigError(f"train_subset must lie in 1..{len(dataset)} (the training set's size), got {n}")
+    picked = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
+    return _Subset(dataset, picked.tolist())
+
+
+def spread_subset(dataset: Dataset, n: int | None) -> Dataset:
+    """``n`` items spread evenly over ``dataset`` in its order (every class of a class-sorted set is represented);
+    the whole dataset for ``n`` None or at least its size. For calibrating on, or checking with, part of a split."""
+    if n is None or n >= len(dataset):
+        return dataset
+    if n < 1:
+        raise ConfigError(f"the number of images must be at least 1, got {n}")
+    return _Subset(dataset, np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist())
+
+
 def mean_std(dataset: Dataset, max_samples: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (in [0, 1]) of a dataset's raw images, e.g. to normalise a grayscale folder;
     in-memory sets use all images, others the first ``max_samples``."""
@@ -347,6 +334,171 @@ def mean_std(dataset: Dataset, max_samples: int = 10_000) -> tuple[tuple[float, 
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# ---------------------------------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class SourceOption:
+    """An option of one data source; ``config_key`` is the flat training-config key (and flag) that also sets it."""
+
+    default: Any
+    help: str
+    config_key: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A kind of dataset: ``load(data, split, transform, *, in_chans, img_size, num_classes, **options)`` returns a
+    Dataset with ``.classes``; ``claims(data)`` says whether a ``--data`` path is of this kind."""
+
+    name: str
+    summary: str
+    defaults: DataDefaults
+    load: Callable[..., Dataset]
+    options: Mapping[str, SourceOption] = field(default_factory=dict)
+    claims: Callable[[str], bool] = lambda data: False
+
+
+def _load_fashion_mnist(data: str, split: str, transform: Callable | None, *, in_chans: int, root: str | None = None,
+                        **_: Any) -> Dataset:
+    images, labels = load_fashion_mnist(split, root if data == "fashion-mnist" else data)
+    return ArrayDataset(images, labels, FASHION_MNIST_CLASSES, in_chans=in_chans, transform=transform)
+
+
+def _load_digits(data: str, split: str, transform: Callable | None, *, in_chans: int, **_: Any) -> Dataset:
+    images, labels = _digits(split)
+    return ArrayDataset(images, labels, [str(d) for d in range(10)], in_chans=in_chans, transform=transform)
+
+
+def _load_synthetic(data: str, split: str, transform: Callable | None, *, in_chans: int, img_size: int | None = None,
+                    num_classes: int | None = None, size: int = 512, **_: Any) -> Dataset:
+    num_classes, img_size = num_classes or 10, img_size or 32
+    n = size if split == "train" else max(num_classes, size // 4)
+    images, labels = synthetic_arrays(n, num_classes, img_size, seed=0 if split == "train" else 1)
+    classes = [f"class_{c}" for c in range(num_classes)]
+    return ArrayDataset(images, labels, classes, in_chans=in_chans, transform=transform)
+
+
+def _load_folder(data: str, split: str, transform: Callable | None, *, in_chans: int, strict: bool = False,
+                 **_: Any) -> Dataset:
+    return _image_folder(Path(data), split, transform, in_chans=in_chans, strict=strict)
+
+
+_SMALL_GRAY = "the small grayscale sets are upscaled to 32 px (the stem's stride 4 and three stride-2 blocks need 32)"
+# The source table: a new dataset kind is one record. Named sources first; "folder" takes any other path.
+SOURCES: dict[str, DataSource] = {s.name: s for s in (
+    DataSource("fashion-mnist", "Fashion-MNIST from its IDX files (Debian's dataset-fashion-mnist, or a folder "
+               "holding the four files); val = the 10k test set; " + _SMALL_GRAY,
+               DataDefaults(32, (0.2860,), (0.3530,), 1.0), _load_fashion_mnist,
+               {"root": SourceOption(None, "folder with Fashion-MNIST's IDX files (default: the Debian package's)",
+                                     "data_root")},
+               claims=lambda data: _is_idx_folder(data)),
+    DataSource("digits", "scikit-learn's 8x8 digits, fixed stratified 80/20 split; " + _SMALL_GRAY,
+               DataDefaults(32, (0.3053,), (0.3760,), 1.0), _load_digits),
+    DataSource("synthetic", "deterministic, learnable coloured patterns for tests and smoke runs",
+               DataDefaults(32, (0.5,), (0.25,), 1.0), _load_synthetic,
+               {"size": SourceOption(512, "training images of the synthetic set (val gets a quarter)",
+                                     "synthetic_size")}),
+    DataSource("folder", "an ImageFolder root with train/ and val/, one subfolder per class (ImageNet layout)",
+               DataDefaults(224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875), _load_folder,
+               {"strict": SourceOption(False, "an unreadable image is an error instead of a counted skip",
+                                       "strict_data")}),
+)}
+
+
+DATA_HELP = ("the dataset: an ImageFolder root (train/ and val/, one subfolder per class), a folder of Fashion-MNIST "
+             f"IDX files, or one of {', '.join(n for n in SOURCES if n != 'folder')}")
+
+
+def find_source(data: str | Path) -> DataSource:
+    """The source ``--data`` names: a source name, else the first source claiming the path, else a folder."""
+    data = str(data)
+    if data in SOURCES and data != "folder":
+        return SOURCES[data]
+    return next((s for s in SOURCES.values() if s.claims(data)), SOURCES["folder"])
+
+
+def dataset_defaults(data: str | Path) -> DataDefaults:
+    """Preprocessing defaults suited to ``data``'s source."""
+    return find_source(data).defaults
+
+
+def source_options(source: DataSource, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that apply to ``source``: plain names must be its options (else a ConfigError naming the valid
+    ones); names qualified with a source (``synthetic.size``) apply only to that source and are ignored otherwise."""
+    values = {k: o.default for k, o in source.options.items()}
+    for key, value in options.items():
+        owner, _, name = key.rpartition(".")
+        if owner and owner != source.name:
+            continue
+        if name not in source.options:
+            valid = ", ".join(source.options) or "none"
+            raise ConfigError(f"data source {source.name} has no option {name!r} (its options: {valid})")
+        default = source.options[name].default
+        values[name] = value if value is None or default is None else coerce(name, value, type(default))
+    return values
+
+
+def build_dataset(data: str | Path, split: str, transform: Callable | None = None, *, in_chans: int = 3,
+                  img_size: int | None = None, num_classes: int | None = None, **options: Any) -> Dataset:
+    """One split of ``data``; see the module docstring. ``options`` are the source's (see ``source_options``);
+    ``img_size`` and ``num_classes`` shape generated data and are ignored by real sources."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    source = find_source(data)
+    return source.load(str(data), split, transform, in_chans=in_chans, img_size=img_size, num_classes=num_classes,
+                       **source_options(source, options))
+
+
+# -------------------------------------------------------------------------------------------- preprocessing
+@dataclass(frozen=True)
+class Preprocess:
+    """Settings of the evaluation transform (bicubic resize of the short side to img_size / crop_pct, centre
+    crop, normalise), shared by train, eval and predict."""
+
+    img_size: int = 224
+    crop_pct: float = 0.875
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
+    interpolation: str = "bicubic"
+
+    def transform(self, in_chans: int = 3) -> Callable:
+        return build_transform(False, self.img_size, in_chans=in_chans, mean=self.mean, std=self.std,
+                               crop_pct=self.crop_pct, interpolation=self.interpolation)
+
+    def as_meta(self) -> dict[str, Any]:
+        """The settings as checkpoint metadata (what ``resolve_preprocess`` reads back)."""
+        return {"img_size": self.img_size, "crop_pct": self.crop_pct, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation}
+
+
+_PRE_KEYS = ("img_size", "crop_pct", "mean", "std", "interpolation")
+
+
+def resolve_preprocess(*, model_cfg: Mapping[str, Any] | None = None, data: str | Path | None = None,
+                       meta: Mapping[str, Any] | None = None, **explicit: Any) -> Preprocess:
+    """The eval transform's settings, in increasing priority: a timm model config (``pretrained_cfg``), the data
+    source's defaults, what a checkpoint records, explicit values (None = not given)."""
+    values: dict[str, Any] = {}
+    if model_cfg:
+        values.update(img_size=int(model_cfg.get("input_size", (3, 224, 224))[-1]),
+                      crop_pct=model_cfg.get("crop_pct"), mean=model_cfg.get("mean"), std=model_cfg.get("std"),
+                      interpolation=model_cfg.get("interpolation") or None)
+    if data is not None:
+        d = dataset_defaults(data)
+        values.update(img_size=d.img_size, crop_pct=d.crop_pct, mean=d.mean, std=d.std)
+    for layer in (meta or {}, explicit):
+        values.update({k: layer[k] for k in _PRE_KEYS if layer.get(k) is not None})
+    crop_pct = values.get("crop_pct")
+    if crop_pct is not None and not 0 < float(crop_pct) <= 1:
+        raise ConfigError(f"crop_pct (--crop-pct) must be in (0, 1], got {crop_pct}")
+    values = {k: v for k, v in values.items() if v is not None}
+    for key in ("mean", "std"):
+        if key in values:
+            values[key] = tuple(float(v) for v in values[key])
+    if "img_size" in values:
+        values["img_size"] = int(values["img_size"])
+    return Preprocess(**values)
 
 
 # ------------------------------------------------------------------------------------------------- transforms

@@ -1,5 +1,10 @@
-"""Errors a user can cause. Each message is one line naming the cause and the fix; the CLI prints it without a
-traceback."""
+"""Errors a user can cause, and the one helper that turns any exception into a one-line reason.
+
+Each message is one line naming the cause and the fix; the CLI prints it without a traceback and exits with
+status 2.
+"""
+
+from __future__ import annotations
 
 
 class VanillaNetError(Exception):
@@ -7,16 +12,29 @@ class VanillaNetError(Exception):
 
 
 class ConversionError(VanillaNetError):
-    """The train form cannot be converted to an equivalent deploy form (e.g. act_learn != 1)."""
+    """The train form cannot be converted to an equivalent deploy form (e.g. act_learn != 1), or a backend or
+    exporter cannot reproduce the model's outputs."""
 
 
 class CheckpointError(VanillaNetError):
     """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
 
 
-class ConfigError(VanillaNetError):
-    """A configuration value, recipe or command-line option is wrong."""
+class ConfigError(VanillaNetError, ValueError):
+    """A configuration value, recipe or command-line option is wrong (also a ValueError, which callers of a
+    constructor expect)."""
 
 
 class DataError(VanillaNetError):
     """A dataset path, folder layout or image is wrong."""
+
+
+class NonFiniteLossError(VanillaNetError):
+    """The loss became NaN or infinite: training stopped without saving the diverged state."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (torch's messages are long and span
+    lines); the exception's type name when it has no message."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else type(err).__name__

@@ -1,14 +1,15 @@
 """Top-1/top-5 accuracy and loss of a checkpoint on a validation set (``vanillanet eval``).
 
-Preprocessing is the published evaluation transform: bicubic resize of the short side to img_size / crop_pct,
-centre crop, normalisation. Its settings come from, in increasing priority: the model's pretrained config
-(224 px, crop_pct 0.875, ImageNet mean/std), the defaults of a named small dataset, what the checkpoint records
-(``vanillanet train`` writes img_size, crop_pct, mean, std), and the command line. The model runs through
-``fast_inference`` (deploy form, channels_last; fp16/bf16 with ``--amp``); a train-form checkpoint whose act_learn
-is not yet 1 cannot be converted and is evaluated as it is. ImageNet-ReaL labels (a JSON list with one list of
-labels per validation image, in sorted file-name order) add a ReaL top-1: images with an empty list are left
-out, a prediction counts when it is in the list. Under torchrun every process takes every world_size-th image
-and the counts are summed with all_reduce, so each image counts exactly once.
+``evaluate(predict, loader, ...)`` is the one evaluation loop of the package: ``vanillanet eval`` and the training
+loop's per-epoch validation both use it (the latter also measures how many predictions the deploy form changes).
+Preprocessing is the published evaluation transform (``data.Preprocess``): its settings come from, in increasing
+priority, the model's pretrained config (224 px, crop_pct 0.875, ImageNet mean/std), the data source's defaults,
+what the checkpoint records (``vanillanet train`` writes img_size, crop_pct, mean, std), and the command line. The
+model runs through ``fast_inference`` (deploy form, channels_last; fp16/bf16 with ``--amp``); a train-form
+checkpoint whose act_learn is not yet 1 cannot be converted and is evaluated as it is. ImageNet-ReaL labels (a JSON
+list with one list of labels per validation image, in sorted file-name order) add a ReaL top-1: images with an empty
+list are left out, a prediction counts when it is in the list. Under torchrun every process takes every world_size-
+th image and the counts are summed with all_reduce, so each image counts exactly once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,55 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, ConversionError, DataError
-from .inference import EXACT_BACKENDS, fast_inference, load_model
+from .backends import EXACT_BACKENDS
+from .errors import ConversionError, DataError, first_line
+from .fileio import write_json
+from .inference import fast_inference
+from .registry import create_model
 
-__all__ = ["Preprocess", "evaluate", "load_real_labels", "resolve_preprocess"]
+__all__ = ["evaluate", "load_real_labels"]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Settings of the evaluation transform."""
-
-    img_size: int = 224
-    crop_pct: float = 0.875
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    interpolation: str = "bicubic"
-
-    def transform(self, in_chans: int = 3) -> Callable:
-        from .data import build_transform
-
-        return build_transform(False, self.img_size, in_chans=in_chans, mean=self.mean, std=self.std,
-                               crop_pct=self.crop_pct, interpolation=self.interpolation)
-
-
-def resolve_preprocess(model: nn.Module, meta: dict[str, Any] | None = None, data: str | None = None, *,
-                       img_size: int | None = None, crop_pct: float | None = None) -> Preprocess:
-    """The eval transform's settings: model config < small-dataset defaults < checkpoint metadata < arguments."""
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    values: dict[str, Any] = {}
-    if cfg:
-        values.update(img_size=int(cfg.get("input_size", (3, 224, 224))[-1]), crop_pct=cfg.get("crop_pct", 0.875),
-                      mean=tuple(cfg.get("mean", Preprocess.mean)), std=tuple(cfg.get("std", Preprocess.std)),
-                      interpolation=cfg.get("interpolation", "bicubic") or "bicubic")
-    if data is not None:  # folders get ImageNet's settings; Fashion-MNIST IDX folders and named sets their own
-        from .data import dataset_defaults
-
-        d = dataset_defaults(data)
-        values.update(img_size=d.img_size, crop_pct=d.crop_pct, mean=tuple(d.mean), std=tuple(d.std))
-    for key in ("img_size", "crop_pct", "mean", "std", "interpolation"):
-        if meta and meta.get(key) is not None:
-            values[key] = tuple(meta[key]) if key in ("mean", "std") else meta[key]
-    if img_size is not None:
-        values["img_size"] = img_size
-    if crop_pct is not None:
-        if not 0 < crop_pct <= 1:
-            raise ConfigError(f"--crop-pct must be in (0, 1], got {crop_pct}")
-        values["crop_pct"] = crop_pct
-    return Preprocess(**{**values, "img_size": int(values.get("img_size", 224))})
 
 
 def load_real_labels(path: str | Path, dataset: Any) -> list[list[int]]:
@@ -87,7 +47,7 @@ def load_real_labels(path: str | Path, dataset: Any) -> list[list[int]]:
     try:
         labels = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot read ReaL labels from {path} ({str(err).splitlines()[0]}); it must be a JSON list "
+        raise DataError(f"cannot read ReaL labels from {path} ({first_line(err)}); it must be a JSON list "
                         "of label lists") from None
     if not isinstance(labels, list) or not all(isinstance(x, list) for x in labels):
         raise DataError(f"{path} must hold a JSON list with one list of class indices per image")
@@ -115,6 +75,7 @@ def evaluate(
     loader: Any,
     *,
     device: torch.device,
+    deploy: Callable[[torch.Tensor], torch.Tensor] | None = None,
     real_labels: Sequence[Sequence[int]] | None = None,
     rank: int = 0,
     world_size: int = 1,
@@ -124,17 +85,19 @@ def evaluate(
 
     The loader yields ``(images, targets)`` in dataset order, this process holding dataset indices
     ``rank, rank + world_size, ...`` (``data.build_loader(..., distributed=True)`` does that). Counts are summed
-    over processes when ``world_size > 1``. Returns top1/top5 (%), loss, images, and real_top1/real_images.
+    over processes when ``world_size > 1``. Returns fractions in [0, 1]: ``top1``, ``top5``, mean ``loss``,
+    ``images``; with ``real_labels`` also ``real_top1``/``real_images``; with ``deploy`` (a second predictor, e.g.
+    the deploy form) also its ``deploy_top1`` and ``deploy_agreement``, the fraction of identical top-1
+    predictions.
     """
     from tqdm import tqdm
 
-    stats = torch.zeros(6, dtype=torch.float64)  # top1, top5, loss sum, n, real correct, real n
+    stats = torch.zeros(8, dtype=torch.float64)  # top1, top5, loss sum, n, real hit, real n, deploy hit, agree
     index = rank
     for images, targets in tqdm(loader, desc="eval", disable=not progress or rank != 0, leave=False):
         logits = predict(images).float().cpu()
         targets = targets.cpu()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit = top == targets[:, None]
         stats[0] += hit[:, 0].sum().item()
         stats[1] += hit.any(dim=1).sum().item()
@@ -147,23 +110,30 @@ def evaluate(
                     stats[4] += pred in valid
                     stats[5] += 1
                 index += world_size
+        if deploy is not None:
+            pred_d = deploy(images).float().argmax(1).cpu()
+            stats[6] += (pred_d == targets).sum().item()
+            stats[7] += (pred_d == top[:, 0]).sum().item()
     if world_size > 1:
         reduced = stats.to(device)
         torch.distributed.all_reduce(reduced)
         stats = reduced.cpu()
     n = max(stats[3].item(), 1)
-    result = {"top1": 100 * stats[0].item() / n, "top5": 100 * stats[1].item() / n, "loss": stats[2].item() / n,
+    result = {"top1": stats[0].item() / n, "top5": stats[1].item() / n, "loss": stats[2].item() / n,
               "images": int(stats[3].item())}
     if real_labels is not None:
-        result.update(real_top1=100 * stats[4].item() / max(stats[5].item(), 1), real_images=int(stats[5].item()))
+        result.update(real_top1=stats[4].item() / max(stats[5].item(), 1), real_images=int(stats[5].item()))
+    if deploy is not None:
+        result.update(deploy_top1=stats[6].item() / n, deploy_agreement=stats[7].item() / n)
     return result
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--checkpoint", required=True, help="weights to evaluate (train or deploy form, any layout)")
-    parser.add_argument("--data", required=True,
-                        help="ImageFolder root (its val/ is used), fashion-mnist, digits or synthetic")
+    from .data import DATA_HELP
+
+    parser.add_argument("--data", required=True, help=DATA_HELP + " (its validation split is evaluated)")
     parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
     parser.add_argument("--real-labels", help="ImageNet-ReaL labels JSON (one list per image, sorted file order)")
     parser.add_argument("--json", help="write the results to this JSON file")
@@ -175,7 +145,7 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--amp", action="store_true", help="half precision (fp16 on CUDA, bf16 on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format for --backend none (the other backends always use it)")
-    parser.add_argument("--backend", default="eager", choices=("none", *EXACT_BACKENDS),
+    parser.add_argument("--backend", default="eager", choices=("none", "auto", *EXACT_BACKENDS),
                         help="fast_inference backend (default eager); none = the model exactly as loaded; for int8 "
                         "see vanillanet quantize")
     parser.add_argument("--no-ema", action="store_true", help="use the live weights, not the EMA weights")
@@ -216,13 +186,13 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> int:
-    from .checkpoint import load_checkpoint_file
-    from .data import build_dataset, build_loader, num_skipped
+    from .data import build_dataset, build_loader, num_skipped, resolve_preprocess
 
     t0 = time.perf_counter()
-    model = load_model(args.model, args.checkpoint, use_ema=not args.no_ema).eval()
-    meta = load_checkpoint_file(args.checkpoint, use_ema=not args.no_ema).get("meta", {})
-    pre = resolve_preprocess(model, meta, args.data, img_size=args.img_size, crop_pct=args.crop_pct)
+    model = create_model(args.model, args.checkpoint, use_ema=not args.no_ema).eval()
+    meta = model.checkpoint_meta
+    pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), data=args.data, meta=meta,
+                             img_size=args.img_size, crop_pct=args.crop_pct)
     in_chans = int(getattr(model, "in_chans", 3))
     dataset = build_dataset(args.data, "val", pre.transform(in_chans), in_chans=in_chans)
     num_classes = getattr(model, "num_classes", None)
@@ -252,6 +222,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
             predict, backend = _plain(model, device, args.amp, args.channels_last), "none"
     result = evaluate(predict, loader, device=device, real_labels=real, rank=rank, world_size=world_size,
                       progress=not args.no_progress)
+    result.update({k: 100 * result[k] for k in ("top1", "top5", "real_top1") if k in result})  # reported in %
     result.update(model=getattr(model, "pretrained_cfg", {}).get("architecture", args.model),
                   checkpoint=str(args.checkpoint), data=str(args.data), img_size=pre.img_size,
                   crop_pct=pre.crop_pct, backend=backend, dtype=str(dtype).removeprefix("torch."),
@@ -266,6 +237,5 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
         if result["skipped_images"]:
             print(f"warning: {result['skipped_images']} unreadable images were replaced by their neighbours")
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=1))
+            write_json(args.json, result)
     return 0

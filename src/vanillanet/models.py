@@ -1,8 +1,8 @@
-"""VanillaNet: the variant table, the Block, the model class and its timm registration.
+"""VanillaNet: the variant table (with the published numbers), the input geometry, the Block and the model class.
 
 Train form (``deploy=False``) and deploy form (``deploy=True``) use the original state_dict key names, so
 original checkpoints load with ``strict=True``. ``reparameterize()`` converts the train form to the deploy form
-in place and exactly (see ``layers.py`` for the maths).
+in place and exactly (see ``layers.py`` for the maths). timm registration lives in ``registry.py``.
 """
 
 from __future__ import annotations
@@ -14,32 +14,46 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch import nn
 
-from .errors import ConversionError
+from .errors import ConfigError, ConversionError
 from .layers import (
     BN_EPS,
-    SeriesActivation,
     conv_bn,
     fold_conv_bn,
+    make_activation,
+    make_pool,
     merge_convs,
     new_conv,
 )
 
-__all__ = ["VARIANTS", "VariantSpec", "Block", "DeepTrainingSlope", "VanillaNet", "variant_names"]
+__all__ = ["MODEL_OPTIONS", "PUBLISHED", "PUBLISHED_TRAIN", "SHORTCUT_REFUSAL", "VARIANTS", "Block",
+           "ConversionHook", "DeepTrainingSlope", "Published", "ResidualBlock", "ResidualSingleConvBlock",
+           "SingleConvBlock", "VanillaNet", "VariantSpec", "check_input_size", "check_model_name",
+           "default_out_indices", "describe_dims", "feature_map_sides", "input_cfg", "match_variants",
+           "min_input_side", "min_input_size", "variant_names", "variant_of"]
 
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """Architecture of one published variant (SPEC.md section 1)."""
+    """Architecture of one published variant: block widths (``dims[0]`` is the stem's), block strides and, for the
+    ada_pool variant, the output size of each block's adaptive max pool (0 = the usual pool)."""
 
     dims: tuple[int, ...]
     strides: tuple[int, ...]
     ada_pool: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the paper reports for a variant's deploy form at 224x224 on ImageNet-1k. ``params_m`` and ``gmacs`` are
+    kept as printed (the precision is part of the claim); latency is A100, batch 1, fp32 eager."""
+
+    params_m: str
+    gmacs: str
+    top1: float
+    real_top1: float
+    a100_ms: float
 
 
 def _deep(n_mid: int) -> VariantSpec:
@@ -48,18 +62,155 @@ def _deep(n_mid: int) -> VariantSpec:
 
 
 _X15 = tuple(int(d * 1.5) for d in _deep(6).dims)
+# The variant table: a new variant is one line here (and its published numbers in PUBLISHED below).
 VARIANTS: dict[str, VariantSpec] = {
     "vanillanet_5": VariantSpec((512, 1024, 2048, 4096), (2, 2, 2)),
     "vanillanet_6": VariantSpec((512, 1024, 2048, 4096, 4096), (2, 2, 2, 1)),
     "vanillanet_7": VariantSpec((512, 512, 1024, 2048, 4096, 4096), (1, 2, 2, 2, 1)),
-        **{f"vanillanet_{7 + n}": _deep(n) for n in range(1, 7)},
+    **{f"vanillanet_{7 + n}": _deep(n) for n in range(1, 7)},
     "vanillanet_13_x1_5": VariantSpec(_X15, _deep(6).strides),
     "vanillanet_13_x1_5_ada_pool": VariantSpec(_X15, _deep(6).strides, (0, 38, 19, 0, 0, 0, 0, 0, 0, 10, 0)),
 }
 
+# Published deploy-form numbers (paper / official README), one line per variant.
+PUBLISHED: dict[str, Published] = {
+    "vanillanet_5": Published("15.5", "5.2", 72.49, 79.66, 1.61),
+    "vanillanet_6": Published("32.5", "6.0", 76.36, 82.86, 2.01),
+    "vanillanet_7": Published("32.8", "6.9", 77.98, 84.16, 2.27),
+    "vanillanet_8": Published("37.1", "7.7", 79.13, 85.14, 2.56),
+    "vanillanet_9": Published("41.4", "8.6", 79.87, 85.66, 2.91),
+    "vanillanet_10": Published("45.7", "9.4", 80.57, 86.25, 3.24),
+    "vanillanet_11": Published("50.0", "10.3", 81.08, 86.54, 3.59),
+    "vanillanet_12": Published("54.3", "11.1", 81.55, 86.81, 3.82),
+    "vanillanet_13": Published("58.6", "11.9", 82.05, 87.15, 4.26),
+    "vanillanet_13_x1_5": Published("127.8", "26.5", 82.53, 87.48, 7.83),
+    "vanillanet_13_x1_5_ada_pool": Published("127.8", "48.98", 83.11, 87.85, 9.72),
+}
+# Published train-form numbers (params M, GMACs).
+PUBLISHED_TRAIN: dict[str, tuple[str, str]] = {"vanillanet_5": ("22.3", "8.45"), "vanillanet_13": ("107.7", "21.8")}
+
 
 def variant_names() -> list[str]:
     return list(VARIANTS)
+
+
+def check_model_name(name: str) -> None:
+    """One-line ``ConfigError`` listing the valid names unless ``name`` is a registered variant."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(VARIANTS)} (see `vanillanet list`)")
+
+
+def match_variants(dims: Sequence[int]) -> list[tuple[str, float]]:
+    """Registered variants whose widths, scaled uniformly (``width_mult``), give ``dims``: [(name, width_mult)]."""
+    found = []
+    for name, spec in VARIANTS.items():
+        if len(spec.dims) != len(dims):
+            continue
+        mult = dims[0] / spec.dims[0]
+        if all(max(1, int(round(d * mult))) == got for d, got in zip(spec.dims, dims)):
+            found.append((name, mult))
+    return found
+
+
+def describe_dims(dims: Sequence[int]) -> str:
+    """'vanillanet_5', 'vanillanet_5 with width_mult 0.125' or 'a custom VanillaNet with dims [...]'."""
+    matches = match_variants(dims)
+    if not matches:
+        return f"a custom VanillaNet with dims {list(dims)}"
+    exact = [name for name, mult in matches if mult == 1]
+    if exact:
+        return " or ".join(exact)
+    name, mult = matches[0]
+    return f"{name} with width_mult {mult:g}"
+
+
+def variant_of(model: nn.Module) -> str:
+    """The registered variant ``model`` is (its timm config's name, else the variant with its widths, strides and
+    pooling), or 'custom'."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if name in VARIANTS:
+        return name
+    fits = [n for n, _ in match_variants(model.dims)
+            if (VARIANTS[n].strides, VARIANTS[n].ada_pool) == (tuple(model.strides), model.ada_pool)]
+    return fits[0] if fits else "custom"
+
+
+def default_out_indices(strides: Sequence[int]) -> tuple[int, ...]:
+    """The last block at each resolution (for vanillanet_13: blocks 0, 1, 8, 10, as the detection configs use)."""
+    n = len(strides)
+    return tuple(i for i in range(n) if i == n - 1 or strides[i + 1] != 1)
+
+
+# ---- input geometry -------------------------------------------------------------------------------------------
+REFERENCE_INPUT = 224  # the published input size (ImageNet-1k evaluation)
+
+
+def stem_stride_padding(ada_pool: Sequence[int] | None) -> tuple[int, int]:
+    """The 4x4 stem conv's (stride, padding): (4, 0), or (3, 1) for the ada_pool design (224 -> 75)."""
+    return (3, 1) if ada_pool is not None else (4, 0)
+
+
+def feature_map_sides(img_size: int, strides: Sequence[int], ada_pool: Sequence[int] | None = None) -> list[int]:
+    """Side of the stem's output and of each block's output (one axis) for an ``img_size`` input; <= 0: none.
+
+    A stride-s block pools by max pooling (floor(side / s)), or adaptively to ceil(side / s) where ada_pool is set.
+    """
+    stride, padding = stem_stride_padding(ada_pool)
+    side = (img_size + 2 * padding - 4) // stride + 1
+    sides = [side]
+    for i, s in enumerate(strides):
+        if s != 1:
+            side = -(-side // s) if ada_pool is not None and ada_pool[i] else side // s
+        sides.append(side)
+    return sides
+
+
+def min_input_side(strides: Sequence[int], ada_pool: Sequence[int] | None = None) -> int:
+    """The smallest input side (pixels) for which every map has at least one pixel (sides grow with the input)."""
+    n = 1
+    while min(feature_map_sides(n, strides, ada_pool)) < 1:
+        n += 1
+    return n
+
+
+def _check_ada_pool(strides: Sequence[int], ada_pool: Sequence[int]) -> None:
+    """Adaptive pools output ceil(side / stride) (see ``StridedAdaptiveMaxPool2d``), so the original's fixed
+    sizes are accepted where they are exactly that at the reference input (e.g. 38, 19, 10 at 224 px)."""
+    if len(ada_pool) != len(strides):
+        raise ConfigError(f"ada_pool needs one entry per block ({len(strides)}), got {len(ada_pool)}")
+    sides = feature_map_sides(REFERENCE_INPUT, strides, ada_pool)
+    expected = tuple(sides[i + 1] if a and s != 1 else a for i, (a, s) in enumerate(zip(ada_pool, strides)))
+    if tuple(ada_pool) != expected:
+        raise ConfigError(f"ada_pool={tuple(ada_pool)} cannot be kept at every input size: adaptive pools here output "
+                         f"ceil(side / stride), which at {REFERENCE_INPUT} px gives ada_pool={expected}")
+
+
+def input_cfg(spec: VariantSpec) -> dict:
+    """timm pretrained-cfg keys that follow from a variant's geometry: ``pool_size`` (the last map at the
+    reference input) and ``min_input_size``. No variant has a fixed input size."""
+    side = feature_map_sides(REFERENCE_INPUT, spec.strides, spec.ada_pool)[-1]
+    smallest = min_input_side(spec.strides, spec.ada_pool)
+    return {"pool_size": (side, side), "min_input_size": (3, smallest, smallest)}
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest square input (pixels) for which every pooling of a VanillaNet still has an output (1 for other
+    models, which are not checked)."""
+    if getattr(model, "strides", None) is None or not hasattr(model, "ada_pool"):
+        return 1
+    return min_input_side(model.strides, model.ada_pool)
+
+
+def check_input_size(model: nn.Module, img_size: int) -> None:
+    """Raise ConfigError (one line) when ``img_size`` is too small for ``model``."""
+    need = min_input_size(model)
+    if img_size < need:
+        raise ConfigError(f"input size {img_size} px is too small for this model (its stem and pooling need at least "
+                          f"{need} px); use an image size of {need} or more")
+
+
+# The ablation options of VanillaNet (constructor arguments) and their values in the paper's network.
+MODEL_OPTIONS = {"deep_training": True, "series_act": True, "shortcut": False}
 
 
 class DeepTrainingSlope(nn.Module):
@@ -89,7 +240,13 @@ class DeepTrainingSlope(nn.Module):
 
 
 class Block(nn.Module):
-    """One VanillaNet layer. Train: conv1(1x1)+BN, slope, conv2(1x1)+BN, pool, activation. Deploy: conv, pool, act."""
+    """One VanillaNet layer. Train: conv1(1x1)+BN, slope, conv2(1x1)+BN, pool, activation. Deploy: conv, pool, act.
+
+    The pool is max pooling by ``stride``, or adaptive max pooling to ceil(side / stride) when ``ada_pool`` is
+    non-zero (the ada_pool design), or nothing at stride 1.
+    """
+
+    __constants__ = ["deploy"]  # lets TorchScript compile only the branch of this form
 
     def __init__(
         self,
@@ -100,6 +257,7 @@ class Block(nn.Module):
         deploy: bool = False,
         ada_pool: int | None = None,
         slope: DeepTrainingSlope | None = None,
+        series_act: bool = True,
     ):
         super().__init__()
         self.deploy = deploy
@@ -109,13 +267,8 @@ class Block(nn.Module):
             self.slope = slope if slope is not None else DeepTrainingSlope()
             self.conv1 = conv_bn(dim, dim)
             self.conv2 = conv_bn(dim, dim_out)
-        if stride == 1:
-            self.pool = nn.Identity()
-        elif ada_pool:
-            self.pool = nn.AdaptiveMaxPool2d((ada_pool, ada_pool))
-        else:
-            self.pool = nn.MaxPool2d(stride)
-        self.act = SeriesActivation(dim_out, act_num, deploy=deploy)
+        self.pool = make_pool(stride, ada_pool)
+        self.act = make_activation(dim_out, act_num, deploy, series_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
@@ -138,6 +291,83 @@ class Block(nn.Module):
     switch_to_deploy = reparameterize
 
 
+class SingleConvBlock(nn.Module):
+    """A layer trained without deep training (``VanillaNet(deep_training=False)``): conv(1x1)+BN, pool, activation.
+
+    It is the deploy-form Block with a BN after its conv, trained as such from the start (no second conv, no slope).
+    Conversion folds the BNs, giving exactly the keys of ``Block(deploy=True)``: ``conv.{weight,bias}``, ``act.*``.
+    """
+
+    def __init__(self, dim: int, dim_out: int, act_num: int = 3, stride: int = 2, ada_pool: int | None = None,
+                 series_act: bool = True):
+        super().__init__()
+        self.deploy = False
+        self.conv = conv_bn(dim, dim_out)
+        self.pool = make_pool(stride, ada_pool)
+        self.act = make_activation(dim_out, act_num, series=series_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.pool(self.conv(x)))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the conv's BN and the activation's BN. Idempotent."""
+        if self.deploy:
+            return
+        self.conv = new_conv(*fold_conv_bn(self.conv))
+        self.act.reparameterize()
+        self.deploy = True
+
+    switch_to_deploy = reparameterize
+
+
+SHORTCUT_REFUSAL = ("this network has shortcuts (shortcut=True): a residual connection adds the input to the output, "
+                    "so a shortcut network is not a plain network and has no deploy form; evaluate its train form")
+
+
+class _Shortcut:
+    """Refuses conversion for a block with an identity shortcut (``VanillaNet(shortcut=True)``): such a network is not
+    a plain network. Mixed into the residual block classes, which keep their plain block's keys."""
+
+    def reparameterize(self) -> None:
+        raise ConversionError(SHORTCUT_REFUSAL)
+
+    switch_to_deploy = reparameterize
+
+
+class ResidualBlock(_Shortcut, Block):
+    """A deep-training Block with an identity shortcut around it, activation included (input and output shapes
+    must match). Never in deploy form, so its forward is the train path (written out: TorchScript has no super())."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.pool(self.conv2(self.slope(self.conv1(x)))))
+
+
+class ResidualSingleConvBlock(_Shortcut, SingleConvBlock):
+    """A SingleConvBlock with an identity shortcut around it, activation included (input and output shapes must
+    match)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.pool(self.conv(x)))
+
+
+class ConversionHook(nn.Module):
+    """A parameterless first child whose ``reparameterize()`` converts its owner model.
+
+    ``timm.utils.reparameterize_model`` only visits children, so a model whose conversion is more than its
+    children's needs such a hook (in the deep-training form, the shared ``DeepTrainingSlope`` is it). Never called
+    in the forward pass; not a state_dict key.
+    """
+
+    def __init__(self, owner: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # plain back-reference, not a submodule
+
+    def reparameterize(self) -> None:
+        if self._owner is not None:
+            self._owner.reparameterize()
+
+
 def _check_slope(slope: DeepTrainingSlope) -> None:
     value = slope.value
     if value != 1.0:
@@ -148,11 +378,56 @@ def _check_slope(slope: DeepTrainingSlope) -> None:
         )
 
 
+def _check_global_pool(global_pool: str) -> None:
+    if global_pool not in ("avg", ""):
+        raise ConfigError(f"VanillaNet pools by average or not at all: global_pool must be 'avg' or '', "
+                          f"got {global_pool!r}")
+
+
 def _init_weights(m: nn.Module) -> None:
+    from timm.layers import trunc_normal_  # timm's, as the original (its draws differ from torch's)
+
     if isinstance(m, (nn.Conv2d, nn.Linear)):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def _check_arguments(in_chans: int, num_classes: int, dims: Sequence[int], strides: Sequence[int], drop_rate: float,
+                     act_num: int, ada_pool: Sequence[int] | None, width_mult: float, global_pool: str,
+                     drop_path_rate: float, deploy: bool = False, shortcut: bool = False) -> None:
+    """One-line ConfigErrors for constructor arguments that cannot build a VanillaNet."""
+    problems = [
+        (len(dims) != len(strides) + 1, f"need len(dims) == len(strides) + 1, got {len(dims)} dims and "
+                                        f"{len(strides)} strides"),
+        (bool(drop_path_rate), "VanillaNet has no residual branches, so drop_path_rate must be 0"),
+        (not width_mult > 0 or not math.isfinite(width_mult), f"width_mult must be a positive number, got "
+                                                               f"{width_mult}"),
+        (isinstance(act_num, bool) or not isinstance(act_num, int) or not 0 <= act_num <= 16,
+         f"act_num must be an integer between 0 and 16 (kernel 2*act_num+1), got {act_num!r}"),
+        (shortcut and deploy, "shortcut=True has no deploy form (a shortcut network is not a plain network): build "
+                              "it with deploy=False"),
+        (not 0 <= drop_rate < 1, f"drop_rate must lie in [0, 1), got {drop_rate}"),
+        (in_chans < 1, f"in_chans must be at least 1, got {in_chans}"),
+        (num_classes < 0, f"num_classes must be 0 (no head) or more, got {num_classes}"),
+        (any(d < 1 for d in dims) or any(s < 1 for s in strides), f"dims and strides must be positive, got dims "
+                                                                   f"{list(dims)} and strides {list(strides)}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise ConfigError(message)
+    if ada_pool is not None:
+        _check_ada_pool(strides, ada_pool)
+    _check_global_pool(global_pool)
+
+
+def _residual_blocks(dims: Sequence[int], strides: Sequence[int], shortcut: bool) -> list[bool]:
+    """Which blocks get an identity shortcut with ``shortcut=True``: those whose input and output shapes match."""
+    residual = [shortcut and s == 1 and dims[i] == dims[i + 1] for i, s in enumerate(strides)]
+    if shortcut and not any(residual):
+        raise ConfigError("shortcut=True, but no block keeps its input shape (stride 1 and dim == dim_out), so there "
+                          "is nowhere to add an identity shortcut; use a variant with a stride-1 block")
+    return residual
 
 
 class VanillaNet(nn.Module):
@@ -160,8 +435,31 @@ class VanillaNet(nn.Module):
 
     Args mirror the original: ``in_chans``, ``num_classes``, ``dims``, ``strides``, ``drop_rate`` (head dropout),
     ``act_num`` (activation kernel 2n+1), ``deploy``, ``ada_pool``. ``width_mult`` scales every width (narrow
-    models for CPU training). ``num_classes=0`` gives a headless feature extractor (timm convention).
+    models for CPU training). timm's head conventions: ``num_classes=0`` removes the classifier (pooled features
+    (N, C)), ``global_pool=""`` removes the pooling too (NCHW out; with classes, per-position logits).
+
+    Graph capture (FX, TorchScript, torch.export, ONNX): the forward methods branch only on attributes fixed at
+    construction or conversion (``single_conv``, ``num_classes``, ``global_pool``, ``grad_checkpointing``), which
+    tracers read once; ``single_conv`` is a TorchScript constant, so only the modules of the model's form are
+    compiled. The only shape-dependent code is in ``layers.series_taps`` (kernel trimming on tiny maps) and
+    ``layers.StridedAdaptiveMaxPool2d``; their docstrings say what each capture sees. A captured graph keeps the
+    act_learn value it was captured with.
+
+    Ablation options (the defaults are the paper's network, with the original keys):
+
+    - ``deep_training=False``: every layer is trained as the single conv it becomes at deploy time, from the start:
+      stem = 4x4 conv + BN + activation, block = 1x1 conv + BN, pool, activation, head = pool, dropout, one 1x1 conv;
+      no slope and no act_learn. Keys ``stem.0.0.*`` (conv), ``stem.0.1.*`` (BN), ``stem.1.*``,
+      ``stages.{i}.conv.{0,1}.*``, ``stages.{i}.act.*``, ``cls.2.*``; it converts to the usual deploy form.
+    - ``series_act=False``: a plain ReLU instead of the series activation (no depthwise conv, no ``act.*`` keys in
+      either form). ``act_num`` is then unused.
+    - ``shortcut=True``: an identity shortcut around every block whose input and output shapes match (stride 1 and
+      dim == dim_out; in vanillanet_6 only the last block); the other blocks, the stem and the head are unchanged.
+      Same keys, but not a plain network: conversion refuses (``ConversionError``).
     """
+
+    __constants__ = ["single_conv"]  # the deploy form, or the train form without deep training
+    __jit_unused_properties__ = ["act_learn"]  # a training control, not part of the scripted graph
 
     def __init__(
         self,
@@ -176,40 +474,44 @@ class VanillaNet(nn.Module):
         width_mult: float = 1.0,
         global_pool: str = "avg",
         drop_path_rate: float = 0.0,
+        deep_training: bool = True,
+        series_act: bool = True,
+        shortcut: bool = False,
     ):
         super().__init__()
-        if len(dims) != len(strides) + 1:
-            raise ValueError(f"need len(dims) == len(strides) + 1, got {len(dims)} dims and {len(strides)} strides")
-        if ada_pool is not None and len(ada_pool) != len(strides):
-            raise ValueError(f"ada_pool needs one entry per block ({len(strides)}), got {len(ada_pool)}")
-        if global_pool != "avg":
-            raise ValueError(f"VanillaNet pools by average only, got global_pool={global_pool!r}")
-        if drop_path_rate:
-            raise ValueError("VanillaNet has no residual branches, so drop_path_rate must be 0")
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        _check_arguments(in_chans, num_classes, dims, strides, drop_rate, act_num, ada_pool, width_mult,
+                         global_pool, drop_path_rate, deploy, shortcut)
         dims = [max(1, int(round(d * width_mult))) for d in dims]
+        self.deep_training, self.series_act, self.shortcut = bool(deep_training), bool(series_act), bool(shortcut)
+        residual = _residual_blocks(dims, strides, self.shortcut)
+        # True when each layer is one conv (the deploy form, or the train form without deep training): the stem and
+        # head then have the deploy form's layout.
+        self.single_conv = deploy or not deep_training
         self.in_chans, self.num_classes, self.drop_rate = in_chans, num_classes, drop_rate
         self.dims, self.strides = tuple(dims), tuple(strides)
         self.act_num, self.deploy = act_num, deploy
         self.ada_pool = tuple(ada_pool) if ada_pool is not None else None
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
-        stem_stride, stem_pad = (3, 1) if ada_pool is not None else (4, 0)
+        stem_stride, stem_pad = stem_stride_padding(ada_pool)
 
         if deploy:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad),
-                SeriesActivation(dims[0], act_num, deploy=True),
+                make_activation(dims[0], act_num, True, series_act),
             )
+        elif not deep_training:
+            self.convert_hook = ConversionHook(self)
+            self.stem = nn.Sequential(conv_bn(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad),
+                                      make_activation(dims[0], act_num, series=series_act))
         else:
             self.slope = DeepTrainingSlope()
             object.__setattr__(self.slope, "_owner", self)
             self.stem1 = conv_bn(in_chans, dims[0], 4, stride=stem_stride, padding=stem_pad)
-            self.stem2 = nn.Sequential(*conv_bn(dims[0], dims[0]), SeriesActivation(dims[0], act_num))
+            self.stem2 = nn.Sequential(*conv_bn(dims[0], dims[0]), make_activation(dims[0], act_num, series=series_act))
         self.stages = nn.ModuleList(
-            Block(dims[i], dims[i + 1], act_num, strides[i], deploy,
-                  ada_pool[i] if ada_pool is not None else None, None if deploy else self.slope)
+            self._make_block(dims[i], dims[i + 1], strides[i], ada_pool[i] if ada_pool is not None else None,
+                             residual[i])
             for i in range(len(strides))
         )
         self.feature_info = []
@@ -217,14 +519,24 @@ class VanillaNet(nn.Module):
         for i, stride in enumerate(strides):
             reduction *= stride
             self.feature_info.append(dict(num_chs=dims[i + 1], reduction=reduction, module=f"stages.{i}"))
-        self._build_head(num_classes)
+        self._build_head(num_classes, global_pool)
         self.apply(_init_weights)
 
+    def _make_block(self, dim: int, dim_out: int, stride: int, ada_pool: int | None, residual: bool) -> nn.Module:
+        """Block i in the form and with the options chosen at construction."""
+        if self.deep_training or self.deploy:
+            cls = ResidualBlock if residual else Block
+            return cls(dim, dim_out, self.act_num, stride, self.deploy, ada_pool, None if self.deploy else self.slope,
+                       self.series_act)
+        cls = ResidualSingleConvBlock if residual else SingleConvBlock
+        return cls(dim, dim_out, self.act_num, stride, ada_pool, self.series_act)
+
     # ---- head -------------------------------------------------------------------------------------------------
-    def _build_head(self, num_classes: int) -> None:
+    def _build_head(self, num_classes: int, global_pool: str) -> None:
         c = self.num_features
-        pool_drop = [nn.AdaptiveAvgPool2d((1, 1)), nn.Dropout(self.drop_rate)]
-        if self.deploy:
+        pool = nn.AdaptiveAvgPool2d((1, 1)) if global_pool == "avg" else nn.Identity()  # no parameters: same keys
+        pool_drop = [pool, nn.Dropout(self.drop_rate)]
+        if self.single_conv:
             self.cls = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1) if num_classes else nn.Identity())
         elif num_classes:
             self.cls1 = nn.Sequential(*pool_drop, nn.Conv2d(c, num_classes, 1), nn.BatchNorm2d(num_classes, eps=BN_EPS))
@@ -232,18 +544,19 @@ class VanillaNet(nn.Module):
         else:
             self.cls1 = nn.Sequential(*pool_drop, nn.Identity(), nn.Identity())
             self.cls2 = nn.Sequential(nn.Identity())
-        self.num_classes = num_classes
+        self.num_classes, self.global_pool = num_classes, global_pool
 
     def get_classifier(self) -> nn.Module:
-        return self.cls[2] if self.deploy else self.cls2[0]
+        return self.cls[2] if self.single_conv else self.cls2[0]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head by a freshly initialised one for ``num_classes`` (0 = no head), in the current form."""
-        if global_pool not in (None, "", "avg"):
-            raise ValueError(f"VanillaNet pools by average only, got global_pool={global_pool!r}")
+        """Replace the head by a freshly initialised one for ``num_classes`` (0 = no classifier), in the current
+        form. ``global_pool``: "avg" or "" (no pooling: NCHW out, timm's rule); None keeps the current one."""
+        global_pool = self.global_pool if global_pool is None else global_pool
+        _check_global_pool(global_pool)
         ref = next(self.parameters())
-        self._build_head(num_classes)
-        head = [self.cls] if self.deploy else [self.cls1, self.cls2]
+        self._build_head(num_classes, global_pool)
+        head = [self.cls] if self.single_conv else [self.cls1, self.cls2]
         for m in head:
             m.apply(_init_weights)
             m.to(device=ref.device, dtype=ref.dtype)
@@ -251,8 +564,9 @@ class VanillaNet(nn.Module):
     # ---- act_learn (deep training) ------------------------------------------------------------------------------
     @property
     def act_learn(self) -> float:
-        """Slope between each pair of convs: 0 = ReLU (start of deep training), 1 = identity (mergeable)."""
-        return 1.0 if self.deploy else self.slope.value
+        """Slope between each pair of convs: 0 = ReLU (start of deep training), 1 = identity (mergeable); 1 when
+        each layer is a single conv (deploy form, or ``deep_training=False``)."""
+        return 1.0 if self.single_conv else self.slope.value
 
     @act_learn.setter
     def act_learn(self, value: float) -> None:
@@ -263,7 +577,12 @@ class VanillaNet(nn.Module):
         """The one setter: stem, every block and head share one slope, so this reaches all of them."""
         value = float(value)
         if not 0.0 <= value <= 1.0 or math.isnan(value):
-            raise ValueError(f"act_learn must lie in [0, 1], got {value}")
+            raise ConfigError(f"act_learn must lie in [0, 1], got {value}; 0 = ReLU, 1 = identity")
+        if not self.deploy and not self.deep_training:
+            if value != 1.0:
+                raise ConfigError("this model trains without deep training (deep_training=False): each layer is one "
+                                  "conv, there is no act_learn to set; build it with deep_training=True to use it")
+            return
         if self.deploy:
             if value != 1.0:
                 raise ConversionError("this model is in deploy form: its layers are merged and act_learn is fixed "
@@ -275,32 +594,33 @@ class VanillaNet(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
+        if self.single_conv:
             return self.stem(x)
         return self.stem2(self.slope(self.stem1(x)))
 
-    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and torch.is_grad_enabled()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
         for stage in self.stages:
-            x = self._run_stage(stage, x)
+            if not torch.jit.is_scripting() and self._checkpointing():
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        head = self.cls if self.deploy else self.cls1
-        x = head[1](head[0](x))
-        if pre_logits:
-            return x.flatten(1)
-        if self.deploy:
-            return head[2](x).flatten(1)
-        x = self.cls1[3](self.cls1[2](x))
-        if self.num_classes:
-            x = self.cls2(self.slope(x))
-        return x.flatten(1)
+        """Pooling and dropout, then (unless ``pre_logits``) the classifier; flattened to (N, C) when pooled."""
+        if self.single_conv:
+            x = self.cls[1](self.cls[0](x))
+            if not pre_logits:
+                x = self.cls[2](x)
+        else:
+            x = self.cls1[1](self.cls1[0](x))
+            if not pre_logits and self.num_classes > 0:
+                x = self.cls2(self.slope(self.cls1[3](self.cls1[2](x))))
+        return x.flatten(1) if self.global_pool == "avg" else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -315,14 +635,16 @@ class VanillaNet(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Block outputs at ``indices`` (timm's feature API; index i = output of block i, see ``feature_info``)."""
+        from timm.models._features import feature_take_indices
+
         if output_fmt != "NCHW":
-            raise ValueError("VanillaNet features are NCHW only")
+            raise ConfigError(f"VanillaNet features are NCHW only, got output_fmt={output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         x = self.forward_stem(x)
         stages = self.stages[: max_index + 1] if stop_early else self.stages
         for i, stage in enumerate(stages):
-            x = self._run_stage(stage, x)
+            x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False) if self._checkpointing() else stage(x)
             if i in take_indices:
                 intermediates.append(x)
         if intermediates_only:
@@ -333,12 +655,14 @@ class VanillaNet(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the blocks after the last wanted index (and the head), for feature extraction."""
+        from timm.models._features import feature_take_indices
+
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
         self.feature_info = self.feature_info[: max_index + 1]
         self.num_features = self.head_hidden_size = self.feature_info[-1]["num_chs"]
         if prune_head:
-            self.reset_classifier(0)
+            self.reset_classifier(0, "")
         return take_indices
 
     # ---- timm conveniences --------------------------------------------------------------------------------------
@@ -360,9 +684,15 @@ class VanillaNet(nn.Module):
     def reparameterize(self) -> None:
         """Convert to the deploy form in place, exactly (eval-mode BN statistics). Idempotent.
 
-        Raises ConversionError when act_learn != 1 (the layers are not yet linear and cannot be merged).
+        Raises ConversionError when act_learn != 1 (the layers are not yet linear and cannot be merged) and for a
+        network with shortcuts (not a plain network).
         """
         if self.deploy:
+            return
+        if self.shortcut:
+            raise ConversionError(SHORTCUT_REFUSAL)
+        if not self.deep_training:
+            self._reparameterize_single_conv()
             return
         _check_slope(self.slope)
         stride, padding = self.stem1[0].stride, self.stem1[0].padding
@@ -385,73 +715,19 @@ class VanillaNet(nn.Module):
             stages=self.stages,
             cls=head,
         )
+        self.deploy = self.single_conv = True
+
+    @torch.no_grad()
+    def _reparameterize_single_conv(self) -> None:
+        """``deep_training=False``: fold every BN into its conv; the layout already is the deploy form's."""
+        conv = self.stem[0][0]
+        self.stem[0] = new_conv(*fold_conv_bn(self.stem[0]), stride=conv.stride, padding=conv.padding)
+        self.stem[1].reparameterize()
+        for block in self.stages:
+            block.reparameterize()
+        object.__setattr__(self.convert_hook, "_owner", None)  # break the back-reference; later calls are no-ops
+        # a fresh module dict without the hook (see reparameterize), in the deploy form's key order
+        self._modules = OrderedDict(stem=self.stem, stages=self.stages, cls=self.cls)
         self.deploy = True
 
     switch_to_deploy = reparameterize
-
-
-# ---- timm registration ----------------------------------------------------------------------------------------
-def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem1.0",
-        "classifier": "cls2.0",
-        "license": "mit",
-        "paper_ids": "arXiv:2305.12972",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
-
-
-def default_out_indices(strides: Sequence[int]) -> tuple[int, ...]:
-    """The last block at each resolution (for vanillanet_13: blocks 0, 1, 8, 10, as the detection configs use)."""
-    n = len(strides)
-    return tuple(i for i in range(n) if i == n - 1 or strides[i + 1] != 1)
-
-
-def checkpoint_filter_fn(state_dict: dict, model: VanillaNet) -> dict:
-    """Map any supported checkpoint layout onto ``model``'s keys (timm's pretrained hook; see checkpoint.py)."""
-    from .checkpoint import filter_state_dict
-
-    return filter_state_dict(state_dict, model)
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> VanillaNet:
-    spec = VARIANTS[variant]
-    arch = dict(dims=spec.dims, strides=spec.strides)
-    if spec.ada_pool is not None:
-        arch["ada_pool"] = spec.ada_pool
-    arch.update(kwargs)
-    out_indices = arch.pop("out_indices", default_out_indices(arch["strides"]))
-    return build_model_with_cfg(
-        VanillaNet,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **arch,
-    )
-
-
-def _register(name: str) -> None:
-    def entry(pretrained: bool = False, **kwargs) -> VanillaNet:
-        return _create(name, pretrained, **kwargs)
-
-    entry.__name__ = name
-    entry.__qualname__ = name
-    entry.__doc__ = f"{name}: dims {VARIANTS[name].dims}, strides {VARIANTS[name].strides}."
-    entry.__module__ = __name__
-    globals()[name] = register_model(entry)
-
-
-for _name in VARIANTS:
-    _register(_name)

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
-from .inference import EXACT_BACKENDS, fast_inference, load_model
+from .backends import EXACT_BACKENDS
+from .errors import DataError, first_line
+from .inference import fast_inference
+from .registry import create_model
 
 __all__ = ["Prediction", "class_names_for", "collect_images", "predict_images"]
 
@@ -93,7 +95,7 @@ def predict_images(predict: Any, paths: list[Path], transform: Any, names: list[
         try:
             pending.append((pred, transform(_read(path, mode))))
         except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            pred.error = f"cannot read image ({(str(err).splitlines() or [type(err).__name__])[0]})"
+            pred.error = f"cannot read image ({first_line(err)})"
             continue
         if len(pending) == batch_size:
             flush()
@@ -110,15 +112,14 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--img-size", type=int, help="input size (default: from the checkpoint / model config)")
     parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: from the model config)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--backend", default="eager", choices=EXACT_BACKENDS,
+    parser.add_argument("--backend", default="eager", choices=("auto", *EXACT_BACKENDS),
                         help="fast_inference backend (default eager; for int8 see vanillanet quantize)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint_file
-    from .evaluate import resolve_preprocess
+    from .data import resolve_preprocess
 
     if args.topk < 1:
         raise DataError(f"--topk must be at least 1, got {args.topk}")
@@ -127,9 +128,10 @@ def _main(args: argparse.Namespace) -> int:
         for r in errors:
             print(f"vanillanet predict: {r.path}: {r.error}", file=sys.stderr)
         raise DataError(f"none of the {len(errors)} inputs is an image file; check the paths")
-    model = load_model(args.model, args.checkpoint).eval()
-    meta = load_checkpoint_file(args.checkpoint).get("meta", {})
-    pre = resolve_preprocess(model, meta, img_size=args.img_size, crop_pct=args.crop_pct)
+    model = create_model(args.model, args.checkpoint).eval()
+    meta = model.checkpoint_meta
+    pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), meta=meta, img_size=args.img_size,
+                             crop_pct=args.crop_pct)
     in_chans = int(getattr(model, "in_chans", 3))
     names = class_names_for(int(model.num_classes), meta.get("class_names"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,59 +1,68 @@
-"""Side-by-side timing of callables on a shared, noisy machine: interleaved rounds and medians.
+"""Timing that holds up on shared machines: warm-up, rounds sized to a target duration, rounds interleaved across
+the things compared (so load from other processes hits each alike), medians. Used by ``fast_inference``'s
+``backend="auto"``, ``vanillanet bench`` and ``vanillanet quantize``. CUDA work is timed with CUDA events.
 
-One candidate timed after another sees different load from other processes; timing them round by round (A, B,
-C, A, B, C, ...) lets load hit every candidate alike, and the median over rounds ignores the odd slow round. Each
-round starts with one untimed call, because a candidate that follows another one finds the cores busy with the
-previous runtime's spinning threads (OpenMP, onnxruntime) for a few milliseconds.
-"""
+Each round starts with one untimed call: a function that follows another one finds the cores still busy with the
+previous runtime's spinning threads (torch's OpenMP pool, onnxruntime's pool) for a few milliseconds, which would
+otherwise be charged to whichever function comes next."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["interleaved_ms", "pick_fastest"]
+import torch
 
-
-def interleaved_ms(fns: Mapping[str, Callable[[], object]], *, rounds: int = 5, round_s: float = 0.25,
-                   iters: int | None = None, warmup: int = 2, sync: Callable[[], None] | None = None
-                   ) -> dict[str, list[float]]:
-    """Mean milliseconds per call of each ``fns[name]()``, one value per round; rounds interleave the candidates.
-
-    Each candidate is called ``warmup`` times, then its calls per round are sized to about ``round_s`` seconds
-    (at least 1, at most 200) unless ``iters`` is given. ``sync`` (e.g. ``torch.cuda.synchronize``) runs after
-    each round's calls, inside the timed span."""
-    sync = sync or (lambda: None)
-    n_iters: dict[str, int] = {}
-    for name, fn in fns.items():
-        for _ in range(max(warmup, 1)):
-            fn()
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        single = time.perf_counter() - t0
-        n_iters[name] = iters or max(1, min(200, round(round_s / max(single, 1e-6))))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()  # settle: absorb the previous candidate's spinning threads
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(n_iters[name]):
-                fn()
-            sync()
-            times[name].append((time.perf_counter() - t0) * 1e3 / n_iters[name])
-    return times
+__all__ = ["round_ms", "sync", "time_interleaved"]
 
 
-def pick_fastest(medians: Mapping[str, float], simplest_first: Sequence[str], tie: float = 0.03) -> str:
-    """The simplest candidate whose median is within ``tie`` (relative) of the fastest one: a difference smaller
-    than the timing noise is no reason to take the more complex path. Names missing from ``simplest_first``
-    rank after it, in the order of ``medians``."""
-    if not medians:
-        raise ValueError("no timings to pick from")
-    best = min(medians.values())
-    rank = {name: i for i, name in enumerate(simplest_first)}
-    close = [name for name, ms in medians.items() if ms <= best * (1 + tie)]
-    return min(close, key=lambda name: (rank.get(name, len(rank)), list(medians).index(name)))
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
+
+def round_ms(fn: Callable[[Any], Any], x: Any, device: torch.device, iters: int, sync_each: bool = False) -> float:
+    """Mean milliseconds per call of ``fn(x)`` over ``iters`` calls (``sync_each``: wait for the device after every
+    call, as the paper's latency protocol does)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn(x)
+            if sync_each:
+                torch.cuda.synchronize(device)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / iters
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn(x)
+    return (time.perf_counter() - t0) * 1e3 / iters
+
+
+def time_interleaved(fns: Sequence[Callable[[Any], Any]], inputs: Sequence[Any], device: torch.device, *,
+                     repeats: int = 5, iters: int | Sequence[int] | None = None, round_s: float = 0.5,
+                     warmup: int = 2, sync_each: Sequence[bool] | None = None) -> tuple[list[list[float]], list[int]]:
+    """Per function, the mean ms per call of each of ``repeats`` rounds, the rounds interleaved across functions
+    (each round after one untimed call); and the calls per round used (``iters``, or sized so that one round takes
+    about ``round_s`` seconds, at most 200 calls)."""
+    sync_each = list(sync_each) if sync_each is not None else [False] * len(fns)
+    counts: list[int] = []
+    for k, (fn, x) in enumerate(zip(fns, inputs)):
+        for _ in range(warmup):
+            fn(x)
+        sync(device)
+        if iters is None:
+            single = round_ms(fn, x, device, 1, sync_each[k])
+            counts.append(max(1, min(200, round(round_s * 1e3 / max(single, 1e-3)))))
+        else:
+            counts.append(iters if isinstance(iters, int) else iters[k])
+    rounds: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, (fn, x) in enumerate(zip(fns, inputs)):
+            fn(x)  # settle: absorb the previous function's spinning threads
+            sync(device)
+            rounds[k].append(round_ms(fn, x, device, counts[k], sync_each[k]))
+    return rounds, counts

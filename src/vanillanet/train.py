@@ -1,82 +1,117 @@
 """Training: ``vanillanet train`` / ``train(cfg)``, one process or DDP under torchrun, with deep training.
 
-The loop is plain PyTorch around timm's parts (Mixup/CutMix with label smoothing, BCE, LAMB/AdamW with layer decay,
-per-iteration cosine schedule, ModelEmaV3) and ends by converting the EMA model to the deploy form, checking that
-every validation prediction is unchanged, and saving it as safetensors. See ``train_config.py`` for the settings
-and ``train_state.py`` for checkpoints, RNG state and signal handling. Resuming is exact: batch order and
-augmentation depend only on (seed, epoch, batch), and every other RNG state travels in the checkpoint.
+The run is split by phase: builder functions that each take their slice of the config (``build_data``,
+``build_model``, ``build_optimizer``, ``build_scheduler``, ``build_loss``, ``build_precision``), a ``TrainState``
+(``train_state.py``), ``train_one_epoch``, the same ``evaluate()`` that ``vanillanet eval`` uses, the
+``DeepTraining`` object that owns act_learn (``deep_training.py``), the ``RunFolder`` that owns what is written
+(``run.py``) and ``finish_run``, which converts the evaluated model to the deploy form, checks that every
+validation prediction is unchanged and writes the outputs. ``train`` holds them together.
+
+The parts are timm's (Mixup/CutMix with label smoothing, BCE, LAMB/AdamW with layer decay, per-iteration cosine
+schedule, ModelEmaV3). Resuming is exact: batch order and augmentation depend only on (seed, epoch, batch), and
+every other RNG state travels in the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from .checkpoint import check_model_name, load_weights, save_atomic, save_weights
-from .errors import CheckpointError, ConfigError, VanillaNetError
-from .models import VanillaNet
-from .reparam import act_learn_schedule, reparameterize_model
-from .train_config import TrainConfig, add_config_arguments, config_from_args, config_to_dict, list_recipes
-from .train_state import (
-    DistInfo,
-    StopSignal,
-    checkpoint_path,
-    find_latest,
-    get_rng_state,
-    ignore_stop_signals,
-    link_or_copy,
-    load_train_checkpoint,
-    prune_checkpoints,
-    set_rng_state,
-    setup_distributed,
-    state_hash,
+from .data import Preprocess
+from .deep_training import DeepTraining
+from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .run import RunFolder
+from .runtime import DistInfo, StopSignal, ignore_stop_signals, setup_distributed
+from .train_config import (
+    ArchConfig,
+    InputConfig,
+    MixingConfig,
+    OptimConfig,
+    SpeedConfig,
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    config_to_dict,
+    list_recipes,
 )
+from .train_state import TrainState, get_rng_state, nonfinite, set_rng_state, state_hash
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "add_cli", "build_optimizer", "state_hash", "train"]
 
 StepCallback = Callable[[dict[str, Any]], None]
 
 
-class NonFiniteLossError(VanillaNetError):
-    """The loss became NaN or infinite: training stopped without saving the diverged state."""
+# ---- builders: each takes its slice of the config -----------------------------------------------------------------
+@dataclass
+class Data:
+    """The loaders and what they imply for the rest of the run."""
+
+    train_loader: Any
+    val_loader: Any
+    classes: list[str]
+    preprocess: Preprocess
+    micro_per_epoch: int  # micro-batches per epoch (a multiple of the accumulation steps)
+    steps_per_epoch: int  # optimiser steps per epoch
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """timm's optimiser with the recipe's parameter groups: no weight decay on 1-D parameters (biases, BN) while
-    the activations' depthwise weights are decayed; with ``layer_decay`` r and L blocks, lr scales r^(L+1) for the
-    stem, r^(L-i) for block i and 1 for the head (timm's grouping through ``model.group_matcher``)."""
-    from timm.optim import create_optimizer_v2, list_optimizers
+def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accum: int, val_batch: int | None,
+               seed: int, dist: DistInfo, device: torch.device) -> Data:
+    """Datasets (train with augmentation, val with the eval transform) and their deterministic loaders; with
+    ``inputs.train_subset`` a fixed random subset of the training set (the same for every seed)."""
+    from .data import build_dataset, build_loader, build_transform, resolve_preprocess, take_subset
 
-    name = cfg.opt.lower()
-    if name not in list_optimizers() and name.split("_")[-1] not in list_optimizers():
-        raise ConfigError(f"unknown optimiser {cfg.opt!r}; use lamb, adamw, sgd or another timm optimiser name")
-    extra: dict[str, Any] = {}
-    if name not in ("sgd", "momentum", "nesterov"):
-        extra = dict(eps=cfg.opt_eps, betas=tuple(cfg.opt_betas))
-    return create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                               layer_decay=cfg.layer_decay, **extra)
+    if not inputs.data:
+        raise ConfigError("no dataset: pass --data PATH|fashion-mnist|digits|synthetic (or a recipe that sets it)")
+    pre = resolve_preprocess(data=inputs.data, img_size=inputs.img_size, crop_pct=inputs.crop_pct, mean=inputs.mean,
+                             std=inputs.std, interpolation=inputs.interpolation)
+    train_tf = build_transform(True, pre.img_size, in_chans=arch.in_chans, mean=pre.mean, std=pre.std,
+                               crop_pct=pre.crop_pct, interpolation=pre.interpolation, augment=inputs.augment,
+                               auto_augment=inputs.aa, reprob=inputs.reprob, remode=inputs.remode, hflip=inputs.hflip,
+                               scale=inputs.scale, ratio=inputs.ratio, color_jitter=inputs.color_jitter,
+                               padding=inputs.padding)
+    common = dict(in_chans=arch.in_chans, img_size=pre.img_size, num_classes=arch.num_classes, **inputs.data_options)
+    train_ds = build_dataset(inputs.data, "train", train_tf, **common)
+    if inputs.train_subset:
+        train_ds = take_subset(train_ds, inputs.train_subset)
+    val_ds = build_dataset(inputs.data, "val", pre.transform(arch.in_chans), **common)
+    classes = list(train_ds.classes)
+    if arch.num_classes is not None and arch.num_classes != len(classes):
+        raise ConfigError(f"num_classes is {arch.num_classes} but {inputs.data} has {len(classes)} classes; drop "
+                          "--num-classes (the head follows the dataset) or pick the matching dataset")
+    per_step = batch_size * grad_accum * dist.world_size
+    if len(train_ds) < per_step:
+        raise ConfigError(f"the training set has {len(train_ds)} images, fewer than one step needs ({per_step} = "
+                          "batch x accumulation x processes); lower --batch-size")
+    workers = dict(num_workers=inputs.workers, distributed=dist.enabled, seed=seed,
+                   pin_memory=inputs.pin_mem and device.type == "cuda")
+    train_loader = build_loader(train_ds, batch_size, is_training=True, **workers)
+    val_loader = build_loader(val_ds, val_batch or 2 * batch_size, is_training=False, **workers)
+    for loader in (train_loader, val_loader):
+        loader.worker_init_fn = ignore_stop_signals  # Ctrl-C reaches the whole process group
+    micro = train_loader.batch_sampler.batches_per_epoch() // grad_accum * grad_accum
+    return Data(train_loader, val_loader, classes, pre, micro, micro // grad_accum)
 
 
-def _freeze(model: VanillaNet, stages: int) -> list[nn.Module]:
+def _freeze(model: nn.Module, stages: int) -> list[nn.Module]:
     """Freeze the first ``stages`` stages (the stem counts as the first); returns the frozen modules."""
     if stages <= 0:
         return []
-    units: list[list[nn.Module]] = [[model.stem1, model.stem2], *[[b] for b in model.stages]]
+    stem = [model.stem1, model.stem2] if model.deep_training else [model.stem]  # deep_training=False: one module
+    units: list[list[nn.Module]] = [stem, *[[b] for b in model.stages]]
     if stages > len(units):
         raise ConfigError(f"freeze_stages is {stages} but the model has {len(units)} stages (stem + "
                           f"{len(units) - 1} blocks); use at most {len(units) - 1} to leave something to train")
@@ -86,520 +121,543 @@ def _freeze(model: VanillaNet, stages: int) -> list[nn.Module]:
     return frozen
 
 
-class _Trainer:
-    """One training run; every process of a DDP job holds one."""
+def build_model(arch: ArchConfig, num_classes: int, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
+    """The train-form model (fine-tuned from ``arch.pretrained`` if given) and its architecture record, which a
+    resumed run must match. An ablation baseline (``baselines.BASELINES``) trains alike, without deep training."""
+    from .baselines import create_baseline, is_baseline
+    from .models import MODEL_OPTIONS
+    from .registry import create_model
+    from .weights import load_weights
 
-    def __init__(self, cfg: TrainConfig, dist: DistInfo, device: torch.device, on_step: StepCallback | None):
-        self.cfg, self.dist, self.device, self.on_step = cfg, dist, device, on_step
-        self.out = Path(cfg.output)
-        self.t0 = time.perf_counter()
-        self.step = 0
-        self.start_epoch, self.start_batch = 0, 0
-        self.best_top1, self.best_epoch = -1.0, -1
-        self.last_ckpt: Path | None = None
-        self._bar = None
-        torch.manual_seed(cfg.seed + dist.rank)
-        random.seed(cfg.seed + dist.rank)
-        np.random.seed(cfg.seed + dist.rank)
-        self._build_data()
-        self._build_model()
-        self._build_optimisation()
+    # the ablation options enter the record only when set, so that runs from before them still resume
+    options = {k: getattr(arch, k) for k, default in MODEL_OPTIONS.items() if getattr(arch, k) != default}
+    if is_baseline(arch.model):
+        given = [*options, *(["pretrained"] if arch.pretrained else []),
+                 *(["freeze_stages"] if arch.freeze_stages else [])]
+        if given:
+            raise ConfigError(f"{arch.model} is a baseline: the setting(s) {', '.join(given)} apply to VanillaNet "
+                              "models only; drop them for this model")
+        model, kwargs = create_baseline(arch.model, num_classes=num_classes, in_chans=arch.in_chans,
+                                        drop_rate=arch.drop_rate, width_mult=arch.width_mult)
+        return model, dict(name=arch.model, kwargs=kwargs)
+    record = dict(name=arch.model, kwargs=dict(num_classes=num_classes, in_chans=arch.in_chans,
+                                               drop_rate=arch.drop_rate, act_num=arch.act_num,
+                                               width_mult=arch.width_mult, **options))
+    model = create_model(arch.model, **record["kwargs"])
+    if arch.pretrained:
+        report = load_weights(model, arch.pretrained, use_ema=True)
+        log(f"fine-tuning from {arch.pretrained} ({report.source or 'weights'}"
+            f"{', new ' + str(num_classes) + '-class head' if report.head_reset else ''})")
+    return model, record
 
-    # ---- output ---------------------------------------------------------------------------------------------
-    def log(self, msg: str) -> None:
-        if not self.dist.main:
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """timm's optimiser with the recipe's parameter groups: no weight decay on 1-D parameters (biases, BN) while
+    the activations' depthwise weights are decayed; with ``layer_decay`` r and L blocks, lr scales r^(L+1) for the
+    stem, r^(L-i) for block i and 1 for the head (timm's grouping through ``model.group_matcher``)."""
+    from timm.optim import create_optimizer_v2, list_optimizers
+
+    name = optim.opt.lower()
+    if name not in list_optimizers() and name.split("_")[-1] not in list_optimizers():
+        raise ConfigError(f"unknown optimiser {optim.opt!r}; use lamb, adamw, sgd or another timm optimiser name")
+    extra: dict[str, Any] = {}
+    if name not in ("sgd", "momentum", "nesterov"):
+        extra = dict(eps=optim.opt_eps, betas=tuple(optim.opt_betas))
+    return create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay,
+                               momentum=optim.momentum, layer_decay=optim.layer_decay, **extra)
+
+
+def scaled_lr(optim: OptimConfig, eff_batch: int) -> tuple[float, str | None]:
+    """The peak lr for an effective batch (the authors' sqrt rule by default) and a line announcing a change."""
+    if optim.lr_base_scale == "none" or eff_batch == optim.lr_base_size:
+        return optim.lr, None
+    factor = eff_batch / optim.lr_base_size
+    factor = math.sqrt(factor) if optim.lr_base_scale == "sqrt" else factor
+    return optim.lr * factor, (f"lr {optim.lr:g} is for a batch of {optim.lr_base_size}; effective batch {eff_batch} "
+                               f"-> lr {optim.lr * factor:.4g} ({optim.lr_base_scale} scaling; --set "
+                               "lr_base_scale=none to disable)")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int, epochs: int) -> Any:
+    """Per-iteration cosine schedule with a linear warm-up (timm's CosineLRScheduler)."""
+    from timm.scheduler import CosineLRScheduler
+
+    warmup = round(optim.warmup_epochs * steps_per_epoch)
+    return CosineLRScheduler(optimizer, t_initial=max(1, steps_per_epoch * epochs - warmup), lr_min=optim.min_lr,
+                             warmup_t=warmup, warmup_lr_init=optim.warmup_lr, warmup_prefix=True, t_in_epochs=False)
+
+
+def build_loss(mixing: MixingConfig, num_classes: int, batch_size: int) -> tuple[Any, nn.Module]:
+    """(Mixup/CutMix or None, criterion): BCE or soft-target CE with mixing, label smoothing inside the targets."""
+    from timm.data import Mixup
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixing.mixup > 0 or mixing.cutmix > 0 or mixing.cutmix_minmax is not None:
+        if batch_size % 2:
+            raise ConfigError(f"mixup/cutmix need an even batch size, got {batch_size}")
+        mixup = Mixup(mixup_alpha=mixing.mixup, cutmix_alpha=mixing.cutmix, cutmix_minmax=mixing.cutmix_minmax,
+                      prob=mixing.mixup_prob, switch_prob=mixing.mixup_switch_prob, mode=mixing.mixup_mode,
+                      label_smoothing=mixing.smoothing, num_classes=num_classes)
+        return mixup, (BinaryCrossEntropy(target_threshold=mixing.bce_target_thresh) if mixing.bce_loss
+                       else SoftTargetCrossEntropy())
+    if mixing.bce_loss:
+        return None, BinaryCrossEntropy(smoothing=mixing.smoothing, target_threshold=mixing.bce_target_thresh)
+    return None, LabelSmoothingCrossEntropy(mixing.smoothing) if mixing.smoothing else nn.CrossEntropyLoss()
+
+
+@dataclass
+class Precision:
+    autocast: dict[str, Any]
+    scaler: torch.amp.GradScaler
+
+
+def build_precision(speed: SpeedConfig, device: torch.device, log: Callable[[str], None]) -> Precision:
+    """Autocast settings and the gradient scaler (fp16 only); fp16 autocast on the CPU falls back to fp32."""
+    dtype = torch.float16 if speed.amp_dtype == "float16" else torch.bfloat16
+    amp = speed.amp
+    if amp and dtype == torch.float16 and device.type == "cpu":
+        log("fp16 autocast needs a GPU: training in float32 on the CPU (--amp-dtype bfloat16 for CPU mixed precision)")
+        amp = False
+    return Precision(dict(device_type=device.type, dtype=dtype, enabled=amp),
+                     torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16))
+
+
+# ---- one epoch ---------------------------------------------------------------------------------------------------
+class Log:
+    """Lines for the main process: through the progress bar while one is shown, else printed."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def __call__(self, msg: str) -> None:
+        if not self.enabled:
             return
-        if self._bar is not None:
-            self._bar.write(msg, file=sys.stdout)
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stdout)
         else:
             print(msg, flush=True)
 
-    def _metrics(self, row: dict[str, Any]) -> None:
-        if self.dist.main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
 
-    # ---- building ---------------------------------------------------------------------------------------------
-    def _build_data(self) -> None:
-        from .data import build_dataset, build_loader, build_transform, dataset_defaults
+@dataclass
+class Loop:
+    """What the loop needs besides the ``TrainState``: the built parts and the run's settings."""
 
-        cfg = self.cfg
-        if not cfg.data:
-            raise ConfigError("no dataset: pass --data PATH|fashion-mnist|digits|synthetic (or a recipe that sets it)")
-        d = dataset_defaults(cfg.data)
-        self.img_size = cfg.img_size or d.img_size
-        tf = dict(in_chans=cfg.in_chans, mean=cfg.mean or d.mean, std=cfg.std or d.std,
-                  crop_pct=cfg.crop_pct or d.crop_pct, interpolation=cfg.interpolation)
-        self.preprocess = dict(img_size=self.img_size, **{k: v for k, v in tf.items() if k != "in_chans"})
-        train_tf = build_transform(True, self.img_size, **tf, augment=cfg.augment, auto_augment=cfg.aa,
-                                   reprob=cfg.reprob, remode=cfg.remode, hflip=cfg.hflip, scale=cfg.scale,
-                                   ratio=cfg.ratio, color_jitter=cfg.color_jitter, padding=cfg.padding)
-        ds_args = dict(in_chans=cfg.in_chans, strict=cfg.strict_data, root=cfg.data_root,
-                       synthetic_size=cfg.synthetic_size, num_classes=cfg.num_classes or 10, img_size=self.img_size)
-        train_ds = build_dataset(cfg.data, "train", train_tf, **ds_args)
-        val_ds = build_dataset(cfg.data, "val", build_transform(False, self.img_size, **tf), **ds_args)
-        self.classes = list(train_ds.classes)
-        if cfg.num_classes is not None and cfg.num_classes != len(self.classes):
-            raise ConfigError(f"num_classes is {cfg.num_classes} but {cfg.data} has {len(self.classes)} classes; drop "
-                              "--num-classes (the head follows the dataset) or pick the matching dataset")
-        self.num_classes = len(self.classes)
-        per_step = cfg.batch_size * cfg.grad_accum_steps * self.dist.world_size
-        if len(train_ds) < per_step:
-            raise ConfigError(f"the training set has {len(train_ds)} images, fewer than one step needs ({per_step} = "
-                              "batch x accumulation x processes); lower --batch-size")
-        workers = dict(num_workers=cfg.workers, distributed=self.dist.enabled, seed=cfg.seed,
-                       pin_memory=cfg.pin_mem and self.device.type == "cuda")
-        self.train_loader = build_loader(train_ds, cfg.batch_size, is_training=True, **workers)
-        self.val_loader = build_loader(val_ds, cfg.validation_batch_size or 2 * cfg.batch_size, is_training=False,
-                                       **workers)
-        for loader in (self.train_loader, self.val_loader):
-            loader.worker_init_fn = ignore_stop_signals  # Ctrl-C reaches the whole process group
-        self.micro_per_epoch = (self.train_loader.batch_sampler.batches_per_epoch() // cfg.grad_accum_steps
-                                * cfg.grad_accum_steps)
-        self.steps_per_epoch = self.micro_per_epoch // cfg.grad_accum_steps
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+    cfg: TrainConfig
+    dist: DistInfo
+    device: torch.device
+    folder: RunFolder
+    log: Log
+    data: Data
+    net: nn.Module  # the model as called (DDP / compiled wrapper)
+    ddp: Any
+    mixup: Any
+    criterion: nn.Module
+    precision: Precision
+    deep: DeepTraining
+    frozen: list[nn.Module]
+    eff_batch: int
+    arch: dict[str, Any]
+    t0: float
+    on_step: StepCallback | None = None
 
-    def _build_model(self) -> None:
-        import timm
-        from timm.utils import ModelEmaV3
-
-        cfg = self.cfg
-        check_model_name(cfg.model)
-        self.arch = dict(name=cfg.model, kwargs=dict(num_classes=self.num_classes, in_chans=cfg.in_chans,
-                                                     drop_rate=cfg.drop_rate, act_num=cfg.act_num,
-                                                     width_mult=cfg.width_mult))
-        model: VanillaNet = timm.create_model(cfg.model, **self.arch["kwargs"])
-        if cfg.layer_decay is not None and cfg.layer_decay_layers not in (None, len(model.stages)):
-            raise ConfigError(f"layer_decay_layers is {cfg.layer_decay_layers} but {cfg.model} has "
-                              f"{len(model.stages)} blocks; set it to {len(model.stages)} or null")
-        if cfg.pretrained:
-            report = load_weights(model, cfg.pretrained, use_ema=True)
-            self.log(f"fine-tuning from {cfg.pretrained} ({report.source or 'weights'}"
-                     f"{', new ' + str(self.num_classes) + '-class head' if report.head_reset else ''})")
-            if cfg.decay_epochs:
-                self.log(f"note: deep training restarts act_learn at 0 over {cfg.decay_epochs:g} epochs; "
-                         "--set decay_epochs=0 keeps the pretrained network at act_learn 1")
-        self.frozen = _freeze(model, cfg.freeze_stages)
-        if cfg.sync_bn and self.dist.enabled:
-            if self.device.type != "cuda":
-                raise ConfigError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); drop --sync-bn "
-                                  "on the CPU (BN statistics are still averaged across processes every epoch)")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(self.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.ema = (ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
-                    if cfg.model_ema else None)
-        net: nn.Module = model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            net = self.ddp = DistributedDataParallel(model, device_ids=ids)
-        self.net = torch.compile(net) if cfg.compile else net
-
-    def _build_optimisation(self) -> None:
-        from timm.data import Mixup
-        from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-        from timm.scheduler import CosineLRScheduler
-
-        cfg = self.cfg
-        eff = cfg.batch_size * cfg.grad_accum_steps * self.dist.world_size
-        factor = 1.0
-        if cfg.lr_base_scale != "none" and eff != cfg.lr_base_size:
-            factor = eff / cfg.lr_base_size
-            factor = math.sqrt(factor) if cfg.lr_base_scale == "sqrt" else factor
-            self.log(f"lr {cfg.lr:g} is for a batch of {cfg.lr_base_size}; effective batch {eff} "
-                     f"({self.dist.world_size} x {cfg.batch_size} x {cfg.grad_accum_steps}) -> lr "
-                     f"{cfg.lr * factor:.4g} "
-                     f"({cfg.lr_base_scale} scaling; --set lr_base_scale=none to disable)")
-        self.lr = cfg.lr * factor
-        self.eff_batch = eff
-        self.optimizer = build_optimizer(self.model, cfg, self.lr)
-        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=max(1, self.total_steps - warmup),
-                                           lr_min=cfg.min_lr, warmup_t=warmup, warmup_lr_init=cfg.warmup_lr,
-                                           warmup_prefix=True, t_in_epochs=False)
-        mixing = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None
-        self.mixup = None
-        if mixing:
-            if cfg.batch_size % 2:
-                raise ConfigError(f"mixup/cutmix need an even batch size, got {cfg.batch_size}")
-            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
-                               prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
-                               label_smoothing=cfg.smoothing, num_classes=self.num_classes)
-            self.criterion: nn.Module = (BinaryCrossEntropy(target_threshold=cfg.bce_target_thresh)
-                                         if cfg.bce_loss else SoftTargetCrossEntropy())
-        elif cfg.bce_loss:
-            self.criterion = BinaryCrossEntropy(smoothing=cfg.smoothing, target_threshold=cfg.bce_target_thresh)
-        else:
-            self.criterion = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
-        amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
-        self.amp = cfg.amp
-        if cfg.amp and amp_dtype == torch.float16 and self.device.type == "cpu":
-            self.log("fp16 autocast needs a GPU: training in float32 on the CPU (--amp-dtype bfloat16 for CPU "
-                     "mixed precision)")
-            self.amp = False
-        self.autocast = dict(device_type=self.device.type, dtype=amp_dtype, enabled=self.amp)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and amp_dtype == torch.float16)
-
-    # ---- act_learn -------------------------------------------------------------------------------------------
-    def act_learn_at(self, epoch: float) -> float:
-        return act_learn_schedule(epoch, self.cfg.decay_epochs, self.cfg.act_learn_mode)
-
-    def set_act_learn(self, value: float) -> None:
-        """The live model and the EMA copy (which has its own slope) always hold the same act_learn."""
-        self.model.set_act_learn(value)
-        if self.ema is not None:
-            self.ema.module.set_act_learn(value)
-
-    # ---- checkpoints ------------------------------------------------------------------------------------------
-    def save(self, epoch: int, batch: int) -> Path | None:
-        """Checkpoint after ``batch`` micro-batches of ``epoch`` (rank 0 writes; every rank gives its RNG)."""
-        rng = get_rng_state()
-        rngs = [rng]
-        if self.dist.enabled:
-            rngs = [None] * self.dist.world_size
-            tdist.all_gather_object(rngs, rng)
-        if not self.dist.main:
-            return None
-        ckpt = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,
-            "batch": batch,
-            "step": self.step,
-            "act_learn": self.model.act_learn,
-            "rng": rngs,
-            "best_top1": self.best_top1,
-            "best_epoch": self.best_epoch,
-            "config": config_to_dict(self.cfg),
-            "class_names": self.classes,
-            "arch": self.arch,
-        }
-        if self.ema is not None:
-            ckpt["model_ema"] = self.ema.module.state_dict()
-        path = checkpoint_path(self.out, self.step)
-        save_atomic(ckpt, path)
-        prune_checkpoints(self.out, self.cfg.keep_last)
-        self.last_ckpt = path
-        return path
-
-    def resume(self, path: Path) -> None:
-        ckpt = load_train_checkpoint(path)
-        if ckpt.get("arch") != self.arch:
-            raise CheckpointError(f"{path} was trained as {ckpt.get('arch')}, not {self.arch}; resume with the same "
-                                  "model settings or start a new run with --pretrained")
-        self.model.load_state_dict(ckpt["model"])
-        if self.ema is not None:
-            self.ema.module.load_state_dict(ckpt.get("model_ema", ckpt["model"]))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.step = int(ckpt["step"])
-        self.scheduler.step_update(self.step)
-        epoch, batch = int(ckpt["epoch"]), int(ckpt["batch"])
-        if batch >= self.micro_per_epoch:
-            epoch, batch = epoch + 1, 0
-        self.start_epoch, self.start_batch = epoch, batch
-        self.best_top1, self.best_epoch = float(ckpt["best_top1"]), int(ckpt["best_epoch"])
-        self.last_ckpt = Path(path)
-        rngs = ckpt.get("rng") or []
-        if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
-        else:
-            self.log(f"the checkpoint holds RNG states for {len(rngs)} processes, this run has "
-                     f"{self.dist.world_size}: continuing with fresh random streams (not bit-exact)")
-        changed = {k: (v, getattr(self.cfg, k)) for k, v in ckpt["config"].items()
-                   if k not in ("resume", "output", "workers", "progress")
-                   and config_to_dict(self.cfg).get(k) != v}
-        if changed:
-            self.log("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-        if self.dist.main and (self.out / "metrics.jsonl").is_file():  # drop rows logged after the checkpoint
-            rows = (self.out / "metrics.jsonl").read_text().splitlines()
-            kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= self.step]
-            (self.out / "metrics.jsonl").write_text("".join(r + "\n" for r in kept))
-        self.log(f"resumed from {path}: epoch {epoch}, batch {batch}, step {self.step}")
-
-    # ---- evaluation -------------------------------------------------------------------------------------------
-    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.dist.enabled:
-            tdist.all_reduce(t)
-        return t
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, deploy: nn.Module | None = None, amp: bool = True) -> dict[str, float]:
-        """Top-1/top-5 and CE loss over the validation set (sharded across processes); with ``deploy``, also its
-        top-1 and the fraction of identical predictions."""
-        from .data import set_epoch
-
-        model.eval()
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
-        set_epoch(self.val_loader, 0)
-        k = min(5, self.num_classes)
-        for x, y in self.val_loader:
-            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-            with torch.autocast(**{**self.autocast, "enabled": self.amp and amp}):
-                out = model(x)
-            out = out.float()
-            top = out.topk(k, dim=1).indices
-            sums[0] += F.cross_entropy(out, y, reduction="sum")
-            sums[1] += (top[:, 0] == y).sum()
-            sums[2] += (top == y[:, None]).any(1).sum()
-            sums[3] += len(y)
-            if deploy is not None:
-                pred_d = deploy(x).float().argmax(1)
-                sums[4] += (pred_d == y).sum()
-                sums[5] += (pred_d == top[:, 0]).sum()
-        loss, c1, c5, n, cd, agree = self._all_sum(sums).tolist()
-        res = dict(val_loss=loss / n, top1=c1 / n, top5=c5 / n, n=int(n))
-        if deploy is not None:
-            res.update(deploy_top1=cd / n, deploy_agreement=agree / n)
-        return res
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
-    # ---- training ---------------------------------------------------------------------------------------------
-    def _agree(self, nonfinite: bool, stop: bool) -> tuple[bool, bool]:
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
         """Every process stops at the same step: the flags are OR-ed across processes."""
         if not self.dist.enabled:
-            return nonfinite, stop
-        flags = torch.tensor([float(nonfinite), float(stop)], device=self.device)
-        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
+            return flags
+        t = torch.tensor([float(f) for f in flags], device=self.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return tuple(bool(v) for v in t)
 
-    def train_epoch(self, epoch: int, start_batch: int, stop: StopSignal) -> bool:
-        """Run one epoch from micro-batch ``start_batch``; False when stopped by a signal (checkpoint written)."""
-        from timm.utils import dispatch_clip_grad
-        from tqdm import tqdm
+    def metrics(self, row: dict[str, Any]) -> None:
+        if self.dist.main:
+            self.folder.append_metrics(row)
 
-        from .data import set_epoch
+    def seconds(self, state: TrainState) -> float:
+        return state.seconds + time.perf_counter() - self.t0
 
-        cfg, accum = self.cfg, self.cfg.grad_accum_steps
-        set_epoch(self.train_loader, epoch, start_batch)
-        if cfg.act_learn_update == "epoch":
-            self.set_act_learn(self.act_learn_at(epoch))
-        self.net.train()
-        for m in self.frozen:
-            m.eval()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        show = self.dist.main and cfg.progress
-        self._bar = tqdm(total=self.steps_per_epoch, initial=start_batch // accum, desc=f"epoch {epoch + 1}/"
-                         f"{cfg.epochs}", disable=None if show else True, leave=False, dynamic_ncols=True)
-        loss_sum, seen, t_start = 0.0, 0, time.perf_counter()
-        micro_loss: list[float] = []
+
+def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int) -> Path | None:
+    """Checkpoint after ``batch`` micro-batches of ``epoch`` (rank 0 writes; every rank gives its RNG state). A
+    state holding NaN or inf is never written: training stops naming the last good checkpoint."""
+    rng = get_rng_state()
+    rngs = [rng]
+    if loop.dist.enabled:
+        rngs = [None] * loop.dist.world_size
+        tdist.all_gather_object(rngs, rng)
+    if not loop.dist.main:
+        return None
+    ckpt = state.to_checkpoint(epoch, batch, rngs, loop.seconds(state), config=config_to_dict(loop.cfg),
+                               class_names=loop.data.classes, arch=loop.arch,
+                               preprocess=loop.data.preprocess.as_meta())
+    bad = nonfinite(("model", ckpt["model"]), ("model_ema", ckpt.get("model_ema", {})),
+                    ("optimizer", ckpt["optimizer"]["state"]))
+    if bad:
+        raise NonFiniteLossError(
+            f"the weights became non-finite by step {state.step} ({bad[0]}{' and more' if len(bad) > 1 else ''}); "
+            f"not saved (last good checkpoint: {state.last_checkpoint or 'none was written yet'}); lower the lr "
+            f"(now {state.lr():.3g}) and resume from that checkpoint, or lengthen the warm-up")
+    state.last_checkpoint = loop.folder.save_checkpoint(ckpt, state.step, loop.cfg.keep_last)
+    return state.last_checkpoint
+
+
+def train_one_epoch(state: TrainState, loop: Loop, epoch: int, start_batch: int,
+                    stop: StopSignal) -> dict[str, float] | None:
+    """Run one epoch from micro-batch ``start_batch``; the epoch's mean loss (the part before a resume included)
+    and img/s, or None when stopped by a signal (checkpoint written)."""
+    from timm.utils import dispatch_clip_grad
+    from tqdm import tqdm
+
+    from .data import set_epoch
+
+    cfg, accum, data = loop.cfg, loop.cfg.grad_accum_steps, loop.data
+    set_epoch(data.train_loader, epoch, start_batch)
+    loop.deep.start_epoch(epoch)
+    loop.net.train()
+    for m in loop.frozen:
+        m.eval()
+    params = [p for p in state.model.parameters() if p.requires_grad]
+    show = loop.dist.main and cfg.progress
+    loop.log.bar = tqdm(total=data.steps_per_epoch, initial=start_batch // accum, leave=False, dynamic_ncols=True,
+                        desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if show else True)
+    steps, t_start = 0, time.perf_counter()
+    micro_loss: list[float] = []
+    try:
+        for i, (x, y) in enumerate(data.train_loader, start=start_batch):
+            if i >= data.micro_per_epoch:
+                break
+            loop.deep.before_step(state.step)
+            x, y = loop.to_device(x), y.to(loop.device, non_blocking=True)
+            if loop.mixup is not None:
+                x, y = loop.mixup(x, y)
+            boundary = (i + 1) % accum == 0
+            no_sync = loop.ddp.no_sync() if loop.ddp is not None and not boundary else contextlib.nullcontext()
+            with no_sync:
+                with torch.autocast(**loop.precision.autocast):
+                    loss = loop.criterion(loop.net(x), y)
+                loop.precision.scaler.scale(loss / accum).backward()
+            micro_loss.append(float(loss.detach()))
+            if not boundary:
+                continue
+            bad_loss, stop_now = loop.agree(not all(map(math.isfinite, micro_loss)), stop.requested)
+            if bad_loss:
+                value = next((v for v in micro_loss if not math.isfinite(v)), float("nan"))
+                raise NonFiniteLossError(
+                    f"loss is {value} at step {state.step + 1} (epoch {epoch + 1}, batch {i + 1}); stopped without "
+                    f"saving (last good checkpoint: {state.last_checkpoint or 'none was written yet'}); lower the lr "
+                    f"(now {state.lr():.3g}), lengthen the warm-up or use --amp-dtype bfloat16")
+            if cfg.clip_grad is not None:
+                loop.precision.scaler.unscale_(state.optimizer)
+                dispatch_clip_grad(params, cfg.clip_grad, mode=cfg.clip_mode)
+            loop.precision.scaler.step(state.optimizer)
+            loop.precision.scaler.update()
+            state.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            if state.ema is not None:
+                state.ema.update(state.model, step=state.step)
+                loop.deep.sync_ema()
+            state.scheduler.step_update(state.step)
+            step_loss = sum(micro_loss) / accum
+            micro_loss.clear()
+            steps += 1
+            state.epoch_loss = (state.epoch_loss[0] + step_loss, state.epoch_loss[1] + 1)
+            ips = steps * loop.eff_batch / max(time.perf_counter() - t_start, 1e-9)
+            loop.log.bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{state.lr():.2e}", act=f"{loop.deep.value:.3f}",
+                                     img_s=f"{ips:.0f}", refresh=False)
+            loop.log.bar.update()
+            info = dict(step=state.step, epoch=epoch + (i + 1) / data.micro_per_epoch, loss=step_loss, lr=state.lr(),
+                        act_learn=loop.deep.value, img_per_s=ips)
+            if state.ema is not None:
+                info["ema_act_learn"] = float(getattr(state.ema.module, "act_learn", 1.0))
+            if state.step % cfg.log_every == 0:
+                loop.metrics({"type": "step", **info})
+            if loop.on_step is not None:
+                loop.on_step(info)
+            if stop_now:
+                save_checkpoint(state, loop, epoch, i + 1)
+                return None
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                save_checkpoint(state, loop, epoch, i + 1)
+    finally:
+        loop.log.bar.close()
+        loop.log.bar = None
+    loss_sum, seen = state.epoch_loss
+    state.epoch_loss = (0.0, 0)
+    return dict(train_loss=loss_sum / max(seen, 1),
+                img_per_s=steps * loop.eff_batch / max(time.perf_counter() - t_start, 1e-9))
+
+
+def validate_model(loop: Loop, model: nn.Module, deploy: nn.Module | None = None, amp: bool = True) -> dict:
+    """``evaluate()`` (the one ``vanillanet eval`` uses) on the validation set, sharded across processes."""
+    from .data import set_epoch
+    from .evaluate import evaluate
+
+    model.eval()
+    autocast = {**loop.precision.autocast, "enabled": loop.precision.autocast["enabled"] and amp}
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(**autocast):
+            return model(loop.to_device(x))
+
+    set_epoch(loop.data.val_loader, 0)
+    return evaluate(predict, loop.data.val_loader, device=loop.device, rank=loop.dist.rank,
+                    world_size=loop.dist.world_size, progress=False,
+                    deploy=None if deploy is None else lambda x: deploy(loop.to_device(x)))
+
+
+def end_epoch(state: TrainState, loop: Loop, epoch: int, stats: dict[str, float]) -> None:
+    """Average BN statistics across processes, evaluate, log, checkpoint and keep the best."""
+    from timm.utils import distribute_bn
+
+    if loop.dist.enabled:
+        distribute_bn(state.model, loop.dist.world_size, reduce=True)
+        if state.ema is not None:
+            distribute_bn(state.ema.module, loop.dist.world_size, reduce=True)
+    ev = validate_model(loop, state.eval_model)
+    improved = ev["top1"] > state.best_top1
+    if improved:
+        state.best_top1, state.best_epoch = ev["top1"], epoch + 1
+    row = dict(type="epoch", epoch=epoch + 1, step=state.step, **stats, val_loss=ev["loss"], top1=ev["top1"],
+               top5=ev["top5"], lr=state.lr(), act_learn=loop.deep.value, ema=state.ema is not None,
+               seconds=loop.seconds(state))
+    loop.metrics(row)
+    loop.log(f"epoch {epoch + 1}/{loop.cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 {100 * ev['top1']:.2f}%"
+             f"{' (EMA)' if state.ema is not None else ''}  top-5 {100 * ev['top5']:.2f}%  lr {row['lr']:.3g}  "
+             f"{'act_learn ' + format(row['act_learn'], '.3f') + '  ' if loop.deep.enabled else ''}"
+             f"{row['img_per_s']:.0f} img/s  {row['seconds']:.0f} s")
+    path = save_checkpoint(state, loop, epoch, loop.data.micro_per_epoch)
+    if improved and path is not None:
+        loop.folder.mark_best(path)
+
+
+# ---- start and finish ------------------------------------------------------------------------------------------
+def _start_point(folder: RunFolder, resume: str | None, dist: DistInfo) -> str | None:
+    """Rank 0 decides where the run starts (or that it must not) and tells every process."""
+    decision: list[Any] = [None, None]  # [checkpoint path, error]
+    if dist.main:
         try:
-            for i, (x, y) in enumerate(self.train_loader, start=start_batch):
-                if i >= self.micro_per_epoch:
-                    break
-                if cfg.act_learn_update == "step":
-                    self.set_act_learn(self.act_learn_at(self.step / self.steps_per_epoch))
-                x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-                if self.mixup is not None:
-                    x, y = self.mixup(x, y)
-                boundary = (i + 1) % accum == 0
-                sync = self.ddp.no_sync() if self.dist.enabled and not boundary else contextlib.nullcontext()
-                with sync:
-                    with torch.autocast(**self.autocast):
-                        loss = self.criterion(self.net(x), y)
-                    self.scaler.scale(loss / accum).backward()
-                micro_loss.append(float(loss.detach()))
-                if not boundary:
-                    continue
-                nonfinite, stop_now = self._agree(not all(map(math.isfinite, micro_loss)), stop.requested)
-                if nonfinite:
-                    bad = next((v for v in micro_loss if not math.isfinite(v)), float("nan"))
-                    where = str(self.last_ckpt) if self.last_ckpt else "none was written yet"
-                    raise NonFiniteLossError(
-                        f"loss is {bad} at step {self.step + 1} (epoch {epoch + 1}, batch {i + 1}); stopped without "
-                        f"saving (last good checkpoint: {where}); lower the lr (now {self._lr():.3g}), lengthen "
-                        "the warm-up or use --amp-dtype bfloat16")
-                if cfg.clip_grad is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    dispatch_clip_grad(params, cfg.clip_grad, mode=cfg.clip_mode)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                if self.ema is not None:
-                    self.ema.update(self.model, step=self.step)
-                    self.ema.module.set_act_learn(self.model.act_learn)
-                self.scheduler.step_update(self.step)
-                step_loss = sum(micro_loss) / accum
-                micro_loss.clear()
-                loss_sum += step_loss
-                seen += 1
-                ips = seen * self.eff_batch / max(time.perf_counter() - t_start, 1e-9)
-                self._bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{self._lr():.2e}",
-                                      act=f"{self.model.act_learn:.3f}", img_s=f"{ips:.0f}", refresh=False)
-                self._bar.update()
-                info = dict(step=self.step, epoch=epoch + (i + 1) / self.micro_per_epoch, loss=step_loss,
-                            lr=self._lr(), act_learn=self.model.act_learn, img_per_s=ips)
-                if self.ema is not None:
-                    info["ema_act_learn"] = self.ema.module.act_learn
-                if self.step % cfg.log_every == 0:
-                    self._metrics({"type": "step", **info})
-                if self.on_step is not None:
-                    self.on_step(info)
-                if stop_now:
-                    self.save(epoch, i + 1)
-                    return False
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.save(epoch, i + 1)
-        finally:
-            self._bar.close()
-            self._bar = None
-        self.epoch_stats = dict(train_loss=loss_sum / max(seen, 1), img_per_s=seen * self.eff_batch /
-                                max(time.perf_counter() - t_start, 1e-9))
-        return True
+            start = folder.start(resume)
+            decision[0] = str(start) if start else None
+        except ConfigError as err:
+            decision[1] = str(err)
+    if dist.enabled:
+        tdist.broadcast_object_list(decision, src=0)
+    if decision[1]:
+        raise ConfigError(decision[1])
+    return decision[0]
 
-    def _lr(self) -> float:
-        return max(g["lr"] for g in self.optimizer.param_groups)
 
-    def end_epoch(self, epoch: int) -> None:
-        """Average BN statistics across processes, evaluate, log, checkpoint and keep the best."""
-        from timm.utils import distribute_bn
+def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
+    """Restore a checkpoint into ``state`` (exactly: RNG states too), and drop metrics logged after it."""
+    from .checkpoint import read_training_checkpoint
 
-        if self.dist.enabled:
-            distribute_bn(self.model, self.dist.world_size, reduce=True)
-            if self.ema is not None:
-                distribute_bn(self.ema.module, self.dist.world_size, reduce=True)
-        model = self.ema.module if self.ema is not None else self.model
-        ev = self.evaluate(model)
-        improved = ev["top1"] > self.best_top1
-        if improved:
-            self.best_top1, self.best_epoch = ev["top1"], epoch + 1
-        row = dict(type="epoch", epoch=epoch + 1, step=self.step, **self.epoch_stats, val_loss=ev["val_loss"],
-                   top1=ev["top1"], top5=ev["top5"], lr=self._lr(), act_learn=self.model.act_learn,
-                   ema=self.ema is not None, seconds=time.perf_counter() - self.t0)
-        self._metrics(row)
-        self.log(f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 "
-                 f"{100 * ev['top1']:.2f}%{' (EMA)' if self.ema is not None else ''}  top-5 {100 * ev['top5']:.2f}%"
-                 f"  lr {row['lr']:.3g}  act_learn {row['act_learn']:.3f}  {row['img_per_s']:.0f} img/s  "
-                 f"{row['seconds']:.0f} s")
-        path = self.save(epoch, self.micro_per_epoch)
-        if improved and path is not None:
-            link_or_copy(path, self.out / "best.pth")
+    ckpt = read_training_checkpoint(path)
+    if ckpt.get("arch") != loop.arch:
+        raise CheckpointError(f"{path} was trained as {ckpt.get('arch')}, not {loop.arch}; resume with the same "
+                              "model settings or start a new run with --pretrained")
+    state.restore(ckpt, loop.data.micro_per_epoch)
+    state.last_checkpoint = Path(path)
+    rngs = ckpt.get("rng") or []
+    if len(rngs) == loop.dist.world_size:
+        set_rng_state(rngs[loop.dist.rank])
+    else:
+        loop.log(f"the checkpoint holds RNG states for {len(rngs)} processes, this run has {loop.dist.world_size}: "
+                 "continuing with fresh random streams (not bit-exact)")
+    now = config_to_dict(loop.cfg)
+    changed = {k: (v, now.get(k)) for k, v in ckpt["config"].items()
+               if k not in ("resume", "output", "workers", "progress") and now.get(k) != v}
+    if changed:
+        loop.log("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    if loop.dist.main:
+        loop.folder.truncate_metrics(state.step)
+    loop.log(f"resumed from {path}: epoch {state.start_epoch}, batch {state.start_batch}, step {state.step}")
 
-    # ---- the whole run ----------------------------------------------------------------------------------------
-    def _resume_path(self) -> str | None:
-        """Rank 0 decides what to resume from (or that the folder holds another run) and tells every process."""
-        decision: list[Any] = [None, None]  # [path, error]
-        if self.dist.main:
-            latest = find_latest(self.out)
-            if self.cfg.resume == "auto":
-                decision[0] = str(latest) if latest else None
-                if latest is None:
-                    self.log(f"--resume auto: no checkpoint in {self.out}, starting from scratch")
-            elif self.cfg.resume:
-                decision[0] = self.cfg.resume
-            elif latest is not None:
-                decision[1] = (f"{self.out} already holds checkpoints ({latest.name}); continue that run with "
-                               "--resume auto or pick another --output")
-        if self.dist.enabled:
-            tdist.broadcast_object_list(decision, src=0)
-        if decision[1]:
-            raise ConfigError(decision[1])
-        return decision[0]
 
-    def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        resume = self._resume_path()
-        if resume:
-            self.resume(Path(resume))
-        elif self.dist.main:
-            (self.out / "metrics.jsonl").write_text("")
-        if self.dist.main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        self.log(f"training {cfg.model} (width x{cfg.width_mult:g}, {self.num_classes} classes, {self.img_size} px) "
-                 f"on {cfg.data}: {cfg.epochs} epochs x {self.steps_per_epoch} steps, effective batch "
-                 f"{self.eff_batch}, {self.dist.world_size} process(es) on {self.device.type}")
-        self.set_act_learn(self.act_learn_at(self.start_epoch))
-        with StopSignal() as stop:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                if not self.train_epoch(epoch, self.start_batch if epoch == self.start_epoch else 0, stop):
-                    name = "SIGTERM" if stop.exit_code == 143 else "SIGINT"
-                    self.log(f"{name}: saved {self.last_ckpt} at step {self.step}; continue with --resume "
-                             f"{self.last_ckpt} (or --resume auto)")
-                    return dict(status="interrupted", signal=name, exit_code=stop.exit_code, step=self.step,
-                                checkpoint=str(self.last_ckpt) if self.last_ckpt else None)
-                self.end_epoch(epoch)
-        return self.finish()
+def deploy_form(model: nn.Module, log: Callable[[str], None]) -> nn.Module | None:
+    """The deploy form of the evaluated model, or None for a model that has none: an ablation baseline (nothing to
+    re-parameterize) or a VanillaNet with shortcuts (not a plain network)."""
+    from .reparam import reparameterize_model
 
-    def finish(self) -> dict[str, Any]:
-        """Convert the evaluated model to the deploy form, check it on the validation set, write the outputs."""
-        cfg = self.cfg
-        final = self.ema.module if self.ema is not None else self.model
-        deploy = reparameterize_model(final)
-        ev = self.evaluate(final, deploy=deploy, amp=False)  # fp32: the agreement is about the conversion only
-        if ev["deploy_agreement"] < 1.0:
-            self.log(f"warning: the deploy model changes {100 * (1 - ev['deploy_agreement']):.3f}% of predictions")
-        hashes = None
-        if self.dist.enabled:
-            hashes = [None] * self.dist.world_size
-            models = [self.model] + ([self.ema.module] if self.ema is not None else [])
-            tdist.all_gather_object(hashes, state_hash(*(m.state_dict() for m in models)))
-        if not self.dist.main:
-            return dict(status="completed", rank=self.dist.rank)
-        from .complexity import count_macs, count_params
+    if not hasattr(model, "reparameterize") or getattr(model, "shortcut", False):
+        why = "has shortcuts (not a plain network)" if hasattr(model, "reparameterize") else "is an ablation baseline"
+        log(f"this model {why} and has no deploy form: only its train form is evaluated")
+        return None
+    return reparameterize_model(model)
 
-        deploy_path = self.out / "model_deploy.safetensors"
-        save_weights(deploy.cpu(), deploy_path, class_names=self.classes,
+
+def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
+    """Convert the evaluated model to the deploy form, check it on the validation set in fp32, write the deploy
+    weights, the plot and ``summary.json``; returns the summary. A model without a deploy form (``deploy_form``)
+    gets null deploy fields in the summary and n/a in the table."""
+    from .checkpoint import save_weights
+    from .complexity import count_macs, count_params
+
+    cfg, final, folder = loop.cfg, state.eval_model, loop.folder
+    deploy = deploy_form(final, loop.log)
+    ev = validate_model(loop, final, deploy=deploy, amp=False)  # fp32: the agreement is about the conversion only
+    if deploy is not None and ev["deploy_agreement"] < 1.0:
+        loop.log(f"warning: the deploy model changes {100 * (1 - ev['deploy_agreement']):.3f}% of predictions")
+    hashes = None
+    if loop.dist.enabled:
+        hashes = [None] * loop.dist.world_size
+        models = [state.model] + ([state.ema.module] if state.ema is not None else [])
+        tdist.all_gather_object(hashes, state_hash(*(m.state_dict() for m in models)))
+    if not loop.dist.main:
+        return dict(status="completed", rank=loop.dist.rank)
+    deploy_path = folder.path / "model_deploy.safetensors" if deploy is not None else None
+    if deploy is not None:
+        save_weights(deploy.cpu(), deploy_path, class_names=loop.data.classes,
                      extra_meta=dict(top1=ev["deploy_top1"], dataset=cfg.data, trained_by="vanillanet train",
-                                     **self.preprocess))
-        size = (cfg.in_chans, self.img_size, self.img_size)
-        cx = dict(params_train=count_params(final), params_deploy=count_params(deploy),
-                  macs_train=count_macs(final, size), macs_deploy=count_macs(deploy, size))
-        plot = self.out / "training.png"
-        try:
-            from .plots import plot_training
+                                     **loop.data.preprocess.as_meta()))
+    size = (cfg.in_chans, loop.data.preprocess.img_size, loop.data.preprocess.img_size)
+    cx = dict(params_train=count_params(final), params_deploy=count_params(deploy) if deploy else None,
+              macs_train=count_macs(final, size), macs_deploy=count_macs(deploy, size) if deploy else None)
+    plot = folder.path / "training.png"
+    try:
+        from .plots import plot_training
 
-            plot_training(self.out / "metrics.jsonl", plot)
-        except ImportError as err:
-            self.log(f"no plot ({err}); pip install matplotlib")
-            plot = None
-        seconds = time.perf_counter() - self.t0
-        summary = dict(
-            status="completed", model=cfg.model, data=cfg.data, num_classes=self.num_classes, img_size=self.img_size,
-            epochs=cfg.epochs, steps=self.step, world_size=self.dist.world_size,
-            evaluated="ema" if self.ema else "model",
-            test_top1=ev["top1"], test_top5=ev["top5"], test_loss=ev["val_loss"], test_images=ev["n"],
-            deploy_test_top1=ev["deploy_top1"], deploy_agreement=ev["deploy_agreement"],
-            best_top1=self.best_top1, best_epoch=self.best_epoch, act_learn=final.act_learn, seconds=seconds, **cx,
-            checkpoint=str(self.last_ckpt) if self.last_ckpt else None,
-            best_checkpoint=str(self.out / "best.pth") if (self.out / "best.pth").is_file() else None,
-            deploy_weights=str(deploy_path), plot=str(plot) if plot else None,
-            metrics=str(self.out / "metrics.jsonl"), config=str(self.out / "config.yaml"),
-        )
-        if hashes is not None:
-            summary.update(rank_weight_hashes=hashes, ranks_in_sync=len(set(hashes)) == 1)
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        self.log(_summary_table(summary))
-        return summary
+        plot_training(folder.metrics_path, plot)
+    except ImportError as err:
+        loop.log(f"no plot ({err}); pip install matplotlib")
+        plot = None
+    best = folder.path / "best.pth"
+    summary = dict(
+        status="completed", model=cfg.model, data=cfg.data, num_classes=len(loop.data.classes),
+        img_size=loop.data.preprocess.img_size, epochs=cfg.epochs, steps=state.step,
+        world_size=loop.dist.world_size, evaluated="ema" if state.ema else "model",
+        test_top1=ev["top1"], test_top5=ev["top5"], test_loss=ev["loss"], test_images=ev["images"],
+        deploy_test_top1=ev.get("deploy_top1"), deploy_agreement=ev.get("deploy_agreement"),
+        best_top1=state.best_top1, best_epoch=state.best_epoch, act_learn=loop.deep.value,
+        seconds=loop.seconds(state), **cx,
+        checkpoint=str(state.last_checkpoint) if state.last_checkpoint else None,
+        best_checkpoint=str(best) if best.is_file() else None,
+        deploy_weights=str(deploy_path) if deploy_path else None,
+        plot=str(plot) if plot else None, metrics=str(folder.metrics_path), config=str(folder.path / "config.yaml"),
+    )
+    if hashes is not None:
+        summary.update(rank_weight_hashes=hashes, ranks_in_sync=len(set(hashes)) == 1)
+    folder.write_summary(summary)
+    loop.log(_summary_table(summary))
+    return summary
+
+
+def _scaled(value: float | None, scale: float, spec: str) -> str:
+    """``value * scale`` formatted, or n/a (no deploy form)."""
+    return "n/a" if value is None else format(value * scale, spec)
 
 
 def _summary_table(s: dict[str, Any]) -> str:
     rows = [
         ("best top-1 (epoch)", f"{100 * s['best_top1']:.2f}% ({s['best_epoch']})"),
         ("final top-1, train form", f"{100 * s['test_top1']:.2f}%"),
-        ("final top-1, deploy form", f"{100 * s['deploy_test_top1']:.2f}%"),
-        ("identical predictions", f"{100 * s['deploy_agreement']:.2f}% of {s['test_images']}"),
-        ("params train / deploy", f"{s['params_train'] / 1e6:.3f} M / {s['params_deploy'] / 1e6:.3f} M"),
-        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {s['macs_deploy'] / 1e6:.2f} M "
+        ("final top-1, deploy form", f"{_scaled(s['deploy_test_top1'], 100, '.2f')}%"),
+        ("identical predictions", f"{_scaled(s['deploy_agreement'], 100, '.2f')}% of {s['test_images']}"),
+        ("params train / deploy", f"{s['params_train'] / 1e6:.3f} M / {_scaled(s['params_deploy'], 1e-6, '.3f')} M"),
+        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {_scaled(s['macs_deploy'], 1e-6, '.2f')} M "
                                 f"({s['img_size']} px)"),
         ("time", f"{s['seconds']:.0f} s"),
-        ("deploy weights", s["deploy_weights"]),
+        ("deploy weights", s["deploy_weights"] or "-"),
         ("plot", s["plot"] or "-"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+# ---- the run ----------------------------------------------------------------------------------------------------
+def _build(cfg: TrainConfig, dist: DistInfo, device: torch.device, folder: RunFolder, log: Log,
+           on_step: StepCallback | None) -> tuple[TrainState, Loop]:
+    from timm.utils import ModelEmaV3
+
+    from .models import VanillaNet
+
+    for seed_fn in (torch.manual_seed, random.seed, np.random.seed):
+        seed_fn(cfg.seed + dist.rank)
+    data = build_data(cfg.inputs, cfg.arch, cfg.batch_size, cfg.grad_accum_steps, cfg.validation_batch_size,
+                      cfg.seed, dist, device)
+    model, arch = build_model(cfg.arch, len(data.classes), log)
+    blocks = len(model.stages) if isinstance(model, VanillaNet) else None  # baselines: timm's own grouping
+    if cfg.layer_decay is not None and blocks is not None and cfg.layer_decay_layers not in (None, blocks):
+        raise ConfigError(f"layer_decay_layers is {cfg.layer_decay_layers} but {cfg.model} has {len(model.stages)} "
+                          f"blocks; set it to {len(model.stages)} or null")
+    if cfg.pretrained and cfg.decay_epochs and cfg.deep_training:
+        log(f"note: deep training restarts act_learn at 0 over {cfg.decay_epochs:g} epochs; --set decay_epochs=0 "
+            "keeps the pretrained network at act_learn 1")
+    frozen = _freeze(model, cfg.freeze_stages)
+    if cfg.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise ConfigError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); drop --sync-bn on "
+                              "the CPU (BN statistics are still averaged across processes every epoch)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
+    net, ddp = model, None
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = ddp = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    net = torch.compile(net) if cfg.compile else net
+    eff_batch = cfg.batch_size * cfg.grad_accum_steps * dist.world_size
+    lr, note = scaled_lr(cfg.optim, eff_batch)
+    if note:
+        log(f"{note} ({dist.world_size} x {cfg.batch_size} x {cfg.grad_accum_steps})")
+    optimizer = build_optimizer(model, cfg.optim, lr)
+    scheduler = build_scheduler(optimizer, cfg.optim, data.steps_per_epoch, cfg.epochs)
+    mixup, criterion = build_loss(cfg.mixing, len(data.classes), cfg.batch_size)
+    precision = build_precision(cfg.speed, device, log)
+    deep = DeepTraining(model, ema.module if ema is not None else None, cfg.decay_epochs, cfg.act_learn_mode,
+                        cfg.act_learn_update, data.steps_per_epoch)
+    state = TrainState(model, ema, optimizer, scheduler, precision.scaler)
+    loop = Loop(cfg, dist, device, folder, log, data, net, ddp, mixup, criterion, precision, deep, frozen, eff_batch,
+                arch, time.perf_counter(), on_step)
+    return state, loop
+
+
+def _run(cfg: TrainConfig, dist: DistInfo, device: torch.device, on_step: StepCallback | None) -> dict[str, Any]:
+    log = Log(dist.main)
+    folder = RunFolder(cfg.output, log)
+    with folder.lock() if dist.main else contextlib.nullcontext():
+        start = _start_point(folder, cfg.resume, dist)
+        state, loop = _build(cfg, dist, device, folder, log, on_step)
+        if start:
+            resume_from(state, loop, Path(start))
+        elif dist.main:
+            folder.reset_metrics()
+        if dist.main:
+            folder.write_config(config_to_dict(cfg))
+        log(f"training {cfg.model} (width x{cfg.width_mult:g}, {len(loop.data.classes)} classes, "
+            f"{loop.data.preprocess.img_size} px) on {cfg.data}: {cfg.epochs} epochs x {loop.data.steps_per_epoch} "
+            f"steps, effective batch {loop.eff_batch}, {dist.world_size} process(es) on {device.type}")
+        loop.deep.start(state.start_epoch)
+        try:
+            with StopSignal() as stop:
+                for epoch in range(state.start_epoch, cfg.epochs):
+                    start_batch = state.start_batch if epoch == state.start_epoch else 0
+                    stats = train_one_epoch(state, loop, epoch, start_batch, stop)
+                    if stats is None:
+                        name = "SIGTERM" if stop.exit_code == 143 else "SIGINT"
+                        log(f"{name}: saved {state.last_checkpoint} at step {state.step}; continue with --resume "
+                            f"{state.last_checkpoint} (or --resume auto)")
+                        return dict(status="interrupted", signal=name, exit_code=stop.exit_code, step=state.step,
+                                    checkpoint=str(state.last_checkpoint) if state.last_checkpoint else None)
+                    end_epoch(state, loop, epoch, stats)
+            return finish_run(state, loop)
+        finally:
+            _shutdown_workers(loop.data)
+
+
+def _shutdown_workers(data: Data) -> None:
+    """Stop the DataLoader worker processes now, also when the loop raised: persistent workers ignore SIGINT and
+    SIGTERM (the main process handles them), so nothing else would end them before the interpreter exits."""
+    for loader in (data.train_loader, data.val_loader):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
 
 
 def train(cfg: TrainConfig, *, on_step: StepCallback | None = None) -> dict[str, Any]:
@@ -616,7 +674,7 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None) -> dict[str,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _Trainer(cfg, dist, device, on_step).fit()
+        return _run(cfg, dist, device, on_step)
     finally:
         torch.set_num_threads(threads)
         if dist.owns_group and tdist.is_initialized():
