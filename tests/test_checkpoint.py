@@ -1,6 +1,7 @@
 """Checkpoints: every supported layout, safetensors round trip, bad inputs, fine-tuning, timm hook, convert CLI."""
 
 import argparse
+import errno
 import fractions
 import logging
 import os
@@ -13,7 +14,7 @@ from conftest import build_variant, give_realistic_bn_stats, rel_err
 from vanillanet import ConversionError, VanillaNet
 from vanillanet.checkpoint import load_checkpoint_file, read_class_names, save_weights
 from vanillanet.cli import main as cli_main
-from vanillanet.errors import CheckpointError, ConfigError
+from vanillanet.errors import CheckpointError, ConfigError, OutputError
 from vanillanet.fileio import save_atomic
 from vanillanet.registry import create_model
 from vanillanet.reparam import reparameterize_model
@@ -177,10 +178,10 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
     def broken_save(obj, f):
         open(f, "wb").write(b"PK\x03\x04 half")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"cannot write .*ckpt.pth \(No space left on device\); nothing was written"):
         save_atomic({"epoch": 2}, path)
     assert os.listdir(tmp_path) == ["ckpt.pth"]
     monkeypatch.undo()

@@ -63,3 +63,31 @@ def test_predict_fails_only_when_nothing_readable(images, tmp_path, capsys):
     assert "cannot read image" in err[0] and "none of the 1 inputs" in err[-1]
     assert main(["predict", str(tmp_path / "nothing"), "--checkpoint", str(ckpt)]) == 2
     assert "none of the 1 inputs" in capsys.readouterr().err
+
+
+def test_predict_limits_and_sixteen_bit_images(tmp_path, capsys):
+    from conftest import build_variant, give_realistic_bn_stats
+
+    from vanillanet.checkpoint import save_weights
+    from vanillanet.reparam import reparameterize_model
+
+    torch.manual_seed(0)  # random weights and statistics: the prediction depends on the pixels
+    model = build_variant("vanillanet_5", width_mult=1 / 32, num_classes=5)
+    give_realistic_bn_stats(model, (2, 3, 32, 32))
+    ckpt = tmp_path / "m.safetensors"
+    save_weights(reparameterize_model(model), ckpt)
+    gray = np.linspace(0, 255, 32 * 32).reshape(32, 32).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "g16.png")  # the same picture in 16 bits
+    Image.new("L", (32, 32), 255).save(tmp_path / "white.png")  # what the 16-bit one became before
+    Image.new("RGB", (3000, 20)).save(tmp_path / "wide.png")  # small, but its resize to 32 px would be 4800x32
+    names = ("g8", "g16", "white", "wide")
+    argv = ["predict", *(str(tmp_path / f"{n}.png") for n in names), "--checkpoint", str(ckpt), "--img-size", "32",
+            "--json", "--topk", "5"]
+    assert main(argv) == 0
+    got = {r["path"]: r for r in json.loads(capsys.readouterr().out)}
+    g8, g16, white, wide = (got[str(tmp_path / f"{n}.png")] for n in names)
+    assert "aspect ratio above 100:1" in wide["error"]
+    assert g8["predictions"] == g16["predictions"] != white["predictions"]
+    assert main([*argv, "--allow-large"]) == 0
+    assert all("error" not in r for r in json.loads(capsys.readouterr().out))

@@ -140,6 +140,12 @@ def test_cli_one_run_report_and_refusal(trained, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was not written" in err and "--max-drop" in err
     assert not refused.exists() and not list(tmp_path.glob(".refused*"))
+    before = ckpt.read_bytes()
+    assert main([*args, "--output", str(ckpt)]) == 2  # never an output onto an input
+    assert "is the input" in capsys.readouterr().err and ckpt.read_bytes() == before
+    with pytest.raises(SystemExit) as bad:  # flags are checked like config keys
+        main([*args, "--output", str(out), "--calib-images", "0"])
+    assert bad.value.code == 2 and "--calib-images: must be at least 1" in capsys.readouterr().err
 
 
 def test_fast_inference_int8_is_opt_in(trained):

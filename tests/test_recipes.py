@@ -113,3 +113,17 @@ def test_unknown_key_in_recipe_file(tmp_path):
     f.write_text("model: vanillanet_5\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'learning_rate' in recipe .*bad.yaml"):
         load_recipe(str(f)) and resolve_config(str(f))
+
+
+def test_configs_built_in_python_are_checked_too(tmp_path):
+    """``dataclasses.replace`` or direct construction skip resolve_config: train() checks every value again."""
+    from vanillanet.train import train
+
+    cfg = resolve_config(None, {}, ["data=synthetic", f"output={tmp_path / 'out'}"])
+    replace = dataclasses.replace
+    cases = [(replace(cfg, ema=replace(cfg.ema, model_ema_decay=2.0)), "model_ema_decay must be less than 1, got 2.0"),
+             (replace(cfg, optim=replace(cfg.optim, lr=float("nan"))), "'lr' must be a finite number")]
+    for bad, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            train(bad)
+    assert not (tmp_path / "out").exists()

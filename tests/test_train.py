@@ -181,11 +181,13 @@ def test_ctrl_c_to_cli_process_group_saves_and_resumes(tmp_path, straight):
 def test_non_finite_loss_stops_with_the_step(tmp_path):
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf) at step \d+ .*last good checkpoint") as info:
-        train(tiny_cfg(out, "opt=sgd", "lr=1e30", "lr_base_scale=none", "warmup_epochs=0", "checkpoint_every=1"))
+        train(tiny_cfg(out, "opt=sgd", "lr=1e6", "lr_base_scale=none", "warmup_epochs=0", "checkpoint_every=1"))
     assert "\n" not in str(info.value)
     step = int(str(info.value).split("at step ")[1].split()[0])
+    # the checkpoint whose weights gave the non-finite loss is set aside; the newest kept one is the last verified
+    assert (out / f"diverged-{step - 1:08d}.pth").is_file()
     kept = sorted(out.glob("checkpoint-*.pth"))
-    assert kept and weights(kept[-1])["step"] == step - 1  # the last good state is kept, the bad one not saved
+    assert kept and weights(kept[-1])["step"] == step - 2 and str(kept[-1]) in str(info.value)
     assert all(torch.isfinite(v).all() for v in weights(kept[-1])["model"].values() if v.is_floating_point())
 
 

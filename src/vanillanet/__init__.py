@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first access)
 _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["CheckpointError", "ConfigError", "ConversionError", "DataError", "NonFiniteLossError",
-                     "VanillaNetError"], "errors"),
+                     "OutputError", "VanillaNetError"], "errors"),
     **dict.fromkeys(["SeriesActivation", "fold_bn", "merge_convs"], "layers"),
     **dict.fromkeys(["VARIANTS", "PUBLISHED", "Block", "DeepTrainingSlope", "VanillaNet", "VariantSpec",
                      "variant_names"], "models"),

@@ -85,9 +85,10 @@ class BenchConfig:
     inference: bool = option(True, "measure inference")
     width_mult: float = option(1.0, "scale the widths (quick tests)", gt=0, le=16)
     num_classes: int = option(1000, "classes of the head", ge=1)
+    allow_large: bool = option(False, "lift the model-size limit (1e9 parameters, see docs/faults.md)")
 
     def __post_init__(self) -> None:
-        config.validate(self)
+        config.check_instance(self)
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -183,7 +184,7 @@ def _entries(cfg: BenchConfig) -> tuple[list[tuple[str, str, nn.Module]], list[t
             add_resnet(name)
             continue
         extra = {} if cfg.checkpoint else {"num_classes": cfg.num_classes, "width_mult": cfg.width_mult}
-        model = create_model(name, cfg.checkpoint, **extra).eval().float()
+        model = create_model(name, cfg.checkpoint, allow_large=cfg.allow_large, **extra).eval().float()
         check_input_size(model, cfg.img_size)
         if cfg.checkpoint is None:
             calibrate_bn(model, (2, model.in_chans, cfg.img_size, cfg.img_size))

@@ -14,6 +14,10 @@ Supported inputs (detected from the content, not the file name):
   ``vanillanet train`` (original layout plus extras such as ``act_learn``, ``class_names`` and ``arch``).
 
 Pickles are loaded with ``weights_only=True`` and only ``argparse.Namespace`` allow-listed; anything else is refused.
+Every file we write carries a SHA-256 digest of its content (``sha256``: a metadata entry of ``.safetensors`` files,
+a top-level key of ``.pth`` files), verified whenever the file is read: changed bytes are a one-line
+``CheckpointError``, never silently different weights. Tensors that claim more memory than the file holds
+(stride-0 views) are refused, and what a file records (``FileMeta``) is checked like any setting a user passes.
 """
 
 from __future__ import annotations
@@ -21,19 +25,24 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, first_line
+from . import config
+from .config import option
+from .errors import CheckpointError, ConfigError, first_line
 from .fileio import save_atomic, write_atomic
+from .integrity import describe, digest, expanded, unsound
 from .models import MODEL_OPTIONS, VARIANTS, variant_of
 
-__all__ = ["FORMAT_NAME", "file_meta", "load_checkpoint_file", "model_meta", "read_class_names", "read_raw",
-           "read_training_checkpoint", "save_weights", "select_state_dict", "normalise_keys"]
+__all__ = ["FORMAT_NAME", "FileMeta", "file_meta", "load_checkpoint_file", "model_meta", "read_class_names",
+           "read_raw", "read_training_checkpoint", "save_weights", "select_state_dict", "normalise_keys", "with_digest"]
 
 FORMAT_NAME = "vanillanet"
 FORMAT_VERSION = 1
@@ -81,16 +90,40 @@ def read_raw(path: Path) -> tuple[Any, str, dict[str, str]]:
         try:
             with safe_open(str(path), framework="pt") as f:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-                return tensors, "safetensors", dict(f.metadata() or {})
+                st_meta = dict(f.metadata() or {})
         except Exception as err:  # safetensors raises its own error types for every kind of damage
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_reason(err)}): copy or "
                                   "download it again") from err
+        expected = st_meta.pop("sha256", None)
+        if expected is not None and digest({"tensors": tensors, "meta": st_meta}) != expected:
+            raise CheckpointError(_CHANGED.format(path=path))
+        return tensors, "safetensors", st_meta
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise CheckpointError(f"{path} is not a checkpoint (it looks like {_kind_of(head)}): pass a PyTorch "
                               ".pth/.pt or a .safetensors file")
+    obj = _load_pickle(path, size)
+    big = expanded(obj)
+    if big:
+        raise CheckpointError(f"{path} holds tensors larger than the data stored for them ({big[0]}: stride-0 "
+                              "views, a few bytes that would take gigabytes in memory): refusing it; save real "
+                              "tensors (.contiguous()) instead")
+    if isinstance(obj, Mapping) and isinstance(obj.get("sha256"), str):
+        obj = dict(obj)
+        if digest({k: v for k, v in obj.items() if k != "sha256"}) != obj.pop("sha256"):
+            raise CheckpointError(_CHANGED.format(path=path))
+    return obj, "pth", {}
+
+
+_CHANGED = ("checkpoint {path} does not match the SHA-256 digest it was written with: its bytes were changed or "
+            "damaged after writing; copy it again or use another checkpoint")
+
+
+def _load_pickle(path: Path, size: int) -> Any:
+    """``torch.load`` with weights_only (through a file object, so that torch does not pick a reader by the file's
+    suffix) and ``argparse.Namespace`` allowed; one-line errors."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True), "pth", {}
+        with open(path, "rb") as f, torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only load failed" not in str(err).lower():
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({_reason(err)}): copy or "
@@ -151,8 +184,67 @@ def _parse_meta_value(text: str) -> Any:
         return text
 
 
-def meta_from(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]:
-    """What a file records besides the weights (ours: everything; original: args; ours-training: extras)."""
+@dataclass(frozen=True)
+class FileMeta:
+    """What our files record besides the weights and the code reads back, with the allowed values: checked on
+    every load (``check_meta``) like a user's settings, so edited or foreign metadata is a one-line error."""
+
+    architecture: str | None = option(None, "variant name")
+    act_learn: float | None = option(None, "deep-training slope when saved", ge=0, le=1)
+    act_num: int | None = option(None, "activation kernel is 2*act_num+1", ge=0, le=16)
+    num_classes: int | None = option(None, "classes of the head", ge=0)
+    in_chans: int | None = option(None, "input channels", ge=1)
+    dims: tuple[int, ...] | None = option(None, "widths", ge=1)
+    strides: tuple[int, ...] | None = option(None, "block strides", ge=1)
+    ada_pool: tuple[int, ...] | None = option(None, "adaptive pooling sizes", ge=0)
+    class_names: tuple[str, ...] | None = option(None, "class names, one per output")
+    img_size: int | None = option(None, "input size", ge=1)
+    crop_pct: float | None = option(None, "eval centre-crop fraction", gt=0, le=1)
+    mean: tuple[float, ...] | None = option(None, "normalisation mean")
+    std: tuple[float, ...] | None = option(None, "normalisation std", gt=0)
+    interpolation: str | None = option(None, "resize interpolation")
+    epoch: int | None = option(None, "epoch", ge=0)
+    step: int | None = option(None, "optimiser steps", ge=0)
+    deep_training: bool | None = option(None, "ablation option: two convs per layer while training")
+    series_act: bool | None = option(None, "ablation option: the series activation (false: plain ReLU)")
+    shortcut: bool | None = option(None, "ablation option: identity shortcuts (no deploy form)")
+
+
+_META_KEYS = config.keys_of(FileMeta)
+
+
+def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """``meta`` with the ``FileMeta`` entries coerced (tuples as lists) and checked; CheckpointError otherwise."""
+    for name, key in _META_KEYS.items():
+        value = meta.get(name)
+        if value is None:
+            continue
+        hint = typing.get_args(key.hint)[0]
+        try:
+            if typing.get_origin(hint) is tuple and not isinstance(value, (list, tuple)):
+                raise ConfigError("")
+            value = config.coerce(name, value, key.hint)
+        except ConfigError:
+            wanted = "a list" if typing.get_origin(hint) is tuple else {int: "an integer", float: "a finite number",
+                                                                        str: "text"}[hint]
+            raise CheckpointError(f"{where} records a malformed {name} ({value!r:.60}, not {wanted}); the file was "
+                                  "edited or not written by vanillanet: re-create it") from None
+        try:
+            config.check(name, value, key.field)
+        except ConfigError as err:
+            raise CheckpointError(f"{where} records an impossible {name} ({err}); the file was edited or not "
+                                  "written by vanillanet: re-create it") from None
+        meta[name] = list(value) if isinstance(value, tuple) else value
+    return meta
+
+
+def meta_from(obj: Any, fmt: str, st_meta: dict[str, str], where: str = "the checkpoint") -> dict[str, Any]:
+    """What a file records besides the weights (ours: everything; original: args; ours-training: extras), checked
+    against ``FileMeta``."""
+    return check_meta(_collect_meta(obj, fmt, st_meta), where)
+
+
+def _collect_meta(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]:
     if fmt == "safetensors":
         return {k: _parse_meta_value(v) for k, v in st_meta.items()}
     if not isinstance(obj, Mapping):
@@ -231,7 +323,7 @@ def load_checkpoint_file(path: str | Path, *, use_ema: bool = True) -> dict[str,
     obj, fmt, st_meta = read_raw(path)
     state_dict, source = select_state_dict(obj, use_ema, str(path))
     state_dict, openmixup = normalise_keys(state_dict)
-    meta = meta_from(obj, fmt, st_meta)
+    meta = meta_from(obj, fmt, st_meta, str(path))
     layout = ("openmixup" if openmixup else "vanillanet" if meta.get("format") == FORMAT_NAME
               else "original" if source in ("model", "model_ema") else "state_dict")
     meta.update(path=str(path), format=fmt, source=source, layout=layout)
@@ -240,17 +332,25 @@ def load_checkpoint_file(path: str | Path, *, use_ema: bool = True) -> dict[str,
 
 def file_meta(path: Path) -> dict[str, Any]:
     """What a checkpoint file records besides its weights, without reading the tensors into memory."""
-    if path.suffix == ".safetensors":  # timm, too, picks the reader by the suffix
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[8:9] == b"{":  # by content, not by the suffix
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            return meta_from(None, "safetensors", dict(f.metadata() or {}))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return meta_from(None, "safetensors", dict(f.metadata() or {}), str(path))
+        except Exception:  # damaged: read_raw names the problem
+            read_raw(path)
+            raise
+    if not head.startswith(b"PK\x03\x04"):  # legacy (non-zip) files cannot be memory-mapped
+        return meta_from(read_raw(path)[0], "pth", {}, str(path))
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+    except Exception:
         obj = read_raw(path)[0]
-    return meta_from(obj, "pth", {})
+    return meta_from(obj, "pth", {}, str(path))
 
 
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -298,16 +398,26 @@ def save_weights(model: nn.Module, path: str | Path, *, class_names: list[str] |
     """Save ``model``'s weights with metadata: ``.safetensors`` (metadata as JSON strings) or ``.pth``
     (``{'model': state_dict, 'meta': {...}}``, loadable with weights_only=True). Written atomically."""
     path = Path(path)
+    if path.suffix not in (".safetensors", ".pth", ".pt"):
+        raise CheckpointError(f"cannot save to {path}: use a .safetensors or .pth file name")
     meta = {**model_meta(model), **(dict(extra_meta) if extra_meta else {})}
     if class_names is not None:
         meta["class_names"] = list(class_names)
-    meta = json.loads(json.dumps(meta))  # plain types only, so weights_only loading accepts it
+    meta = json.loads(json.dumps(meta, allow_nan=False))  # plain types only, so weights_only loading accepts it
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = unsound(("", state_dict))
+    if bad:
+        raise CheckpointError(f"not writing {path}: the weights are unusable ({describe(bad)}); the model diverged "
+                              "or its source file is damaged")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
         text_meta = {k: json.dumps(v) for k, v in meta.items()}
+        text_meta["sha256"] = digest({"tensors": state_dict, "meta": text_meta})
         return write_atomic(path, lambda tmp: save_file(state_dict, tmp, metadata=text_meta))
-    if path.suffix in (".pth", ".pt"):
-        return save_atomic({"model": state_dict, "meta": meta}, path)
-    raise CheckpointError(f"cannot save to {path}: use a .safetensors or .pth file name")
+    return save_atomic(with_digest({"model": state_dict, "meta": meta}), path)
+
+
+def with_digest(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` plus its ``sha256`` entry, which ``read_raw`` verifies (every ``.pth`` file we write has one)."""
+    return {**obj, "sha256": digest(dict(obj))}

@@ -2,17 +2,28 @@
 ablate} ...``.
 
 Each command lives in the module that does the work; that module's ``add_cli(parser)`` declares its options and
-sets ``func``. Only the chosen command's module is imported, so start-up stays fast. Errors a user can cause
-(``VanillaNetError``) are printed as one line, without a traceback, and exit with status 2.
+sets ``func``. Only the chosen command's module is imported, so start-up stays fast.
+
+One error policy, enforced here for every command: whatever goes wrong ends in ONE line on stderr and exit status 2.
+Errors a user can cause (``VanillaNetError``) and bad options print ``vanillanet CMD: error: <reason and fix>``; any
+other exception (a bug, or a failure we did not foresee) prints ``vanillanet CMD: error: <type>: <first line>
+(full traceback: <log file>)``, the traceback being written to the command's output folder when it has one
+(``args.log_dir``), else to ``$VANILLANET_LOG_DIR``, the user cache (``~/.cache/vanillanet/logs``) or the temporary
+folder. Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 
-from .errors import VanillaNetError
+from .errors import VanillaNetError, first_line
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,10 +40,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the package's error format: one line, exit status 2 (the usage is one ``-h`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command`` given, only that command's module is imported and its options added."""
-    parser = argparse.ArgumentParser(prog="vanillanet", description="VanillaNet models: train, convert, "
-                                     "evaluate, export and benchmark.")
+    parser = _Parser(prog="vanillanet", description="VanillaNet models: train, convert, evaluate, export and "
+                     "benchmark.")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"vanillanet {__version__}")
@@ -42,6 +60,32 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             importlib.import_module(f"vanillanet.{module}").add_cli(sp, name)
     return parser
+
+
+def _log_dirs(args: argparse.Namespace) -> list[Path]:
+    """Where a traceback log may go, best first: the command's output folder if it exists, then the others."""
+    own = getattr(args, "log_dir", None)
+    dirs = [Path(own)] if own and Path(own).is_dir() else []
+    if os.environ.get("VANILLANET_LOG_DIR"):
+        dirs.append(Path(os.environ["VANILLANET_LOG_DIR"]))
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return [*dirs, Path(cache) / "vanillanet" / "logs", Path(tempfile.gettempdir()) / "vanillanet-logs"]
+
+
+def write_traceback(args: argparse.Namespace, err: BaseException) -> Path | None:
+    """Write ``err``'s full traceback (and the command line) to a log file; its path, or None if nowhere could
+    take it."""
+    name = f"traceback-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = f"vanillanet {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(err))
+    for folder in _log_dirs(args):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vanillanet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # the guard: nothing escapes as a bare traceback
+        log = write_traceback(args, err)
+        what = first_line(err)
+        what = what if what == type(err).__name__ else f"{type(err).__name__}: {what}"
+        where = f"full traceback: {log}" if log else "no traceback log could be written"
+        print(f"vanillanet {args.command}: error: {what} ({where})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

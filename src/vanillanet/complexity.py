@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .config import field_type, value_type
 from .errors import ConfigError, first_line
 from .models import PUBLISHED, VARIANTS, check_model_name
 from .registry import create_model
@@ -55,8 +56,8 @@ def model_complexity(name: str, img_size: int = 224, **kwargs: Any) -> dict[str,
     in_chans = kwargs.get("in_chans", 3)
     result: dict[str, Any] = {"model": name, "img_size": img_size, **kwargs}
     for form in ("train", "deploy"):
-        with torch.device("meta"):
-            model = create_model(name, deploy=form == "deploy", **kwargs)
+        with torch.device("meta"):  # nothing is allocated, so no size limit applies
+            model = create_model(name, deploy=form == "deploy", allow_large=True, **kwargs)
         result[form] = {"params": count_params(model), "macs": count_macs(model, (in_chans, img_size, img_size))}
     published = PUBLISHED.get(name) if img_size == 224 and not kwargs else None
     if published:
@@ -107,14 +108,20 @@ def _info_command(args: argparse.Namespace) -> int:
 
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     """``vanillanet list`` and ``vanillanet info MODEL``."""
+    from .train_config import ArchConfig
+
     if command == "list":
         parser.set_defaults(func=_list_command)
         return
     parser.add_argument("model", metavar="MODEL", help="variant name (see `vanillanet list`)")
-    parser.add_argument("--img-size", type=int, default=224, help="square input size in pixels (default 224)")
-    parser.add_argument("--width-mult", type=float, default=None, help="scale every width (narrow models)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes of the head (default 1000)")
-    parser.add_argument("--act-num", type=int, default=None, help="activation kernel 2n+1 (default 3)")
-    parser.add_argument("--in-chans", type=int, default=None, help="input channels (default 3)")
+    parser.add_argument("--img-size", type=value_type(int, ge=1), default=224,
+                        help="square input size in pixels (default 224)")
+    parser.add_argument("--width-mult", type=field_type(ArchConfig, "width_mult"), default=None,
+                        help="scale every width (narrow models)")
+    parser.add_argument("--num-classes", type=field_type(ArchConfig, "num_classes"), default=None,
+                        help="classes of the head (default 1000)")
+    parser.add_argument("--act-num", type=field_type(ArchConfig, "act_num"), default=None,
+                        help="activation kernel 2n+1 (default 3)")
+    parser.add_argument("--in-chans", type=value_type(int, ge=1), default=None, help="input channels (default 3)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.set_defaults(func=_info_command)

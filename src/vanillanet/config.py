@@ -3,8 +3,10 @@
 One ``option(...)`` line per setting declares its default, help, allowed values (``choices``) and range (``ge``,
 ``gt``, ``le``, ``lt``); from it come the value checks, the command-line flag (``lr`` -> ``--lr``, booleans as
 ``--amp/--no-amp``, tuples as several values) and the help text. This is the package's one validation layer for
-numbers a user can pass: config files, ``--set key=value`` and flags all go through ``coerce`` and ``check``, so a
-value of the wrong type, out of range or not finite is a one-line ``ConfigError`` naming the key and the fix.
+numbers a user can pass: config files, ``--set key=value``, flags (``add_arguments``, or ``value_type`` for a
+command's plain argparse option), settings built in Python (``check_instance``) and what a checkpoint records all go
+through ``coerce`` and ``check``, so a value of the wrong type, out of range or not finite is a one-line
+``ConfigError`` naming the key and the fix.
 
 A settings class is flat, or made of *sections* (fields whose type is itself such a dataclass, e.g.
 ``TrainConfig.optim``): keys stay flat and unique (``lr``, not ``optim.lr``) in files and on the command line, and
@@ -28,8 +30,8 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["Key", "add_arguments", "build", "check", "coerce", "keys_of", "option", "overrides_from_args",
-           "parse_text", "to_flat", "unknown_key_error", "validate"]
+__all__ = ["Key", "add_arguments", "build", "check", "check_instance", "coerce", "field_type", "keys_of", "option",
+           "overrides_from_args", "parse_text", "to_flat", "unknown_key_error", "value_type"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,  # noqa: A002
@@ -154,17 +156,7 @@ def check(key: str, value: Any, f: dataclasses.Field) -> None:
                                 ("le", lambda a, b: a <= b, "at most"), ("lt", lambda a, b: a < b, "less than")):
             limit = meta.get(bound)
             if limit is not None and not ok(v, limit):
-                raise ConfigError(f"{key} must be {word} {limit:g}, got {v!r}")
-
-
-def validate(obj: Any) -> None:
-    """``check`` every field of a settings instance built directly in Python (``build`` checks as it goes)."""
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            validate(value)
-        else:
-            check(f.name, value, f)
+                raise ConfigError(f"{key} must be {word} {limit:g}, got {v!r}".lstrip())
 
 
 def parse_text(key: str, raw: str, hint: Any) -> Any:
@@ -204,6 +196,49 @@ def build(cls: type, values: Mapping[str, Any], source: str = "the settings") ->
     for section, section_values in sections.items():
         kwargs[section] = hints[section](**section_values)
     return cls(**kwargs)
+
+
+def check_instance(obj: Any) -> Any:
+    """Every value of a settings instance coerced and checked as ``build`` does (an instance made directly, e.g.
+    ``TrainConfig(arch=ArchConfig(width_mult=0))`` or with ``dataclasses.replace``, skipped those checks); returns
+    ``obj``."""
+    for name, key in keys_of(type(obj)).items():
+        holder = getattr(obj, key.section) if key.section else obj
+        value = getattr(holder, name)
+        check(name, coerce(name, list(value) if isinstance(value, tuple) else value, key.hint), key.field)
+    return obj
+
+
+def value_type(hint: Any, **allowed: Any) -> Any:
+    """An argparse ``type=`` for a command's plain option that parses and checks its text exactly as config keys
+    are (``parse_text``, then ``check`` with ``option``'s keywords: choices, ge, gt, le, lt); a bad value is a
+    one-line argparse error, e.g. ``argument --topk: must be at least 1, got 0``."""
+    f = option(None, **allowed)
+    name = getattr(hint, "__name__", "value")
+    wanted = {int: "an integer", float: "a finite number"}.get(hint, f"a {name}")
+
+    def parse(raw: str) -> Any:
+        try:
+            value = parse_text("", raw, hint)
+        except ConfigError:
+            raise argparse.ArgumentTypeError(f"needs {wanted}, got {raw!r}") from None
+        try:
+            check("", value, f)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def field_type(cls: type, name: str) -> Any:
+    """``value_type`` of the declared key ``name`` of settings class ``cls`` (its type and allowed values), for a
+    command that takes the same setting as a plain option."""
+    key = keys_of(cls)[name]
+    meta = key.field.metadata
+    hint = next((a for a in typing.get_args(key.hint) if a is not type(None)), key.hint)
+    return value_type(hint, **{k: meta[k] for k in ("choices", "ge", "gt", "le", "lt") if meta.get(k) is not None})
 
 
 def to_flat(obj: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """``vanillanet convert``: any supported checkpoint -> a deploy-form ``.safetensors`` file, written only when the
-train and deploy forms give the same outputs."""
+train and deploy forms give the same outputs, the weights are finite, and the output is not the input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any
 import torch
 
 from .checkpoint import model_meta, save_weights
+from .config import value_type
 from .errors import CheckpointError, ConversionError
+from .fileio import refuse_inputs
+from .models import check_input_size
 from .registry import create_model
 from .reparam import conversion_error, reparameterize_model
 
@@ -19,13 +22,20 @@ __all__ = ["convert_checkpoint"]
 
 @torch.no_grad()
 def convert_checkpoint(src: str | Path, dst: str | Path, *, model_name: str | None = None, use_ema: bool = True,
-                       img_size: int = 224, tol: float = 1e-4, seed: int = 0) -> dict[str, Any]:
+                       img_size: int = 224, tol: float = 1e-4, seed: int = 0,
+                       allow_large: bool = False) -> dict[str, Any]:
     """Any supported checkpoint -> a deploy-form ``.safetensors`` file, written only if the fp32 outputs of the
-    train and deploy forms agree (eval mode, random input, max relative error <= ``tol``)."""
+    train and deploy forms agree (eval mode, random input, max relative error <= ``tol``). ``allow_large`` lifts
+    the size limits (``registry.MAX_PARAMS``, ``data.MAX_IMG_SIZE``)."""
+    from .data import check_img_size
+
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"the output {dst} must end in .safetensors (the deploy format)")
-    model = create_model(model_name, src, use_ema=use_ema).float().eval()
+    refuse_inputs(dst, src)
+    check_img_size(img_size, allow_large=allow_large, what="--img-size")
+    model = create_model(model_name, src, use_ema=use_ema, allow_large=allow_large).float().eval()
+    check_input_size(model, img_size)
     meta = model.checkpoint_meta
     form = "deploy" if model.deploy else "train"
     if model.deploy:
@@ -50,7 +60,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, model_name: str | No
 
 def _main(args: argparse.Namespace) -> int:
     result = convert_checkpoint(args.input, args.output, model_name=args.model, use_ema=not args.no_ema,
-                                img_size=args.img_size)
+                                img_size=args.img_size, allow_large=args.allow_large)
     entry = f" '{result['source']}'" if result["source"] else ""
     if result["input_form"] == "deploy":
         check = "input already in deploy form, weights copied unchanged"
@@ -67,5 +77,8 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("output", help="deploy-form .safetensors file to write")
     parser.add_argument("--model", default=None, help="variant name (default: inferred from the file)")
     parser.add_argument("--no-ema", action="store_true", help="use the 'model' weights, not 'model_ema'")
-    parser.add_argument("--img-size", type=int, default=224, help="input size of the output check (default 224)")
+    parser.add_argument("--img-size", type=value_type(int, ge=1), default=224,
+                        help="input size of the output check (default 224)")
+    parser.add_argument("--allow-large", action="store_true",
+                        help="lift the size limits (input size 4096 px; models 1e9 parameters)")
     parser.set_defaults(func=_main)

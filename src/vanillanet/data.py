@@ -17,6 +17,11 @@
   only on ``(seed, epoch, batch index)``: call ``set_epoch(loader, epoch, start_batch)`` before each epoch; resuming
   after ``k`` finished batches yields batches ``k, k+1, ...`` identical to an uninterrupted run, whatever
   ``num_workers`` is, without touching the global RNG streams.
+- **Limits** (each lifted by ``--allow-large`` where a command offers it): an input size above ``MAX_IMG_SIZE`` px,
+  and images above ``MAX_IMAGE_PIXELS`` or with an aspect ratio above ``MAX_ASPECT`` (checked from the header,
+  before decoding: resizing a 600000x1 image's short side to 256 px would take gigabytes) are refused.
+  ``open_image`` also converts 16-bit and float images by their true range instead of clipping them to white or
+  black.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from .config import coerce
 from .errors import ConfigError, DataError, first_line
 
 __all__ = [
+    "MAX_ASPECT",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMG_SIZE",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIRS",
     "DATA_HELP",
@@ -56,11 +64,14 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "build_transform",
+    "check_img_size",
+    "check_pixels",
     "dataset_defaults",
     "find_source",
     "load_fashion_mnist",
     "mean_std",
     "num_skipped",
+    "open_image",
     "resolve_preprocess",
     "set_epoch",
     "spread_subset",
@@ -77,6 +88,55 @@ FASHION_MNIST_CLASSES = [
 _FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                  "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+MAX_IMG_SIZE = 4096  # network input size; one 4096 px fp32 RGB image is 0.2 GB before the first layer
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own bomb threshold (a 0.25 GB RGB image)
+MAX_ASPECT = 100  # long side / short side
+
+
+def check_img_size(img_size: int, *, allow_large: bool = False, what: str = "img_size") -> int:
+    """``img_size`` if it is at least 1 and, unless ``allow_large``, at most ``MAX_IMG_SIZE``; else ConfigError."""
+    if img_size < 1:
+        raise ConfigError(f"{what} must be at least 1, got {img_size}")
+    if img_size > MAX_IMG_SIZE and not allow_large:
+        raise ConfigError(f"{what} {img_size} px is above the {MAX_IMG_SIZE} px limit (one image would take "
+                          f"{3 * 4 * img_size**2 / 1e9:.1f} GB before the first layer); pass --allow-large if you "
+                          "mean it")
+    return img_size
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Image.DecompressionBombError (which every reader treats as an unreadable image) for an image whose size,
+    read from its header, is above ``MAX_IMAGE_PIXELS`` or whose aspect ratio is above ``MAX_ASPECT``."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{width}x{height} px is above the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit; "
+                                           "pass --allow-large if you mean it")
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        raise Image.DecompressionBombError(f"{width}x{height} px has an aspect ratio above {MAX_ASPECT}:1, which "
+                                           "resizing to the network input would blow up to gigabytes; crop it, or "
+                                           "pass --allow-large")
+
+
+def open_image(path: str | Path, mode: str, *, limit: bool = True) -> Image.Image:
+    """A decoded image in ``mode`` ("L" or "RGB"); size limits checked before decoding (unless ``limit`` is False).
+    16-bit images are scaled from 0..65535 and float images from 0..1 (PIL would clip them to white or black);
+    float images outside [0, 1] are refused (their range is unknown)."""
+    with Image.open(path) as img:
+        if limit:
+            check_pixels(*img.size)
+        return _eight_bit(img).convert(mode)  # convert() forces the full decode inside the caller's try
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    top = 1.0 if img.mode == "F" else 65535.0
+    if lo < 0 or hi > top:
+        kind = "float" if img.mode == "F" else "integer"
+        raise ValueError(f"{kind} image with values in [{lo:g}, {hi:g}], outside the 0..{top:g} range it is read "
+                         "with; save it as an 8- or 16-bit image")
+    return Image.fromarray(np.round(values * (255.0 / top)).astype(np.uint8), mode="L")
 
 
 @dataclass(frozen=True)
@@ -123,12 +183,13 @@ class SafeImageFolder(ImageFolder):
     ``strict=True`` the first unreadable file raises ``DataError`` instead."""
 
     def __init__(self, root: str | Path, transform: Callable | None = None, *, in_chans: int = 3,
-                 strict: bool = False):
+                 strict: bool = False, allow_large: bool = False):
         mode = {1: "L", 3: "RGB"}.get(in_chans)
         if mode is None:
             raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}; use 1 for grayscale or 3 for RGB input")
         try:
-            super().__init__(str(root), transform=transform, loader=lambda p: _open_image(p, mode))
+            super().__init__(str(root), transform=transform,
+                             loader=lambda p: open_image(p, mode, limit=not allow_large))
         except FileNotFoundError as err:  # no class folders, or class folders without images
             raise DataError(f"{root}: {first_line(err, 500)}; put the images in one subfolder per class") from None
         self.strict = strict
@@ -161,12 +222,6 @@ class SafeImageFolder(ImageFolder):
         raise DataError(f"no readable image in {self.root}; check the files (every one failed to decode)")
 
 
-def _open_image(path: str, mode: str) -> Image.Image:
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        return img.convert(mode)  # convert() forces the full decode inside the try of the caller
-
-
 def num_skipped(obj: Any) -> int:
     """Unreadable images skipped so far by a dataset, a wrapped dataset or a DataLoader (0 for in-memory sets)."""
     while obj is not None:
@@ -177,7 +232,7 @@ def num_skipped(obj: Any) -> int:
 
 
 def _image_folder(base: Path, split: str, transform: Callable | None, *, in_chans: int,
-                  strict: bool = False) -> SafeImageFolder:
+                  strict: bool = False, allow_large: bool = False) -> SafeImageFolder:
     if not base.is_dir():
         raise DataError(f"dataset folder {base} does not exist; pass an ImageFolder root (with train/ and val/) or "
                         f"one of {', '.join(n for n in SOURCES if n != 'folder')}")
@@ -192,7 +247,7 @@ def _image_folder(base: Path, split: str, transform: Callable | None, *, in_chan
         only_v = sorted(classes["val"] - classes["train"])
         raise DataError(f"{base}: train/ and val/ have different classes (only in train: {_short(only_t)}; only in "
                         f"val: {_short(only_v)}); give both the same class subfolders")
-    return SafeImageFolder(split_dirs[split], transform, in_chans=in_chans, strict=strict)
+    return SafeImageFolder(split_dirs[split], transform, in_chans=in_chans, strict=strict, allow_large=allow_large)
 
 
 def _short(names: list[str], k: int = 5) -> str:
@@ -380,8 +435,8 @@ def _load_synthetic(data: str, split: str, transform: Callable | None, *, in_cha
 
 
 def _load_folder(data: str, split: str, transform: Callable | None, *, in_chans: int, strict: bool = False,
-                 **_: Any) -> Dataset:
-    return _image_folder(Path(data), split, transform, in_chans=in_chans, strict=strict)
+                 allow_large: bool = False, **_: Any) -> Dataset:
+    return _image_folder(Path(data), split, transform, in_chans=in_chans, strict=strict, allow_large=allow_large)
 
 
 _SMALL_GRAY = "the small grayscale sets are upscaled to 32 px (the stem's stride 4 and three stride-2 blocks need 32)"
@@ -402,7 +457,9 @@ SOURCES: dict[str, DataSource] = {s.name: s for s in (
     DataSource("folder", "an ImageFolder root with train/ and val/, one subfolder per class (ImageNet layout)",
                DataDefaults(224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875), _load_folder,
                {"strict": SourceOption(False, "an unreadable image is an error instead of a counted skip",
-                                       "strict_data")}),
+                                       "strict_data"),
+                "allow_large": SourceOption(False, "accept images above the size limits (data.MAX_IMAGE_PIXELS, "
+                                            "data.MAX_ASPECT)")}),
 )}
 
 
@@ -476,9 +533,11 @@ _PRE_KEYS = ("img_size", "crop_pct", "mean", "std", "interpolation")
 
 
 def resolve_preprocess(*, model_cfg: Mapping[str, Any] | None = None, data: str | Path | None = None,
-                       meta: Mapping[str, Any] | None = None, **explicit: Any) -> Preprocess:
+                       meta: Mapping[str, Any] | None = None, allow_large: bool = False,
+                       **explicit: Any) -> Preprocess:
     """The eval transform's settings, in increasing priority: a timm model config (``pretrained_cfg``), the data
-    source's defaults, what a checkpoint records, explicit values (None = not given)."""
+    source's defaults, what a checkpoint records, explicit values (None = not given). The result is checked: the
+    input size against ``MAX_IMG_SIZE`` (unless ``allow_large``), a positive std, a known interpolation."""
     values: dict[str, Any] = {}
     if model_cfg:
         values.update(img_size=int(model_cfg.get("input_size", (3, 224, 224))[-1]),
@@ -497,7 +556,16 @@ def resolve_preprocess(*, model_cfg: Mapping[str, Any] | None = None, data: str 
         if key in values:
             values[key] = tuple(float(v) for v in values[key])
     if "img_size" in values:
-        values["img_size"] = int(values["img_size"])
+        values["img_size"] = check_img_size(int(values["img_size"]), allow_large=allow_large)
+    if any(v <= 0 for v in values.get("std", ())):
+        raise ConfigError(f"the normalisation std must be positive, got {list(values['std'])} (from the checkpoint "
+                          "or the settings): fix the std setting")
+    if "interpolation" in values:
+        try:
+            T.InterpolationMode(values["interpolation"])
+        except ValueError:
+            raise ConfigError(f"unknown interpolation {values['interpolation']!r}; use bicubic, bilinear, "
+                              "nearest, lanczos, hamming or box") from None
     return Preprocess(**values)
 
 

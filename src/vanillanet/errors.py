@@ -29,8 +29,14 @@ class DataError(VanillaNetError):
     """A dataset path, folder layout or image is wrong."""
 
 
+class OutputError(VanillaNetError):
+    """An output cannot be written: the disk is full, the path is a folder or read-only, or it is one of the
+    command's inputs (which would be replaced)."""
+
+
 class NonFiniteLossError(VanillaNetError):
-    """The loss became NaN or infinite: training stopped without saving the diverged state."""
+    """The loss, the weights or the EMA became NaN or infinite: training stopped without saving the diverged
+    state, naming the last good checkpoint."""
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backends import EXACT_BACKENDS
+from .config import value_type
 from .errors import ConversionError, DataError, first_line
 from .fileio import write_json
 from .inference import fast_inference
@@ -137,11 +138,16 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
     parser.add_argument("--real-labels", help="ImageNet-ReaL labels JSON (one list per image, sorted file order)")
     parser.add_argument("--json", help="write the results to this JSON file")
-    parser.add_argument("--img-size", type=int, help="input size (default: from the checkpoint / model config)")
-    parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: from the model config)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--img-size", type=value_type(int, ge=1),
+                        help="input size (default: from the checkpoint / model config)")
+    parser.add_argument("--crop-pct", type=value_type(float, gt=0, le=1),
+                        help="centre-crop fraction (default: from the model config)")
+    parser.add_argument("--batch-size", type=value_type(int, ge=1), default=64)
+    parser.add_argument("--workers", type=value_type(int, ge=0), default=min(4, os.cpu_count() or 1),
                         help="data-loading processes (default: 4, or the number of CPUs if fewer)")
+    parser.add_argument("--allow-large", action="store_true",
+                        help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
+                        "parameters)")
     parser.add_argument("--amp", action="store_true", help="half precision (fp16 on CUDA, bf16 on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format for --backend none (the other backends always use it)")
@@ -187,14 +193,17 @@ def _main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> int:
     from .data import build_dataset, build_loader, num_skipped, resolve_preprocess
+    from .fileio import refuse_inputs
 
     t0 = time.perf_counter()
-    model = create_model(args.model, args.checkpoint, use_ema=not args.no_ema).eval()
+    refuse_inputs(args.json, args.checkpoint, args.real_labels, flag="--json")
+    model = create_model(args.model, args.checkpoint, use_ema=not args.no_ema, allow_large=args.allow_large).eval()
     meta = model.checkpoint_meta
     pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), data=args.data, meta=meta,
-                             img_size=args.img_size, crop_pct=args.crop_pct)
+                             img_size=args.img_size, crop_pct=args.crop_pct, allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
-    dataset = build_dataset(args.data, "val", pre.transform(in_chans), in_chans=in_chans)
+    dataset = build_dataset(args.data, "val", pre.transform(in_chans), in_chans=in_chans,
+                            **({"folder.allow_large": True} if args.allow_large else {}))
     num_classes = getattr(model, "num_classes", None)
     if num_classes and len(dataset.classes) != num_classes:
         raise DataError(f"the dataset has {len(dataset.classes)} classes but the model predicts {num_classes}; "

@@ -4,7 +4,8 @@ file is kept.
 The deploy form is exported (a train-form model is converted first; act_learn must be 1). The batch axis is
 dynamic; ONNX files and traced TorchScript fix the spatial size (``img_size``). The exported file is run in
 onnxruntime (or reloaded with ``torch.jit.load``) on random inputs of two batch sizes and compared with the PyTorch
-model; above ``tol`` relative error the file is not written. The graph preparation and the ONNX bytes come from
+model; above ``tol`` relative error the file is not written, nor when the weights are unusable
+(``integrity.unsound``) or the output is the input checkpoint. The graph preparation and the ONNX bytes come from
 ``onnx_graph.py``.
 
 TorchScript: ``torch.jit.script`` by default. The scripted deploy model takes any batch and any input size (its
@@ -25,8 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import value_type
 from .errors import ConfigError, ConversionError
-from .fileio import write_atomic
+from .fileio import refuse_inputs, write_atomic
+from .integrity import describe, unsound
 from .models import check_input_size
 from .onnx_graph import DEFAULT_OPSET, EXPORTERS, make_exportable, onnx_bytes, onnx_session, quiet
 from .registry import create_model
@@ -47,6 +50,14 @@ class ExportResult:
     opset: int | None
     input_shape: tuple[int, int, int, int]
     max_rel_err: float
+
+
+def _check_sound(model: nn.Module) -> None:
+    """Weights no usable model holds are refused up front (the parity check would otherwise blame the exporter)."""
+    bad = unsound(("", model.state_dict()))
+    if bad:
+        raise ConversionError(f"the model's weights are unusable ({describe(bad)}): the training diverged or the "
+                              "checkpoint is damaged; export an earlier checkpoint")
 
 
 def _check_inputs(in_chans: int, img_size: int, seed: int = 0) -> list[torch.Tensor]:
@@ -78,6 +89,7 @@ def export_onnx(model: nn.Module, output: str | Path, *, img_size: int = 224, in
     """Export ``model``'s deploy form to ONNX, check it in onnxruntime against ``model`` itself at batch 1 and 3,
     and write ``output`` only when the max relative error is at most ``tol``."""
     output = Path(output)
+    _check_sound(model)
     in_chans = in_chans or getattr(model, "in_chans", 3)
     data = onnx_bytes(model, img_size, in_chans=in_chans, opset=opset, exporter=exporter)
     sess = onnx_session(data)
@@ -100,6 +112,7 @@ def export_torchscript(model: nn.Module, output: str | Path, *, img_size: int = 
     if method not in TORCHSCRIPT_METHODS:
         raise ConfigError(f"TorchScript method must be one of {', '.join(TORCHSCRIPT_METHODS)}, got {method!r}")
     output = Path(output)
+    _check_sound(model)
     in_chans = in_chans or getattr(model, "in_chans", 3)
     with quiet():
         if method == "script":
@@ -127,15 +140,21 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
                         "new folder for --format hf")
     parser.add_argument("--format", choices=("onnx", "torchscript", "hf"),
                         help="default: from the output's suffix; hf = a Hugging Face / timm model folder")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--img-size", type=int, default=224, help="input height = width (default 224)")
+    parser.add_argument("--opset", type=value_type(int, ge=1), default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--img-size", type=value_type(int, ge=1), default=224,
+                        help="input height = width (default 224)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                         help="ONNX exporter: dynamo (torch.export + onnxscript, default) or legacy (TorchScript)")
-    parser.add_argument("--num-classes", type=int, help="classes of a randomly initialised model (default 1000)")
+    parser.add_argument("--num-classes", type=value_type(int, ge=1),
+                        help="classes of a randomly initialised model (default 1000)")
     parser.add_argument("--torchscript-method", choices=TORCHSCRIPT_METHODS, default="script",
                         help="torch.jit.script (default: any input size) or torch.jit.trace (flat graph, "
                              "--img-size only)")
-    parser.add_argument("--tol", type=float, default=1e-4, help="max relative error allowed (default 1e-4)")
+    parser.add_argument("--tol", type=value_type(float, ge=0), default=1e-4,
+                        help="max relative error allowed (default 1e-4)")
+    parser.add_argument("--allow-large", action="store_true",
+                        help="lift the size limits (input size 4096 px; models 1e9 parameters)")
     parser.set_defaults(func=_main)
 
 
@@ -146,8 +165,12 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot tell the format from {args.output!r}; name it .onnx or .pt, or pass --format")
     if args.checkpoint is None and args.model is None:
         raise ConfigError("nothing to export; pass --model NAME (random weights) and/or --checkpoint PATH")
+    from .data import check_img_size
+
+    refuse_inputs(args.output, args.checkpoint)
+    check_img_size(args.img_size, allow_large=args.allow_large, what="--img-size")
     extra = {"num_classes": args.num_classes} if args.num_classes and args.checkpoint is None else {}
-    model = create_model(args.model, args.checkpoint, **extra)
+    model = create_model(args.model, args.checkpoint, allow_large=args.allow_large, **extra)
     if fmt == "hf":
         from .hub import export_hf
 

@@ -3,10 +3,14 @@
 A file is written to a temporary name in the same folder, then moved into place with ``os.replace`` (atomic on
 POSIX): readers see the old file or the new one, a crash leaves the old one, and the temporary name
 (``.NAME.<pid>.<random>.tmp``) is recognisable so that stale ones can be cleaned up (``remove_stale_temporaries``).
+A write that fails because the disk is full, the path is a folder or the folder is read-only raises a one-line
+``OutputError`` naming the path and the cause, and leaves nothing behind; ``refuse_inputs`` stops a command from
+writing its output onto one of its inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,8 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["json_safe", "link_or_copy", "remove_stale_temporaries", "save_atomic", "temporary_name",
-           "write_atomic", "write_json", "write_text"]
+from .errors import OutputError, VanillaNetError
+
+__all__ = ["append_line", "json_safe", "link_or_copy", "refuse_inputs", "remove_stale_temporaries", "save_atomic",
+           "temporary_name", "write_atomic", "write_json", "write_text"]
+
+_NEARLY_FULL = 1 << 20  # bytes free below which a failed write is blamed on a full disk
 
 
 def temporary_name(path: Path) -> Path:
@@ -29,17 +37,68 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     """Run ``write(temporary_path)`` in the same folder, then ``os.replace`` onto ``path``: readers never see half
     a file, a failure leaves the old one, and the result gets the usual umask mode (mkstemp would give 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; give a file name")
     tmp = temporary_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.touch()  # the mode a plain file gets here (umask); some writers (safetensors) create files 0600
         mode = tmp.stat().st_mode & 0o777
         write(str(tmp))
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except VanillaNetError:
+        raise
+    except Exception as err:
+        reason = _write_failure(path, err)
+        if reason is None:
+            raise
+        err.__traceback__ = None  # its frames would keep the writer's open file (and the space it took) alive
+        raise OutputError(f"cannot write {path} ({reason}); nothing was written: {_fix(reason)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def _write_failure(path: Path, err: Exception) -> str | None:
+    """Why a write failed, when it was the file system (None: a bug, re-raised as it is). torch.save reports a
+    full disk as a RuntimeError about stream positions, so the free space is checked as well."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        return f"a file is in the way of the folder {path.parent}"
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    folder = next((p for p in (path.parent, *path.parents) if p.is_dir()), None)
+    try:
+        if folder is not None and shutil.disk_usage(folder).free < _NEARLY_FULL:
+            return "No space left on device"
+    except OSError:
+        pass
+    return "No space left on device" if "No space left" in str(err) else None
+
+
+def _fix(reason: str) -> str:
+    if "space" in reason:
+        return "free some disk space (or choose another folder) and run again"
+    return "choose a writable file path"
+
+
+def refuse_inputs(output: str | Path | None, *inputs: str | Path | None, flag: str = "--output") -> None:
+    """OutputError when ``output`` is one of ``inputs`` (same path, or the same file through a link): writing it
+    would replace what the command reads, e.g. ``export --checkpoint best.pth --output best.pth``."""
+    if output is None:
+        return
+    out = Path(output)
+    for src in inputs:
+        if src is None:
+            continue
+        src = Path(src)
+        same = out.resolve() == src.resolve()
+        if not same and out.exists() and src.exists():
+            same = os.path.samefile(out, src)
+        if same:
+            raise OutputError(f"{flag} {out} is the input {src}: writing it would replace the input; choose "
+                              "another output file")
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -70,29 +129,41 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
     return write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")
 
 
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line (a log row); a crash can leave at most this line partial, which readers skip."""
+    try:
+        with open(path, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+    except OSError as err:
+        raise OutputError(f"cannot append to {path} ({err.strerror}); nothing was written: "
+                          f"{_fix(err.strerror or '')}") from err
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` (a hard link where possible), replacing it atomically."""
-    tmp = temporary_name(dst)
-    try:
+
+    def make(tmp: str) -> None:
+        os.unlink(tmp)
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(dst, make)
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path, *, owned: bool = False) -> list[Path]:
     """Delete the temporary files of writes in ``folder`` whose process is gone (a SIGKILL during a write leaves
-    them); returns what was removed. Temporaries of live processes are kept."""
+    them); returns what was removed. Temporaries of live processes are kept, unless ``owned``: the caller holds the
+    folder exclusively (a training run's lock), so every temporary there is stale, even one whose PID has since been
+    reused by another process."""
     removed = []
     for tmp in Path(folder).glob(".*.tmp"):
         parts = tmp.name.rsplit(".", 3)  # ['.NAME', pid, random, 'tmp']
         if len(parts) != 4 or not parts[1].isdigit():
             continue
         pid = int(parts[1])
-        if pid != os.getpid() and _alive(pid):
+        if not owned and pid != os.getpid() and _alive(pid):
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)

@@ -73,7 +73,7 @@ class Int8Config:
                                     "only to measure what it brings)")
 
     def __post_init__(self) -> None:
-        config.validate(self)
+        config.check_instance(self)
 
 
 # ---------------------------------------------------------------------------------------------- graph

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,7 +105,11 @@ def onnx_session(path_or_bytes: str | Path | bytes, threads: int | None = None):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own types (NOT_IMPLEMENTED for an opset it lacks, ...)
+        raise ConversionError(f"onnxruntime cannot run the ONNX model ({first_line(err, 200)}); export it with "
+                              "another --opset or --exporter") from None
 
 
 def onnx_runner(sess) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -125,10 +131,27 @@ def onnx_runner(sess) -> Callable[[torch.Tensor], torch.Tensor]:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the exporters' progress prints and deprecation warnings (errors still propagate)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """Silence the exporters' progress prints and deprecation warnings, and the C++ IR dump the legacy exporter
+    writes to file descriptor 1 before re-raising an error (redirect_stdout does not reach it); errors still
+    propagate."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all: nothing to silence
+        saved = None
+    try:
+        if saved is not None:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+        with contextlib.suppress(AttributeError):  # torch's legacy exporter turns its log on and leaves it on
+            torch._C._jit_set_onnx_log_enabled(False)
 
 
 def onnx_bytes(model: nn.Module, img_size: int, *, in_chans: int | None = None, opset: int = DEFAULT_OPSET,

@@ -2,7 +2,8 @@
 
 Class names: the checkpoint's own (fine-tuned models record them), else ImageNet's for 1000-class models (timm's
 ``ImageNetInfo``, bundled with timm, no download), else ``class_<i>``. Unreadable or missing images are reported
-and skipped; the command fails only when none could be read.
+and skipped; the command fails only when none could be read. Images above the size limits of ``data.open_image``
+(checked from the header, before decoding) count as unreadable unless ``--allow-large``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .backends import EXACT_BACKENDS
+from .config import value_type
 from .errors import DataError, first_line
 from .inference import fast_inference
 from .registry import create_model
@@ -67,15 +69,13 @@ def class_names_for(num_classes: int, recorded: list[str] | None = None) -> list
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def _read(path: Path, mode: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert(mode)  # forces the full decode
-
-
 @torch.no_grad()
 def predict_images(predict: Any, paths: list[Path], transform: Any, names: list[str], *, in_chans: int = 3,
-                   topk: int = 5, batch_size: int = 16) -> list[Prediction]:
-    """Run ``predict`` (images -> logits) on ``paths`` in batches; unreadable files become error entries."""
+                   topk: int = 5, batch_size: int = 16, allow_large: bool = False) -> list[Prediction]:
+    """Run ``predict`` (images -> logits) on ``paths`` in batches; unreadable files (and, unless ``allow_large``,
+    images above the size limits) become error entries."""
+    from .data import open_image
+
     mode = "L" if in_chans == 1 else "RGB"
     results: list[Prediction] = []
     pending: list[tuple[Prediction, torch.Tensor]] = []
@@ -93,7 +93,7 @@ def predict_images(predict: Any, paths: list[Path], transform: Any, names: list[
         pred = Prediction(str(path))
         results.append(pred)
         try:
-            pending.append((pred, transform(_read(path, mode))))
+            pending.append((pred, transform(open_image(path, mode, limit=not allow_large))))
         except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             pred.error = f"cannot read image ({first_line(err)})"
             continue
@@ -107,11 +107,16 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     parser.add_argument("--checkpoint", required=True, help="weights (train or deploy form, any layout)")
     parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
-    parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--topk", type=value_type(int, ge=1), default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--img-size", type=int, help="input size (default: from the checkpoint / model config)")
-    parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: from the model config)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--img-size", type=value_type(int, ge=1),
+                        help="input size (default: from the checkpoint / model config)")
+    parser.add_argument("--crop-pct", type=value_type(float, gt=0, le=1),
+                        help="centre-crop fraction (default: from the model config)")
+    parser.add_argument("--batch-size", type=value_type(int, ge=1), default=16)
+    parser.add_argument("--allow-large", action="store_true",
+                        help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
+                        "parameters)")
     parser.add_argument("--backend", default="eager", choices=("auto", *EXACT_BACKENDS),
                         help="fast_inference backend (default eager; for int8 see vanillanet quantize)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -121,24 +126,22 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
 def _main(args: argparse.Namespace) -> int:
     from .data import resolve_preprocess
 
-    if args.topk < 1:
-        raise DataError(f"--topk must be at least 1, got {args.topk}")
     files, errors = collect_images(args.images)
     if not files:
         for r in errors:
             print(f"vanillanet predict: {r.path}: {r.error}", file=sys.stderr)
         raise DataError(f"none of the {len(errors)} inputs is an image file; check the paths")
-    model = create_model(args.model, args.checkpoint).eval()
+    model = create_model(args.model, args.checkpoint, allow_large=args.allow_large).eval()
     meta = model.checkpoint_meta
     pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), meta=meta, img_size=args.img_size,
-                             crop_pct=args.crop_pct)
+                             crop_pct=args.crop_pct, allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
     names = class_names_for(int(model.num_classes), meta.get("class_names"))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     batch = max(1, min(args.batch_size, len(files)))
     fast = fast_inference(model, device, batch_size=batch, image_size=pre.img_size, backend=args.backend)
     results = errors + predict_images(fast, files, pre.transform(in_chans), names, in_chans=in_chans,
-                                      topk=args.topk, batch_size=batch)
+                                      topk=args.topk, batch_size=batch, allow_large=args.allow_large)
     good = [r for r in results if r.error is None]
     if args.json:
         print(json.dumps([{"path": r.path, "predictions": r.top} if r.error is None else

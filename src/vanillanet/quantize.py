@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from . import config
+from .config import value_type
 from .errors import ConfigError, ConversionError, DataError
 from .evaluate import evaluate
-from .fileio import write_atomic, write_json
+from .fileio import refuse_inputs, write_atomic, write_json
 from .int8 import CALIB_BATCH, Int8Config, quantize_bytes
 from .onnx_graph import onnx_bytes, onnx_runner, onnx_session
 from .registry import create_model
@@ -149,17 +150,26 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
                         "split evaluates)")
     parser.add_argument("--output", required=True, help="int8 .onnx file to write (only when within --max-drop)")
     parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
-    parser.add_argument("--calib-images", type=int, default=512,
+    parser.add_argument("--calib-images", type=value_type(int, ge=1), default=512,
                         help="training images that calibrate the activation ranges (default 512, spread evenly)")
-    parser.add_argument("--eval-images", type=int, help="evaluation images (default: the whole evaluation split)")
-    parser.add_argument("--max-drop", type=float, default=1.0,
+    parser.add_argument("--eval-images", type=value_type(int, ge=1),
+                        help="evaluation images (default: the whole evaluation split)")
+    parser.add_argument("--max-drop", type=value_type(float), default=1.0,
                         help="largest top-1 loss (percentage points) that still writes the file (default 1.0)")
-    parser.add_argument("--threads", type=int, help="intra-op threads of both sessions (default: torch's)")
+    parser.add_argument("--threads", type=value_type(int, ge=1, le=1024),
+                        help="intra-op threads of both sessions (default: torch's)")
     parser.add_argument("--json", help="write the measurements to this JSON file")
-    parser.add_argument("--img-size", type=int, help="input size (default: from the checkpoint / model config)")
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch (also timed; default 64)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median; default 7)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    parser.add_argument("--img-size", type=value_type(int, ge=1),
+                        help="input size (default: from the checkpoint / model config)")
+    parser.add_argument("--batch-size", type=value_type(int, ge=1), default=64,
+                        help="evaluation batch (also timed; default 64)")
+    parser.add_argument("--rounds", type=value_type(int, ge=1), default=7,
+                        help="interleaved timing rounds (median; default 7)")
+    parser.add_argument("--workers", type=value_type(int, ge=0), default=min(4, os.cpu_count() or 1),
+                        help="data-loading processes (default: 4, or the number of CPUs if fewer)")
+    parser.add_argument("--allow-large", action="store_true",
+                        help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
+                        "parameters)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     config.add_arguments(parser, Int8Config, skip=("relu_before_pool",), prefix="int8_")
     parser.set_defaults(func=_main)
@@ -169,15 +179,18 @@ def _main(args: argparse.Namespace) -> int:
     from .data import build_dataset, build_loader, resolve_preprocess, spread_subset
 
     cfg = config.build(Int8Config, config.overrides_from_args(args, Int8Config, prefix="int8_"), "vanillanet quantize")
+    refuse_inputs(args.output, args.checkpoint)
+    refuse_inputs(args.json, args.checkpoint, flag="--json")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = create_model(args.model, args.checkpoint).eval()
+    model = create_model(args.model, args.checkpoint, allow_large=args.allow_large).eval()
     pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), data=args.data,
-                             meta=model.checkpoint_meta, img_size=args.img_size)
+                             meta=model.checkpoint_meta, img_size=args.img_size, allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
     transform = pre.transform(in_chans)
-    calib = spread_subset(build_dataset(args.data, "train", transform, in_chans=in_chans), args.calib_images)
-    evals = spread_subset(build_dataset(args.data, "val", transform, in_chans=in_chans), args.eval_images)
+    large = {"folder.allow_large": True} if args.allow_large else {}
+    calib = spread_subset(build_dataset(args.data, "train", transform, in_chans=in_chans, **large), args.calib_images)
+    evals = spread_subset(build_dataset(args.data, "val", transform, in_chans=in_chans, **large), args.eval_images)
     num_classes = getattr(model, "num_classes", None)
     if num_classes and len(evals.classes) != num_classes:
         raise DataError(f"the dataset has {len(evals.classes)} classes but the model predicts {num_classes}; quantize "

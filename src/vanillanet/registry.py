@@ -20,7 +20,12 @@ from .errors import ConfigError
 from .models import VARIANTS, VanillaNet, check_model_name, default_out_indices, input_cfg
 from .weights import architecture_kwargs, filter_state_dict, load_into
 
-__all__ = ["create_model", "default_cfgs"]
+__all__ = ["MAX_PARAMS", "create_model", "default_cfgs"]
+
+# Largest model create_model builds unless allow_large: 1e9 parameters (4 GB in fp32). The largest variant is 0.24e9
+# (vanillanet_13_x1_5, train form); a file implying more (e.g. a crafted multi-million-class head) is refused
+# before any memory is allocated.
+MAX_PARAMS = 1_000_000_000
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -79,8 +84,24 @@ for _name in VARIANTS:
     _register(_name)
 
 
+def _check_size(name: str, kwargs: dict[str, Any], allow_large: bool, source: str) -> None:
+    """Build the model on the meta device (no memory) and refuse it above ``MAX_PARAMS``."""
+    import timm
+    import torch
+
+    if allow_large:
+        return
+    with torch.device("meta"):
+        probe = timm.create_model(name, **kwargs)
+    n = sum(p.numel() for p in probe.parameters())
+    if n > MAX_PARAMS:
+        raise ConfigError(f"{source} implies a model of {n / 1e6:,.0f}M parameters ({probe.num_classes} classes, "
+                          f"widths up to {max(probe.dims)}), above the {MAX_PARAMS / 1e6:,.0f}M limit: refusing to "
+                          "allocate it; pass --allow-large (allow_large=True) if you mean it")
+
+
 def create_model(name: str | None, checkpoint: str | Path | None = None, *, num_classes: int | None = None,
-                 use_ema: bool = True, **kwargs: Any) -> VanillaNet:
+                 use_ema: bool = True, allow_large: bool = False, **kwargs: Any) -> VanillaNet:
     """Build variant ``name``, load ``checkpoint`` (any supported layout and form) into it, and keep the file's
     metadata on the model as ``model.checkpoint_meta`` (``{}`` without a checkpoint) and the ``LoadReport`` as
     ``model.load_report``.
@@ -88,6 +109,7 @@ def create_model(name: str | None, checkpoint: str | Path | None = None, *, num_
     The form (train/deploy), act_num, in_chans, widths and class count come from the file unless given;
     ``deploy=True`` with a train-form file converts it. Another ``num_classes`` loads all but the head and logs
     one line. ``name=None`` infers the variant from the file. Without a checkpoint: a freshly initialised model.
+    A model above ``MAX_PARAMS`` parameters is refused before anything is allocated unless ``allow_large``.
     """
     import timm
 
@@ -96,12 +118,15 @@ def create_model(name: str | None, checkpoint: str | Path | None = None, *, num_
     if checkpoint is None:
         if name is None:
             raise ConfigError("no model given: pass a model name (random weights) or a checkpoint")
-        model = timm.create_model(name, **({} if num_classes is None else {"num_classes": num_classes}), **kwargs)
+        kwargs = {**({} if num_classes is None else {"num_classes": num_classes}), **kwargs}
+        _check_size(name, kwargs, allow_large, f"{name} with {kwargs}" if kwargs else name)
+        model = timm.create_model(name, **kwargs)
         model.checkpoint_meta, model.load_report = {}, None
         return model
     ckpt = load_checkpoint_file(checkpoint, use_ema=use_ema)
     name, kwargs = architecture_kwargs(name, ckpt, {**kwargs, "num_classes": num_classes})
     check_model_name(name)
+    _check_size(name, kwargs, allow_large, str(checkpoint))
     model = timm.create_model(name, **kwargs)
     model.load_report = load_into(model, ckpt, reset_head=True)
     model.checkpoint_meta = dict(ckpt["meta"])

@@ -11,9 +11,14 @@ Layout of ``OUT/``: ``checkpoint-<step>.pth`` (the last ``keep_last``), ``best.p
 - **Never overwrite a run**: starting afresh is refused when the folder holds any output of an earlier run
   (checkpoints, metrics, best.pth, summary.json, deploy weights), not only when it holds checkpoints.
 - **Stale temporaries** of interrupted writes (``.NAME.<pid>.<random>.tmp``) are removed when a run starts.
-- **Resume from the newest intact checkpoint**: a truncated or unreadable newest checkpoint is skipped, with a line
-  saying so, in favour of the previous one.
+- **Resume from the newest intact checkpoint**: a truncated, unreadable or altered (SHA-256 mismatch) newest
+  checkpoint is skipped, with a line saying so, in favour of the previous one.
+- **Keep the last verified checkpoint**: a checkpoint counts as verified once the next training step computed a
+  finite loss from its weights. Rotation (``keep_last``) never deletes the newest verified checkpoint, and when the
+  loss becomes non-finite the unverified checkpoint whose weights produced it is renamed ``diverged-<step>.pth``
+  (kept for inspection, never resumed from), so ``--resume auto`` continues from a checkpoint known to be good.
 - **metrics.jsonl** tolerates a partial last line (what a crash during an append leaves): it is dropped on resume.
+  Rows are standard JSON (non-finite numbers written as null).
 """
 
 from __future__ import annotations
@@ -31,9 +36,17 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import read_training_checkpoint
+from .checkpoint import read_training_checkpoint, with_digest
 from .errors import CheckpointError, ConfigError
-from .fileio import link_or_copy, remove_stale_temporaries, save_atomic, write_json, write_text
+from .fileio import (
+    append_line,
+    json_safe,
+    link_or_copy,
+    remove_stale_temporaries,
+    save_atomic,
+    write_json,
+    write_text,
+)
 
 __all__ = ["RunFolder"]
 
@@ -57,8 +70,8 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise ConfigError(f"--output {self.path} is a file, not a folder; choose a folder path") from None
-        except PermissionError:
-            raise ConfigError(f"cannot create --output {self.path} (permission denied); choose a writable "
+        except OSError as err:
+            raise ConfigError(f"cannot create --output {self.path} ({err.strerror}); choose a writable "
                               "folder") from None
         lock = self.path / ".lock"
         try:
@@ -89,7 +102,7 @@ class RunFolder:
     def start(self, resume: str | None) -> Path | None:
         """Clean up, then decide where the run starts: the checkpoint to resume from, or None for a fresh start
         (refused when the folder holds an earlier run's outputs)."""
-        for tmp in remove_stale_temporaries(self.path):
+        for tmp in remove_stale_temporaries(self.path, owned=True):  # called under the lock
             self.log(f"removed {tmp.name}, left by an interrupted write")
         latest = self.checkpoints()
         if resume == "auto":
@@ -113,6 +126,7 @@ class RunFolder:
 
     def _earlier_outputs(self) -> list[str]:
         found = [name for name in OUTPUTS if (self.path / name).exists()]
+        found += sorted(p.name for p in self.path.glob("diverged-*.pth"))[:1]
         metrics = self.path / "metrics.jsonl"
         if "metrics.jsonl" in found and metrics.is_file() and metrics.stat().st_size == 0:
             found.remove("metrics.jsonl")  # an empty log is no run
@@ -142,12 +156,21 @@ class RunFolder:
             return path
         return None
 
-    def save_checkpoint(self, ckpt: dict[str, Any], step: int, keep: int) -> Path:
-        """Write a checkpoint atomically, then delete all but the ``keep`` newest."""
-        path = save_atomic(ckpt, self.checkpoint_path(step))
+    def save_checkpoint(self, ckpt: dict[str, Any], step: int, keep: int, protect: Path | None = None) -> Path:
+        """Write a checkpoint atomically with its SHA-256 digest, then delete all but the ``keep`` newest and
+        ``protect`` (the newest verified checkpoint)."""
+        path = save_atomic(with_digest(ckpt), self.checkpoint_path(step))
         for _, old in self.checkpoints()[:-keep]:
-            old.unlink(missing_ok=True)
+            if protect is None or old != Path(protect):
+                old.unlink(missing_ok=True)
         return path
+
+    def set_aside(self, path: Path) -> Path:
+        """Rename a checkpoint whose weights diverged to ``diverged-<step>.pth``: kept for inspection, never resumed
+        from and never rotated away."""
+        target = self.path / Path(path).name.replace("checkpoint-", "diverged-", 1)
+        os.replace(path, target)
+        return target
 
     def mark_best(self, path: Path) -> None:
         link_or_copy(path, self.path / "best.pth")
@@ -161,8 +184,7 @@ class RunFolder:
         write_text(self.metrics_path, "")
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(self.metrics_path, json.dumps(json_safe(row), allow_nan=False))
 
     def metrics(self) -> list[dict[str, Any]]:
         """The rows of metrics.jsonl; a partial (unparsable) line is skipped."""
@@ -175,10 +197,12 @@ class RunFolder:
                         rows.append(row)
         return rows
 
-    def truncate_metrics(self, step: int) -> list[dict[str, Any]]:
-        """Keep the rows logged up to ``step`` (a resumed run logs the rest again); returns the dropped rows."""
+    def truncate_metrics(self, step: int, epoch_done: bool = True) -> list[dict[str, Any]]:
+        """Keep the rows logged up to ``step`` (a resumed run logs the rest again); with ``epoch_done`` False, also
+        drop an epoch row at ``step`` (the resume evaluates that epoch again); returns the dropped rows."""
         rows = self.metrics()
-        kept = [r for r in rows if r.get("step", 0) <= step]
+        kept = [r for r in rows if r.get("step", 0) < step
+                or (r.get("step", 0) == step and (epoch_done or r.get("type") != "epoch"))]
         write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         return [r for r in rows if r.get("step", 0) > step]
 

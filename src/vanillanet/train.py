@@ -31,9 +31,11 @@ import torch.distributed as tdist
 import yaml
 from torch import nn
 
+from . import config
 from .data import Preprocess
 from .deep_training import DeepTraining
-from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError
+from .integrity import describe, nonfinite, state_hash, unsound
 from .run import RunFolder
 from .runtime import DistInfo, StopSignal, ignore_stop_signals, setup_distributed
 from .train_config import (
@@ -47,8 +49,9 @@ from .train_config import (
     config_from_args,
     config_to_dict,
     list_recipes,
+    validate,
 )
-from .train_state import TrainState, get_rng_state, nonfinite, set_rng_state, state_hash
+from .train_state import TrainState, get_rng_state, set_rng_state
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "add_cli", "build_optimizer", "state_hash", "train"]
 
@@ -143,7 +146,7 @@ def build_model(arch: ArchConfig, num_classes: int, log: Callable[[str], None]) 
     record = dict(name=arch.model, kwargs=dict(num_classes=num_classes, in_chans=arch.in_chans,
                                                drop_rate=arch.drop_rate, act_num=arch.act_num,
                                                width_mult=arch.width_mult, **options))
-    model = create_model(arch.model, **record["kwargs"])
+    model = create_model(arch.model, allow_large=arch.allow_large, **record["kwargs"])
     if arch.pretrained:
         report = load_weights(model, arch.pretrained, use_ema=True)
         log(f"fine-tuning from {arch.pretrained} ({report.source or 'weights'}"
@@ -280,9 +283,11 @@ class Loop:
         return state.seconds + time.perf_counter() - self.t0
 
 
-def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int) -> Path | None:
-    """Checkpoint after ``batch`` micro-batches of ``epoch`` (rank 0 writes; every rank gives its RNG state). A
-    state holding NaN or inf is never written: training stops naming the last good checkpoint."""
+def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int, epoch_done: bool = False) -> Path | None:
+    """Checkpoint after ``batch`` micro-batches of ``epoch`` (rank 0 writes; every rank gives its RNG state);
+    ``epoch_done``: the epoch's evaluation is included (a resume starts the next epoch, else it evaluates first). An
+    unsound state (``integrity.unsound`` weights or EMA, a non-finite optimizer state) is never written: training
+    stops naming the cause and the last good checkpoint. A failed write (disk full) stops it the same way."""
     rng = get_rng_state()
     rngs = [rng]
     if loop.dist.enabled:
@@ -290,18 +295,43 @@ def save_checkpoint(state: TrainState, loop: Loop, epoch: int, batch: int) -> Pa
         tdist.all_gather_object(rngs, rng)
     if not loop.dist.main:
         return None
-    ckpt = state.to_checkpoint(epoch, batch, rngs, loop.seconds(state), config=config_to_dict(loop.cfg),
-                               class_names=loop.data.classes, arch=loop.arch,
+    ckpt = state.to_checkpoint(epoch, batch, rngs, loop.seconds(state), epoch_done=epoch_done,
+                               config=config_to_dict(loop.cfg), class_names=loop.data.classes, arch=loop.arch,
                                preprocess=loop.data.preprocess.as_meta())
-    bad = nonfinite(("model", ckpt["model"]), ("model_ema", ckpt.get("model_ema", {})),
-                    ("optimizer", ckpt["optimizer"]["state"]))
+    check_sound(state, loop, f"by step {state.step}", ckpt)
+    try:
+        state.last_checkpoint = loop.folder.save_checkpoint(ckpt, state.step, loop.cfg.keep_last,
+                                                            protect=state.good_checkpoint)
+    except OutputError as err:
+        last = state.good_checkpoint or state.last_checkpoint
+        how = (f"continue from {Path(last).name} with --resume auto" if last
+               else "no checkpoint was written yet: start again with another --output (or after deleting this one)")
+        raise OutputError(f"{err}; training stopped at step {state.step}: {how}") from err
+    return state.last_checkpoint
+
+
+def check_sound(state: TrainState, loop: Loop, when: str, ckpt: dict[str, Any] | None = None) -> None:
+    """NonFiniteLossError naming what became unusable (the weights, the EMA, whose decay is then the likely cause,
+    or the optimizer state) and the last good checkpoint."""
+    model_sd = ckpt["model"] if ckpt else state.model.state_dict()
+    ema_sd = (ckpt.get("model_ema") if ckpt else state.ema.module.state_dict() if state.ema is not None else None)
+    good = f"last good checkpoint: {state.good_checkpoint or 'none'}"
+    bad = unsound(("model", model_sd))
     if bad:
         raise NonFiniteLossError(
-            f"the weights became non-finite by step {state.step} ({bad[0]}{' and more' if len(bad) > 1 else ''}); "
-            f"not saved (last good checkpoint: {state.last_checkpoint or 'none was written yet'}); lower the lr "
-            f"(now {state.lr():.3g}) and resume from that checkpoint, or lengthen the warm-up")
-    state.last_checkpoint = loop.folder.save_checkpoint(ckpt, state.step, loop.cfg.keep_last)
-    return state.last_checkpoint
+            f"the weights became unusable {when} ({describe(bad)}); not saved ({good}); lower the lr (now "
+            f"{state.lr():.3g}) and continue with --resume auto, or lengthen the warm-up")
+    bad = unsound(("model_ema", ema_sd or {}))
+    if bad:
+        raise NonFiniteLossError(
+            f"the EMA weights became unusable {when} ({describe(bad)}) while the model's are fine: check "
+            f"model_ema_decay ({loop.cfg.model_ema_decay:g}); not saved ({good}); continue with --resume auto and "
+            "another --model-ema-decay, or --no-model-ema")
+    bad = nonfinite(("optimizer", ckpt["optimizer"]["state"] if ckpt else state.optimizer.state_dict()["state"]))
+    if bad:
+        raise NonFiniteLossError(
+            f"the optimizer state became non-finite {when} ({describe(bad)}); not saved ({good}); lower the lr "
+            f"(now {state.lr():.3g}) and continue with --resume auto")
 
 
 def train_one_epoch(state: TrainState, loop: Loop, epoch: int, start_batch: int,
@@ -347,8 +377,10 @@ def train_one_epoch(state: TrainState, loop: Loop, epoch: int, start_batch: int,
                 value = next((v for v in micro_loss if not math.isfinite(v)), float("nan"))
                 raise NonFiniteLossError(
                     f"loss is {value} at step {state.step + 1} (epoch {epoch + 1}, batch {i + 1}); stopped without "
-                    f"saving (last good checkpoint: {state.last_checkpoint or 'none was written yet'}); lower the lr "
-                    f"(now {state.lr():.3g}), lengthen the warm-up or use --amp-dtype bfloat16")
+                    f"saving{_set_aside_unverified(state, loop)} (last good checkpoint: "
+                    f"{state.good_checkpoint or 'none'}); lower the lr (now {state.lr():.3g}) and continue with "
+                    "--resume auto, lengthen the warm-up or use --amp-dtype bfloat16")
+            state.good_checkpoint = state.last_checkpoint  # its weights just gave a finite loss
             if cfg.clip_grad is not None:
                 loop.precision.scaler.unscale_(state.optimizer)
                 dispatch_clip_grad(params, cfg.clip_grad, mode=cfg.clip_mode)
@@ -390,6 +422,19 @@ def train_one_epoch(state: TrainState, loop: Loop, epoch: int, start_batch: int,
                 img_per_s=steps * loop.eff_batch / max(time.perf_counter() - t_start, 1e-9))
 
 
+def _set_aside_unverified(state: TrainState, loop: Loop) -> str:
+    """The newest checkpoint, when no step has verified it, holds the weights that just gave a non-finite loss:
+    rename it out of ``--resume auto``'s way; returns a clause for the error message."""
+    bad = state.last_checkpoint
+    if bad is None or bad == state.good_checkpoint:
+        return ""
+    if not loop.dist.main:
+        return f"; {Path(bad).name} gave it and was set aside"
+    aside = loop.folder.set_aside(Path(bad))
+    state.last_checkpoint = state.good_checkpoint
+    return f"; the weights of {Path(bad).name} gave it, so it was renamed {aside.name}"
+
+
 def validate_model(loop: Loop, model: nn.Module, deploy: nn.Module | None = None, amp: bool = True) -> dict:
     """``evaluate()`` (the one ``vanillanet eval`` uses) on the validation set, sharded across processes."""
     from .data import set_epoch
@@ -428,7 +473,7 @@ def end_epoch(state: TrainState, loop: Loop, epoch: int, stats: dict[str, float]
              f"{' (EMA)' if state.ema is not None else ''}  top-5 {100 * ev['top5']:.2f}%  lr {row['lr']:.3g}  "
              f"{'act_learn ' + format(row['act_learn'], '.3f') + '  ' if loop.deep.enabled else ''}"
              f"{row['img_per_s']:.0f} img/s  {row['seconds']:.0f} s")
-    path = save_checkpoint(state, loop, epoch, loop.data.micro_per_epoch)
+    path = save_checkpoint(state, loop, epoch, loop.data.micro_per_epoch, epoch_done=True)
     if improved and path is not None:
         loop.folder.mark_best(path)
 
@@ -450,6 +495,10 @@ def _start_point(folder: RunFolder, resume: str | None, dist: DistInfo) -> str |
     return decision[0]
 
 
+# Settings that decide which images each step sees: changing them on resume continues, but not exactly.
+_POSITION_KEYS = ("data", "data_options", "batch_size", "grad_accum_steps", "seed", "augment", "img_size")
+
+
 def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
     """Restore a checkpoint into ``state`` (exactly: RNG states too), and drop metrics logged after it."""
     from .checkpoint import read_training_checkpoint
@@ -459,6 +508,7 @@ def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
         raise CheckpointError(f"{path} was trained as {ckpt.get('arch')}, not {loop.arch}; resume with the same "
                               "model settings or start a new run with --pretrained")
     state.restore(ckpt, loop.data.micro_per_epoch)
+    loop.deep.set(float(ckpt["act_learn"]))  # exactly the slope in effect when it was saved
     state.last_checkpoint = Path(path)
     rngs = ckpt.get("rng") or []
     if len(rngs) == loop.dist.world_size:
@@ -470,9 +520,15 @@ def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
     changed = {k: (v, now.get(k)) for k, v in ckpt["config"].items()
                if k not in ("resume", "output", "workers", "progress") and now.get(k) != v}
     if changed:
-        loop.log("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        moved = [k for k in changed if k in _POSITION_KEYS]
+        loop.log(f"resuming with changed settings, in effect from step {state.step + 1}: "
+                 + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+                 + (f" (with another {', '.join(moved)} the run does not continue exactly as it would have)"
+                    if moved else ""))
     if loop.dist.main:
-        loop.folder.truncate_metrics(state.step)
+        loop.folder.truncate_metrics(state.step, epoch_done=bool(ckpt.get("epoch_done", True)))
+        if ckpt.get("epoch_done") and state.best_epoch == int(ckpt["epoch"]) + 1:
+            loop.folder.mark_best(Path(path))  # a stop between this epoch-end checkpoint and its best.pth link
     loop.log(f"resumed from {path}: epoch {state.start_epoch}, batch {state.start_batch}, step {state.step}")
 
 
@@ -496,8 +552,16 @@ def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
     from .complexity import count_macs, count_params
 
     cfg, final, folder = loop.cfg, state.eval_model, loop.folder
+    check_sound(state, loop, "by the end of training")
     deploy = deploy_form(final, loop.log)
     ev = validate_model(loop, final, deploy=deploy, amp=False)  # fp32: the agreement is about the conversion only
+    if not all(math.isfinite(ev[k]) for k in ("loss", "top1", "deploy_top1") if ev.get(k) is not None):
+        raise NonFiniteLossError(
+            f"the final {'EMA ' if state.ema is not None else ''}model gives non-finite outputs on the validation "
+            f"set (loss {ev['loss']}): the training diverged; nothing was written (the checkpoints are kept): lower "
+            "the lr and continue from an earlier checkpoint"
+            + (" (or check model_ema_decay)" if state.ema is not None else ""))
+    state.good_checkpoint = state.last_checkpoint
     if deploy is not None and ev["deploy_agreement"] < 1.0:
         loop.log(f"warning: the deploy model changes {100 * (1 - ev['deploy_agreement']):.3f}% of predictions")
     hashes = None
@@ -571,7 +635,7 @@ def _build(cfg: TrainConfig, dist: DistInfo, device: torch.device, folder: RunFo
            on_step: StepCallback | None) -> tuple[TrainState, Loop]:
     from timm.utils import ModelEmaV3
 
-    from .models import VanillaNet
+    from .models import VanillaNet, check_input_size
 
     for seed_fn in (torch.manual_seed, random.seed, np.random.seed):
         seed_fn(cfg.seed + dist.rank)
@@ -579,6 +643,8 @@ def _build(cfg: TrainConfig, dist: DistInfo, device: torch.device, folder: RunFo
                       cfg.seed, dist, device)
     model, arch = build_model(cfg.arch, len(data.classes), log)
     blocks = len(model.stages) if isinstance(model, VanillaNet) else None  # baselines: timm's own grouping
+    if blocks is not None:
+        check_input_size(model, data.preprocess.img_size)
     if cfg.layer_decay is not None and blocks is not None and cfg.layer_decay_layers not in (None, blocks):
         raise ConfigError(f"layer_decay_layers is {cfg.layer_decay_layers} but {cfg.model} has {len(model.stages)} "
                           f"blocks; set it to {len(model.stages)} or null")
@@ -632,7 +698,8 @@ def _run(cfg: TrainConfig, dist: DistInfo, device: torch.device, on_step: StepCa
         log(f"training {cfg.model} (width x{cfg.width_mult:g}, {len(loop.data.classes)} classes, "
             f"{loop.data.preprocess.img_size} px) on {cfg.data}: {cfg.epochs} epochs x {loop.data.steps_per_epoch} "
             f"steps, effective batch {loop.eff_batch}, {dist.world_size} process(es) on {device.type}")
-        loop.deep.start(state.start_epoch)
+        if not start:
+            loop.deep.start(0)
         try:
             with StopSignal() as stop:
                 for epoch in range(state.start_epoch, cfg.epochs):
@@ -667,6 +734,7 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None) -> dict[str,
     ``on_step`` is called after every optimiser step with ``{step, epoch, loss, lr, act_learn, img_per_s}``.
     Under torchrun (WORLD_SIZE > 1) each process calls this; it sets up and tears down the process group.
     """
+    validate(config.check_instance(cfg))  # a config built in Python skipped resolve_config's checks
     if not cfg.output:
         raise ConfigError("no output folder: pass --output DIR")
     dist, device = setup_distributed(cfg.device)
@@ -702,4 +770,5 @@ def _train_command(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    args.log_dir = cfg.output  # where the CLI guard writes a traceback log
     return int(train(cfg).get("exit_code", 0))

@@ -52,6 +52,7 @@ class ArchConfig:
     series_act: bool = option(True, "ablation: false replaces the series activation by a plain ReLU")
     shortcut: bool = option(False, "ablation: identity shortcut around each block that keeps its shape (no deploy "
                             "form)")
+    allow_large: bool = option(False, "lift the model-size limit (1e9 parameters, see docs/faults.md)")
 
 
 @dataclass(frozen=True)

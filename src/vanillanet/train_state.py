@@ -1,12 +1,11 @@
 """What a training run carries across an interruption: the ``TrainState`` (model, EMA, optimizer, scheduler,
-scaler, step, best) and its checkpoint dict, RNG states in a form that ``torch.load(weights_only=True)`` accepts, a
-check that nothing non-finite is ever saved, and a hash that proves two processes hold the same weights."""
+scaler, step, best) and its checkpoint dict, and RNG states in a form that ``torch.load(weights_only=True)``
+accepts. (The checks that nothing unsound is saved and the weight hash live in ``integrity.py``.)"""
 
 from __future__ import annotations
 
-import hashlib
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TrainState", "get_rng_state", "nonfinite", "set_rng_state", "state_hash"]
+from .errors import CheckpointError
+
+__all__ = ["TrainState", "get_rng_state", "set_rng_state"]
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TrainState:
     seconds: float = 0.0  # training time before this process started (resumed runs)
     epoch_loss: tuple[float, int] = (0.0, 0)  # loss sum and steps of the current epoch so far
     last_checkpoint: Any = None  # Path of the newest checkpoint written or resumed from
+    good_checkpoint: Any = None  # the newest verified one: the next step computed a finite loss from its weights
 
     @property
     def eval_model(self) -> nn.Module:
@@ -68,45 +70,34 @@ class TrainState:
         return ckpt
 
     def restore(self, ckpt: Mapping[str, Any], micro_per_epoch: int) -> None:
-        """Load a checkpoint written by ``to_checkpoint``; the loop restarts after its last micro-batch."""
+        """Load a checkpoint written by ``to_checkpoint``; the loop restarts after its last micro-batch.
+
+        The optimizer's moments come from the file, its settings (lr, weight decay, betas, layer-decay scales) from
+        this run, and the lr schedule is a pure function of this run's settings and the step, so a resume with a
+        changed ``--lr`` or schedule uses the new values (an unchanged run resumes bit-exactly)."""
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt.get("model_ema", ckpt["model"]))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"the optimizer state of the checkpoint does not fit this run's optimizer "
+                                  f"({str(err).splitlines()[0][:120]}); resume with the same --opt and "
+                                  "--layer-decay") from None
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
         self.scheduler.step_update(self.step)
         epoch, batch = int(ckpt["epoch"]), int(ckpt["batch"])
-        if batch >= micro_per_epoch:
+        if batch >= micro_per_epoch and ckpt.get("epoch_done", True):  # else: evaluate the finished epoch first
             epoch, batch = epoch + 1, 0
         self.start_epoch, self.start_batch = epoch, batch
         self.best_top1, self.best_epoch = float(ckpt["best_top1"]), int(ckpt["best_epoch"])
         self.seconds = float(ckpt.get("seconds", 0.0))
         loss_sum, steps = ckpt.get("epoch_loss", (0.0, 0))
         self.epoch_loss = (float(loss_sum), int(steps)) if batch else (0.0, 0)
-
-
-def _tensors(obj: Any, prefix: str) -> Iterable[tuple[str, torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, Mapping):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}.{i}")
-
-
-def nonfinite(*named: tuple[str, Any]) -> list[str]:
-    """Names of the floating-point tensors holding NaN or inf in ``(name, state)`` pairs (state_dicts, optimizer
-    states): a checkpoint with any of them would not be a good checkpoint."""
-    bad = []
-    for name, state in named:
-        for key, t in _tensors(state, name):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad.append(key)
-    return bad
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -130,14 +121,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(py_state), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def state_hash(*state_dicts: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over state_dicts (every name, shape and byte): equal hashes = bit-identical weights and buffers."""
-    h = hashlib.sha256()
-    for sd in state_dicts:
-        for name, t in sd.items():
-            h.update(name.encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

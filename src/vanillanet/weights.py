@@ -9,6 +9,7 @@ it returns.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from .checkpoint import file_meta, load_checkpoint_file, meta_from, normalise_keys, select_state_dict
 from .errors import CheckpointError, ConversionError
+from .integrity import describe, unsound
 from .models import SHORTCUT_REFUSAL, VARIANTS, VanillaNet, describe_dims, match_variants, variant_of
 
 __all__ = ["LoadReport", "WeightsInfo", "architecture_kwargs", "filter_state_dict", "infer_weights_info",
@@ -60,6 +62,11 @@ def infer_weights_info(state_dict: Mapping[str, torch.Tensor], where: str = "the
         sample = ", ".join(list(state_dict)[:3]) or "none"
         raise CheckpointError(f"{where} holds no VanillaNet weights (no 'stem1.0.weight' or 'stem.0.weight'; keys "
                               f"start with {sample}): pass a VanillaNet checkpoint")
+    blocks = (k for k in state_dict if k.endswith(".act.weight") or re.fullmatch(_BLOCK_CONV[layout].format(r"\d+"), k))
+    for key in (_STEM_CONV[layout], _STEM_ACT[layout], _CLASSIFIER[layout], *blocks):  # the architecture's sources
+        if key in state_dict and state_dict[key].ndim != 4:
+            raise CheckpointError(f"{where} is malformed: {key} has shape {tuple(state_dict[key].shape)}, not the 4-D "
+                                  "shape of a convolution weight; pass an undamaged VanillaNet checkpoint")
     stem = state_dict[_STEM_CONV[layout]]
     dims = [int(stem.shape[0])]
     while _BLOCK_CONV[layout].format(len(dims) - 1) in state_dict:
@@ -201,7 +208,13 @@ def _convert_to_deploy(state_dict: dict[str, torch.Tensor], info: WeightsInfo, m
 
 def _fit(state_dict: dict[str, torch.Tensor], meta: Mapping[str, Any], model: VanillaNet, where: str, *,
          reset_head: bool, adapt_in_chans: bool = False) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Map a normalised state_dict onto exactly ``model``'s keys (conversion, head reset, in_chans adaptation)."""
+    """Map a normalised state_dict onto exactly ``model``'s keys (conversion, head reset, in_chans adaptation);
+    weights no usable model holds (NaN/inf, absurd magnitudes, negative BN variances) are refused here, so that
+    eval, predict, export and convert name the file rather than blame a backend."""
+    bad = unsound(("", state_dict))
+    if bad:
+        raise CheckpointError(f"{where} holds unusable weights ({describe(bad)}): the training diverged or the file "
+                              "was damaged; use an earlier checkpoint")
     info = infer_weights_info(state_dict, where)
     _check_compatible(info, meta, model, where, reset_head, adapt_in_chans)
     model_form, model_layout = "deploy" if model.deploy else "train", _model_layout(model)
