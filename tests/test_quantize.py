@@ -161,6 +161,15 @@ def test_fast_inference_int8_is_opt_in(trained):
         fast_inference(trained, dtype=torch.bfloat16, image_size=IMG, backend="int8")
     with pytest.raises(SystemExit):  # eval and predict do not offer it: calibrated on noise, its top-1 means nothing
         main(["eval", "--checkpoint", "x.safetensors", "--data", "digits", "--backend", "int8"])
+    used: list[int] = []
+
+    def real_images():  # calibration batches reach the quantizer
+        for batch in x[:64].split(32):
+            used.append(len(batch))
+            yield batch
+
+    calibrated = fast_inference(trained, batch_size=2, image_size=IMG, backend="int8", calibration=real_images())
+    assert used == [32, 32] and (calibrated(x[:40]).argmax(1) == out.argmax(1)).float().mean() >= 0.9
 
 
 def test_bench_int8_mode():

@@ -156,10 +156,10 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             any_batch=True, input_dtype=torch.float32, any_layout=True, fresh_output=True, requires="onnxruntime"),
     Backend("fused", "vanillanet's fused Triton kernels in a CUDA graph (the CPU only under TRITON_INTERPRET=1)",
             ("cuda", "cpu"), _ALL, _fused, check=_fused_unavailable, auto_devices=("cuda",)),
+    # tol 1.0: a gate against broken paths, not an accuracy claim (int8 is judged by its top-1 on real images)
     Backend("int8", "onnxruntime static int8 of the ONNX export (fp32 in and out; by name only)", ("cpu",),
             (torch.float32,), _int8, any_batch=True, input_dtype=torch.float32, any_layout=True, fresh_output=True,
-            exact=False, auto=False, tol=1.0, computes_in="int8", requires="onnxruntime"),  # tol: a gate against
-    # broken paths, not an accuracy claim (int8 is judged by top-1 on real images: ``vanillanet quantize``)
+            exact=False, auto=False, tol=1.0, computes_in="int8", requires="onnxruntime"),
 )}
 # What ``eval`` and ``predict`` offer: an approximate backend calibrated on noise would report a wrong accuracy.
 EXACT_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.exact)

@@ -183,7 +183,7 @@ def fast_inference(
                                       "'auto'") from err
             _log.warning("fast_inference: skipping backend %s (%s)", name, first_line(err))
             continue
-        limit = tol if tol is not None else BACKENDS[name].tol if BACKENDS[name].tol is not None else by_dtype
+        limit = _tolerance(name, tol, by_dtype)
         if not clf.max_rel_err <= limit:
             msg = (f"backend {name} ({dtype}) differs from fp32 eager by {clf.max_rel_err:.3g} (relative), above "
                    f"{limit:g}; use another backend or dtype")
@@ -203,6 +203,14 @@ def fast_inference(
     best = next(c for c in built if timings[c.backend] <= timings[best.backend] * (1 + TIE))  # simplest near-tie
     best.timings_ms = timings
     return best
+
+
+def _tolerance(name: str, tol: float | None, by_dtype: float) -> float:
+    """The caller's ``tol``, else the backend's own gate (int8's), else the dtype's."""
+    if tol is not None:
+        return tol
+    own = BACKENDS[name].tol
+    return by_dtype if own is None else own
 
 
 def _build(name: str, eager: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor] | None,
