@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -51,6 +52,7 @@ import yaml
 
 from .errors import ConfigError, DataError, VanillaNetError
 from .fileio import write_text
+from .runtime import StopSignal, ignore_stop_signals
 from .stats import T_QUANTILE_SOURCE, mean_std, welch_interval
 from .tables import render
 from .train_config import TrainConfig, config_to_dict, resolve_config
@@ -266,38 +268,17 @@ def _labelled(run: Run, err: BaseException) -> BaseException:
     return type(err)(f"{run.label}: {err}") if isinstance(err, VanillaNetError) else err
 
 
-def _worker_init() -> None:
-    """Pool workers leave signals to the parent, which forwards SIGTERM; inside the training loop the trainer's own
-    handler turns it into a checkpoint and a clean stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-class _Stop:
-    """Parent-side SIGINT/SIGTERM: the first asks for a stop (forwarded as SIGTERM to our worker processes, which
-    checkpoint and return); a second SIGINT interrupts at once."""
+class _Stop(StopSignal):
+    """Parent-side SIGINT/SIGTERM: the first asks for a stop, forwarded as SIGTERM to our worker processes (which
+    checkpoint and return; they ignore signals themselves, ``ignore_stop_signals``); a second SIGINT interrupts at
+    once."""
 
     def __init__(self, forward: bool):
-        self.signum: int | None = None
+        super().__init__()
         self.forward = forward
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Stop:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.request(signum)
 
     def request(self, signum: int) -> None:
-        self.signum = signum
+        super().request(signum)
         self.forward_to_workers()
 
     def forward_to_workers(self) -> None:
@@ -371,7 +352,8 @@ def run_study(study: Study, root: str | Path, *, jobs: int = 1, threads: int | N
                     break
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+            workers_ignore_signals = functools.partial(ignore_stop_signals, 0)
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=workers_ignore_signals) as pool:
                 queue, running = list(pending), {}
                 while queue or running:
                     while queue and len(running) < jobs and stop.signum is None:

@@ -82,6 +82,10 @@ class StopSignal:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.request(signum)
+
+    def request(self, signum: int) -> None:
+        """Ask for a stop as the signal ``signum`` does."""
         self.signum = signum
 
     @property

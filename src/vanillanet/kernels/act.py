@@ -28,15 +28,10 @@ __all__ = ["act_candidates", "dwconv_relu_backward", "dwconv_relu_forward", "mea
 MAX_MEAN_PIXELS = 256  # largest map whose global mean is fused into the activation (one tile per image)
 
 
-@triton.jit(do_not_specialize=["H", "Ho", "Wo", "TILES_W", "TILES"])
-def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: tl.constexpr, W: tl.constexpr,
-                    K: tl.constexpr, RH: tl.constexpr, RW: tl.constexpr, S: tl.constexpr, TH: tl.constexpr,
-                    TW: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, MEAN: tl.constexpr,
-                    RELU: tl.constexpr):
-    # C and W are compile-time constants (no channel mask when BC divides C; a pool window's loads are constant
-    # offsets of one address). Out-of-map taps are masked loads returning 0 (zero padding). The taps are a runtime
-    # loop: unrolling them makes the compiler hoist every tap's loads, which needs 150-255 registers (spilling
-    # for S = 2) and compiles for a minute; the loop keeps a tap's loads in flight and lets occupancy hide latency.
+@triton.jit
+def _tile(TILES, TILES_W, H, W, C: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, BC: tl.constexpr):
+    """The image ``n``, the channels ``c`` (mask ``cm``) and the TH x TW output positions ``h``, ``w`` (mask
+    ``pm`` within the H x W map) of this program's tile; channels-last tiles of BC channels."""
     pid = tl.program_id(0)
     n = pid // TILES
     t = pid % TILES
@@ -46,9 +41,22 @@ def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: 
     else:
         cm = c < C
     p = tl.arange(0, TH * TW)
-    ho = (t // TILES_W) * TH + p // TW
-    wo = (t % TILES_W) * TW + p % TW
-    pm = (ho < Ho) & (wo < Wo)
+    h = (t // TILES_W) * TH + p // TW
+    w = (t % TILES_W) * TW + p % TW
+    pm = (h < H) & (w < W)
+    return n, c, cm, h, w, pm
+
+
+@triton.jit(do_not_specialize=["H", "Ho", "Wo", "TILES_W", "TILES"])
+def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: tl.constexpr, W: tl.constexpr,
+                    K: tl.constexpr, RH: tl.constexpr, RW: tl.constexpr, S: tl.constexpr, TH: tl.constexpr,
+                    TW: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, MEAN: tl.constexpr,
+                    RELU: tl.constexpr):
+    # C and W are compile-time constants (no channel mask when BC divides C; a pool window's loads are constant
+    # offsets of one address). Out-of-map taps are masked loads returning 0 (zero padding). The taps are a runtime
+    # loop: unrolling them makes the compiler hoist every tap's loads, which needs 150-255 registers (spilling
+    # for S = 2) and compiles for a minute; the loop keeps a tap's loads in flight and lets occupancy hide latency.
+    n, c, cm, ho, wo, pm = _tile(TILES, TILES_W, Ho, Wo, C, TH, TW, BC)
     P: tl.constexpr = K // 2
     base = x_ptr + (((n * H + ho * S).to(tl.int64) * W + wo * S) * C)[:, None] + c[None, :]
     acc = tl.zeros((TH * TW, BC), dtype=tl.float32)
@@ -84,18 +92,8 @@ def _act_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, H, Ho, Wo, TILES_W, TILES, C: 
 def _dwconv_relu_bwd_kernel(g_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, H, TILES_W, TILES, C: tl.constexpr,
                             W: tl.constexpr, K: tl.constexpr, RH: tl.constexpr, RW: tl.constexpr,
                             TH: tl.constexpr, TW: tl.constexpr, BC: tl.constexpr):
-    pid = tl.program_id(0)
-    n = pid // TILES
-    t = pid % TILES
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    if C % BC == 0:
-        cm = tl.full((BC,), True, tl.int1)
-    else:
-        cm = c < C
-    p = tl.arange(0, TH * TW)
-    h = (t // TILES_W) * TH + p // TW
-    w = (t % TILES_W) * TW + p % TW
-    pm = (h < H) & (w < W)
+    n, c, cm, h, w, pm = _tile(TILES, TILES_W, H, W, C, TH, TW, BC)
+    pid = tl.program_id(0)  # this tile's row of partial weight gradients
     P: tl.constexpr = K // 2
     offs = (((n * H + h).to(tl.int64) * W + w) * C)[:, None] + c[None, :]
     here = pm[:, None] & cm[None, :]
@@ -190,10 +188,8 @@ def series_act(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, p
                               K=k, RH=_reach(k, ho), RW=_reach(k, wo), S=pool, HAS_BIAS=bias is not None,
                               MEAN=mean, RELU=relu, **cfg.launch_kwargs())
 
-    if config is None:
-        key = autotune.cache_key("act", n, c, h, w, k, pool, mean, x.dtype)
-        config = autotune.pick(key, act_candidates(ho, wo, c, mean, interpreted), launch, x.device)
-    launch(config)
+    autotune.launch_tuned(autotune.cache_key("act", n, c, h, w, k, pool, mean, x.dtype),
+                          act_candidates(ho, wo, c, mean, interpreted), launch, x.device, config)
     return out
 
 
@@ -222,7 +218,5 @@ def dwconv_relu_backward(grad: torch.Tensor, x: torch.Tensor, taps: torch.Tensor
                                       RH=_reach(k, h), RW=_reach(k, w), **cfg.launch_kwargs())
         return part.sum(0)
 
-    if config is None:
-        key = autotune.cache_key("dwconv_relu_bwd", n, c, h, w, k, x.dtype)
-        config = autotune.pick(key, act_candidates(h, w, c, False, interpreted), launch, x.device)
-    return gx, launch(config)
+    return gx, autotune.launch_tuned(autotune.cache_key("dwconv_relu_bwd", n, c, h, w, k, x.dtype),
+                                     act_candidates(h, w, c, False, interpreted), launch, x.device, config)

@@ -23,7 +23,7 @@ import torch
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["Config", "best_ms", "cache_key", "clear", "pick", "time_ms", "timings"]
+__all__ = ["Config", "best_ms", "cache_key", "clear", "launch_tuned", "pick", "time_ms", "timings"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,12 @@ def pick(key: str, candidates: list[Any], launch: Callable[[Any], Any], device: 
     _load_disk()[disk_key] = best.to_json() if isinstance(best, Config) else best
     _save_disk()
     return best
+
+
+def launch_tuned(key: str, candidates: list[Any], launch: Callable[[Any], Any], device: torch.device,
+                 config: Any = None) -> Any:
+    """``launch(config)``, or with ``config`` None the launch of ``pick(key, candidates, ...)``; its result."""
+    return launch(pick(key, candidates, launch, device) if config is None else config)
 
 
 def best_ms(key: str) -> float | None:

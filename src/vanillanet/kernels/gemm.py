@@ -137,8 +137,6 @@ def conv_gemm(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, patch: int
         _conv_gemm_kernel[grid](x, w2d, bias, out, m, h, w, ho, wo, cin, k, cout, PATCH=patch, POOL=pool,
                                 PREC=prec, RELU=relu, **cfg.launch_kwargs())
 
-    if config is None:
-        key = autotune.cache_key("gemm", n, cin, h, w, cout, patch, pool, x.dtype)
-        config = autotune.pick(key, gemm_candidates(m, k, cout, pool, interpreted), launch, x.device)
-    launch(config)
+    autotune.launch_tuned(autotune.cache_key("gemm", n, cin, h, w, cout, patch, pool, x.dtype),
+                          gemm_candidates(m, k, cout, pool, interpreted), launch, x.device, config)
     return out
