@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end (tiny models, CPU): cpu_speed.py quickly, gpu_check.py as --dry-run."""
+"""The benchmark scripts run end to end (tiny models, CPU): cpu_speed.py, cpu_fastpath.py and int8_options.py
+quickly, gpu_check.py as --dry-run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -21,6 +23,44 @@ def test_cpu_speed_script(tmp_path, capsys):
     assert {r["form"] for r in records if r["model"] == "vanillanet_5"} == {"deploy", "train"}
     out = capsys.readouterr().out
     assert "Fastest fp32 path for vanillanet_5" in out and "| x paper |" in out
+
+
+def test_cpu_fastpath_script(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import cpu_fastpath
+
+    import vanillanet.inference as inf
+
+    monkeypatch.setattr(inf, "auto_candidates", lambda device, dtype: ["eager", "onnxruntime"])  # no compile: quick
+    assert cpu_fastpath.main(["--img-size", "32", "--width-mult", "0.0625", "--rounds", "1", "--round-s", "0.01",
+                              "--backends", "int8", "--out", str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "cpu_fastpath.json").read_text())
+    paths = [r["path"] for r in records if "path" in r]
+    assert paths[0].startswith("plain onnxruntime session") and "fast_inference(backend='int8')" in paths
+    assert any(p.startswith("fast_inference(backend='auto') -> ") for p in paths)
+    assert "int8: plain onnxruntime session of the same graph" in paths
+    assert records[-1]["auto_picks"] and "| path |" in capsys.readouterr().out
+
+
+def test_int8_options_script(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import int8_options
+    from conftest import build_variant
+
+    from vanillanet.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    ckpt = save_weights(build_variant("vanillanet_5", num_classes=10, in_chans=1).eval(), tmp_path / "d.safetensors",
+                        extra_meta={"img_size": 32})
+    assert int8_options.main(["--img-size", "32", "--width-mult", "0.0625", "--rounds", "1", "--round-s", "0.01",
+                              "--checkpoint", str(ckpt), "--data", "digits", "--calib-images", "16",
+                              "--out", str(tmp_path)]) == 0
+    rows = (tmp_path / "int8_options.md").read_text().splitlines()
+    assert sum(r.startswith("| ") for r in rows) == 1 + 3 + len(int8_options.OPTIONS) + 2
+    report = json.loads((tmp_path / "int8_options.json").read_text())
+    assert report["rounds_ms"]["fp32 (all)"]
+    assert set(report["accuracy"]) == {"fp32", *int8_options.OPTIONS}
+    assert all(a["images"] == report["accuracy"]["fp32"]["images"] > 0 for a in report["accuracy"].values())
 
 
 def test_gpu_check_dry_run_quick(tmp_path, capsys, monkeypatch):

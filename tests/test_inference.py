@@ -59,6 +59,22 @@ def test_auto_picks_a_verified_backend_and_records_timings(model):
     assert fast.max_rel_err < 1e-5
 
 
+def test_onnxruntime_path_runs_no_torch_op_around_the_session(model):
+    """A torch copy wakes torch's OpenMP threads, which then spin on the cores onnxruntime's threads need: the
+    onnxruntime backend converts inputs with numpy and returns the session's array without a copy."""
+    pytest.importorskip("onnxruntime")
+    fast = fast_inference(model, batch_size=2, image_size=32, backend="onnxruntime")
+    opts = fast._fast.session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (torch.get_num_threads(), 1)
+    x = torch.randn(2, 3, 32, 32)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last), x[:1]):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = fast(inp)
+        ops = {e.name for e in prof.events()}
+        assert not ops & {"aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy", "aten::empty_like"}
+        assert rel_err(out, _ref(model, inp)) < 1e-5
+
+
 def test_bad_inputs_give_one_line_errors(model):
     fast = fast_inference(model, "cpu", batch_size=1, image_size=32, backend="eager")
     with pytest.raises(ConfigError, match=r"\(N, 3, H, W\)"):

@@ -8,6 +8,11 @@ model. ``fast_inference`` (``inference.py``) verifies every runner against the f
 are (backend, dtype, layout) combinations: ``paper`` (the published protocol), ``eager``, ``channels_last``,
 ``fp16``, ``bf16``, or any backend name, optionally with a dtype suffix (``compile:bf16``).
 
+``int8`` is the one approximate entry (``exact=False``): onnxruntime's static int8 (``int8.py``). It is never an
+``auto`` candidate nor part of ``--modes best``; asked for by name it calibrates its activation ranges on the
+``calibration`` batches it is given, or on noise (right for its speed, not for its accuracy: ``vanillanet
+quantize`` calibrates on real images and measures both).
+
 Adding a backend is one entry in ``BACKENDS`` (and its test); it is then a ``fast_inference`` backend, an
 ``auto`` candidate (unless ``auto=False``) and a bench mode.
 """
@@ -26,10 +31,11 @@ from torch import nn
 from . import kernels
 from .cudagraph import capture
 from .errors import ConfigError
-from .onnx_graph import onnx_bytes, onnx_session
+from .int8 import noise_batches, quantize_bytes
+from .onnx_graph import onnx_bytes, onnx_runner, onnx_session
 
-__all__ = ["BACKENDS", "DTYPES", "MODES", "Backend", "BuildRequest", "Mode", "best_modes", "dtype_supported",
-           "exact_fp32", "parse_modes", "prepare_input", "prepare_model"]
+__all__ = ["BACKENDS", "DTYPES", "EXACT_BACKENDS", "MODES", "Backend", "BuildRequest", "Mode", "best_modes",
+           "dtype_supported", "exact_fp32", "parse_modes", "prepare_input", "prepare_model"]
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -60,7 +66,11 @@ class Backend:
     build: Callable[[BuildRequest], Runner]
     any_batch: bool = False  # serves any batch size; otherwise only the built shape (others run eagerly)
     input_dtype: torch.dtype | None = None  # what the runner takes (None: the requested dtype)
+    any_layout: bool = False  # takes inputs in any memory layout (else channels_last is prepared for it)
+    fresh_output: bool = False  # every call returns a new tensor (else outputs are copied: buffers may be reused)
     exact: bool = True  # False: approximates the model (int8), so it is never chosen by ``auto``
+    tol: float | None = None  # fast_inference's default gate for this backend (None: by dtype)
+    computes_in: str | None = None  # what it computes in, where that is not the requested dtype (bench records)
     auto: bool = True  # a candidate of ``backend="auto"``
     requires: str | None = None  # a module that must be importable
     check: Callable[[torch.device], str | None] | None = None  # more conditions: a reason it cannot run, or None
@@ -109,17 +119,22 @@ def _fused(req: BuildRequest) -> Runner:
     return kernels.build_fused(req.model, req.example)
 
 
+def _onnx_fp32(req: BuildRequest) -> bytes:
+    return onnx_bytes(req.model, req.example.shape[-1], in_chans=req.example.shape[1],
+                      deploy=getattr(req.model, "deploy", True))
+
+
 def _onnxruntime(req: BuildRequest) -> Runner:
-    """The model exported to ONNX (fp32, dynamic batch) in an onnxruntime CPU session."""
-    image_size = req.example.shape[-1]
-    sess = onnx_session(onnx_bytes(req.model, image_size, in_chans=req.example.shape[1],
-                                   deploy=getattr(req.model, "deploy", True)))
-    name = sess.get_inputs()[0].name
+    """The model exported to ONNX (fp32, dynamic batch) in an onnxruntime CPU session, called with no torch op
+    around it (``onnx_graph.onnx_runner``)."""
+    return onnx_runner(onnx_session(_onnx_fp32(req)))
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(None, {name: x.float().contiguous().cpu().numpy()})[0])
 
-    return run
+def _int8(req: BuildRequest) -> Runner:
+    """The ONNX export quantized to static int8 (``int8.quantize_bytes``) in an onnxruntime CPU session; ranges
+    from ``req.calibration``, else from noise shaped like the example."""
+    calibration = req.calibration if req.calibration is not None else noise_batches(req.example.shape)
+    return onnx_runner(onnx_session(quantize_bytes(_onnx_fp32(req), calibration)))
 
 
 def _fused_unavailable(device: torch.device) -> str | None:
@@ -134,14 +149,20 @@ def _fused_unavailable(device: torch.device) -> str | None:
 _ALL = (torch.float32, torch.float16, torch.bfloat16)
 # The table, simplest first (``auto`` prefers the simpler of two backends that time alike).
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("eager", "plain PyTorch calls", ("cpu", "cuda"), _ALL, _eager, any_batch=True),
+    Backend("eager", "plain PyTorch calls", ("cpu", "cuda"), _ALL, _eager, any_batch=True, fresh_output=True),
     Backend("compile", "torch.compile with frozen weights (CUDA graphs on CUDA)", ("cpu", "cuda"), _ALL, _compile),
     Backend("cudagraph", "the forward pass captured in a CUDA graph", ("cuda",), _ALL, _cudagraph),
     Backend("onnxruntime", "onnxruntime CPU session of the ONNX export", ("cpu",), (torch.float32,), _onnxruntime,
-            any_batch=True, input_dtype=torch.float32, requires="onnxruntime"),
+            any_batch=True, input_dtype=torch.float32, any_layout=True, fresh_output=True, requires="onnxruntime"),
     Backend("fused", "vanillanet's fused Triton kernels in a CUDA graph (the CPU only under TRITON_INTERPRET=1)",
             ("cuda", "cpu"), _ALL, _fused, check=_fused_unavailable, auto_devices=("cuda",)),
+    # tol 1.0: a gate against broken paths, not an accuracy claim (int8 is judged by its top-1 on real images)
+    Backend("int8", "onnxruntime static int8 of the ONNX export (fp32 in and out; by name only)", ("cpu",),
+            (torch.float32,), _int8, any_batch=True, input_dtype=torch.float32, any_layout=True, fresh_output=True,
+            exact=False, auto=False, tol=1.0, computes_in="int8", requires="onnxruntime"),
 )}
+# What ``eval`` and ``predict`` offer: an approximate backend calibrated on noise would report a wrong accuracy.
+EXACT_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.exact)
 
 
 # ---- preparing a model and its input ----------------------------------------------------------------------------
@@ -214,7 +235,8 @@ def _mode(name: str, device: torch.device) -> Mode:
                               "(backends take :fp32, :fp16 or :bf16)")
         if dt and dt not in DTYPES:
             raise ConfigError(f"bad mode {name!r}: the dtype suffix must be :fp32, :fp16 or :bf16")
-        mode = Mode(name, kind, DTYPES[dt] if dt else backend.default_dtype(device))
+        mode = Mode(name, kind, DTYPES[dt] if dt else backend.default_dtype(device),
+                    channels_last=not backend.any_layout)
     reason = BACKENDS[mode.backend].unavailable(device, mode.dtype)
     if reason:
         raise ConfigError(f"mode {name}: {reason}; drop it or use --modes best on this machine")

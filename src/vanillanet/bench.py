@@ -4,10 +4,12 @@ Inference modes are the (backend, dtype, layout) combinations of ``backends.py``
 protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``eager`` (fp32 NCHW), ``channels_last``
 (fp32), ``fp16`` / ``bf16`` (channels_last eager in that dtype), and every backend of the table by name with an
 optional dtype suffix (``compile:bf16``, ``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs
-well. Training modes (``--train``) time one optimiser step: ``train-fp32`` (fp32 NCHW), ``train-amp`` (the original
-recipe's autocast: fp16 + gradient scaler on CUDA, bf16 on the CPU, NCHW), ``train-best`` (channels_last +
-autocast, bf16 where supported, + torch.compile, fused kernels off) and, on request, ``train-fused`` (the same with
-the fused Triton activation kernels of ``kernels/``, a CUDA path).
+well. ``int8`` (onnxruntime static int8, ranges calibrated on noise) is measured only when named: its speed, not its
+accuracy, which ``vanillanet quantize`` measures on real images. Training modes (``--train``) time one optimiser
+step: ``train-fp32`` (fp32 NCHW), ``train-amp`` (the original recipe's autocast: fp16 + gradient scaler on CUDA,
+bf16 on the CPU, NCHW), ``train-best`` (channels_last + autocast, bf16 where supported, + torch.compile, fused
+kernels off) and, on request, ``train-fused`` (the same with the fused Triton activation kernels of ``kernels/``, a
+CUDA path).
 
 Protocol: everything is built, compiled and warmed up before timing; then ``repeats`` rounds run interleaved
 across the modes of one model and batch size (so load from other processes hits every mode alike), each round
@@ -67,7 +69,8 @@ class BenchConfig:
                                      aliases=("--model",))
     checkpoint: str | None = option(None, "weights for the (single) model; random weights otherwise")
     batch_size: int = option(1, "throughput batch size (batch 1 is always measured too)", ge=1, le=4096)
-    modes: str = option("best", "comma-separated modes, or best (backends take :fp16/:bf16/:fp32)")
+    modes: str = option("best", "comma-separated modes, or best (backends take :fp16/:bf16/:fp32; int8 only "
+                        "by name)")
     img_size: int = option(224, "input height = width", ge=1, le=4096)
     repeats: int = option(5, "timed rounds per mode (median, min, max)", ge=1)
     iters: int | None = option(None, "calls per round (default: about --round-s seconds' worth)", ge=1)
@@ -223,7 +226,8 @@ def _record(r: _Runner, *, model: str, form: str, kind: str, device: torch.devic
     med = statistics.median(r.rounds_ms)
     return {
         "model": model, "form": form, "mode": r.mode.label, "kind": kind, "backend": r.mode.backend,
-        "dtype": DTYPE_NAMES[r.mode.dtype], "channels_last": r.mode.channels_last, "batch_size": r.batch_size,
+        "dtype": BACKENDS[r.mode.backend].computes_in or DTYPE_NAMES[r.mode.dtype],
+        "channels_last": r.mode.channels_last, "batch_size": r.batch_size,
         "img_size": img_size, "device": str(device.type), "device_name": device_name(device), "threads": threads,
         "median_ms": med, "min_ms": min(r.rounds_ms), "max_ms": max(r.rounds_ms),
         "images_per_s": r.batch_size * 1e3 / med, "max_rel_err": r.max_rel_err, "repeats": len(r.rounds_ms),

@@ -74,6 +74,7 @@ __all__ = [
     "open_image",
     "resolve_preprocess",
     "set_epoch",
+    "spread_subset",
     "take_subset",
 ]
 
@@ -347,6 +348,16 @@ def take_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
         raise ConfigError(f"train_subset must lie in 1..{len(dataset)} (the training set's size), got {n}")
     picked = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
     return _Subset(dataset, picked.tolist())
+
+
+def spread_subset(dataset: Dataset, n: int | None) -> Dataset:
+    """``n`` items spread evenly over ``dataset`` in its order (every class of a class-sorted set is represented);
+    the whole dataset for ``n`` None or at least its size. For calibrating on, or checking with, part of a split."""
+    if n is None or n >= len(dataset):
+        return dataset
+    if n < 1:
+        raise ConfigError(f"the number of images must be at least 1, got {n}")
+    return _Subset(dataset, np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist())
 
 
 def mean_std(dataset: Dataset, max_samples: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import BACKENDS
+from .backends import EXACT_BACKENDS
 from .config import value_type
 from .errors import ConversionError, DataError, first_line
 from .fileio import write_json
@@ -151,8 +151,9 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--amp", action="store_true", help="half precision (fp16 on CUDA, bf16 on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format for --backend none (the other backends always use it)")
-    parser.add_argument("--backend", default="eager", choices=("none", "auto", *BACKENDS),
-                        help="fast_inference backend (default eager); none = the model exactly as loaded")
+    parser.add_argument("--backend", default="eager", choices=("none", "auto", *EXACT_BACKENDS),
+                        help="fast_inference backend (default eager); none = the model exactly as loaded; for int8 "
+                        "see vanillanet quantize")
     parser.add_argument("--no-ema", action="store_true", help="use the live weights, not the EMA weights")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

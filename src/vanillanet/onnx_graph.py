@@ -1,5 +1,5 @@
 """Export-ready graphs of the deploy form: fixed-size rewrites of what exporters cannot take, the ONNX bytes of a
-model, and onnxruntime sessions.
+model, onnxruntime sessions and the one way to call them (``onnx_runner``).
 
 Neither of torch's ONNX exporters supports adaptive max pooling whose output size does not divide the input size
 (the ada_pool variant: 75 -> 38 -> 19 -> 10 at 224 px); ``make_exportable`` replaces those layers with an exact
@@ -15,9 +15,10 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,8 +27,8 @@ from .layers import StridedAdaptiveMaxPool2d
 from .models import check_input_size
 from .reparam import reparameterize_model
 
-__all__ = ["DEFAULT_OPSET", "EXPORTERS", "StaticAdaptiveMaxPool2d", "make_exportable", "onnx_bytes", "onnx_session",
-           "quiet"]
+__all__ = ["DEFAULT_OPSET", "EXPORTERS", "StaticAdaptiveMaxPool2d", "make_exportable", "onnx_bytes", "onnx_runner",
+           "onnx_session", "quiet"]
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "legacy")
@@ -109,6 +110,23 @@ def onnx_session(path_or_bytes: str | Path | bytes, threads: int | None = None):
     except Exception as err:  # onnxruntime raises its own types (NOT_IMPLEMENTED for an opset it lacks, ...)
         raise ConversionError(f"onnxruntime cannot run the ONNX model ({first_line(err, 200)}); export it with "
                               "another --opset or --exporter") from None
+
+
+def onnx_runner(sess) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``sess`` as a function: image batch (any layout, on the CPU) -> fp32 logits, a CPU tensor the caller owns.
+
+    Only numpy runs around the session, never a torch op: a parallel torch op wakes torch's OpenMP threads, which
+    then spin for a while (libgomp's default) on the cores that onnxruntime's own threads need, and the two thread
+    pools slow each other down on a small machine. numpy makes a channels_last input contiguous in one thread; a
+    contiguous fp32 input is passed without a copy, and the session's fresh output array is wrapped without one."""
+    name = sess.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        a = (x if x.dtype == torch.float32 else x.float()).detach().cpu().numpy()
+        return torch.from_numpy(sess.run(None, {name: np.ascontiguousarray(a)})[0])
+
+    run.session = sess  # for inspection (thread settings)
+    return run
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .backends import BACKENDS
+from .backends import EXACT_BACKENDS
 from .config import value_type
 from .errors import DataError, first_line
 from .inference import fast_inference
@@ -117,8 +117,8 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--allow-large", action="store_true",
                         help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
                         "parameters)")
-    parser.add_argument("--backend", default="eager", choices=("auto", *BACKENDS),
-                        help="fast_inference backend (default eager)")
+    parser.add_argument("--backend", default="eager", choices=("auto", *EXACT_BACKENDS),
+                        help="fast_inference backend (default eager; for int8 see vanillanet quantize)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.set_defaults(func=_main)
 

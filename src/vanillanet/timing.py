@@ -1,6 +1,10 @@
 """Timing that holds up on shared machines: warm-up, rounds sized to a target duration, rounds interleaved across
 the things compared (so load from other processes hits each alike), medians. Used by ``fast_inference``'s
-``backend="auto"`` and by ``vanillanet bench``. CUDA work is timed with CUDA events."""
+``backend="auto"``, ``vanillanet bench`` and ``vanillanet quantize``. CUDA work is timed with CUDA events.
+
+Each round starts with one untimed call: a function that follows another one finds the cores still busy with the
+previous runtime's spinning threads (torch's OpenMP pool, onnxruntime's pool) for a few milliseconds, which would
+otherwise be charged to whichever function comes next."""
 
 from __future__ import annotations
 
@@ -41,9 +45,9 @@ def round_ms(fn: Callable[[Any], Any], x: Any, device: torch.device, iters: int,
 def time_interleaved(fns: Sequence[Callable[[Any], Any]], inputs: Sequence[Any], device: torch.device, *,
                      repeats: int = 5, iters: int | Sequence[int] | None = None, round_s: float = 0.5,
                      warmup: int = 2, sync_each: Sequence[bool] | None = None) -> tuple[list[list[float]], list[int]]:
-    """Per function, the mean ms per call of each of ``repeats`` rounds, the rounds interleaved across functions;
-    and the calls per round used (``iters``, or sized so that one round takes about ``round_s`` seconds, at most
-    200 calls)."""
+    """Per function, the mean ms per call of each of ``repeats`` rounds, the rounds interleaved across functions
+    (each round after one untimed call); and the calls per round used (``iters``, or sized so that one round takes
+    about ``round_s`` seconds, at most 200 calls)."""
     sync_each = list(sync_each) if sync_each is not None else [False] * len(fns)
     counts: list[int] = []
     for k, (fn, x) in enumerate(zip(fns, inputs)):
@@ -58,5 +62,7 @@ def time_interleaved(fns: Sequence[Callable[[Any], Any]], inputs: Sequence[Any],
     rounds: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for k, (fn, x) in enumerate(zip(fns, inputs)):
+            fn(x)  # settle: absorb the previous function's spinning threads
+            sync(device)
             rounds[k].append(round_ms(fn, x, device, counts[k], sync_each[k]))
     return rounds, counts
