@@ -467,6 +467,19 @@ DATA_HELP = ("the dataset: an ImageFolder root (train/ and val/, one subfolder p
              f"IDX files, or one of {', '.join(n for n in SOURCES if n != 'folder')}")
 
 
+def add_loading_arguments(parser: Any) -> None:
+    """The options of a command that reads a dataset (eval, quantize): loader processes and the size limits."""
+    import os
+
+    from .config import value_type
+
+    parser.add_argument("--workers", type=value_type(int, ge=0), default=min(4, os.cpu_count() or 1),
+                        help="data-loading processes (default: 4, or the number of CPUs if fewer)")
+    parser.add_argument("--allow-large", action="store_true",
+                        help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
+                        "parameters)")
+
+
 def find_source(data: str | Path) -> DataSource:
     """The source ``--data`` names: a source name, else the first source claiming the path, else a folder."""
     data = str(data)

@@ -132,7 +132,7 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--checkpoint", required=True, help="weights to evaluate (train or deploy form, any layout)")
-    from .data import DATA_HELP
+    from .data import DATA_HELP, add_loading_arguments
 
     parser.add_argument("--data", required=True, help=DATA_HELP + " (its validation split is evaluated)")
     parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
@@ -143,11 +143,7 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--crop-pct", type=value_type(float, gt=0, le=1),
                         help="centre-crop fraction (default: from the model config)")
     parser.add_argument("--batch-size", type=value_type(int, ge=1), default=64)
-    parser.add_argument("--workers", type=value_type(int, ge=0), default=min(4, os.cpu_count() or 1),
-                        help="data-loading processes (default: 4, or the number of CPUs if fewer)")
-    parser.add_argument("--allow-large", action="store_true",
-                        help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
-                        "parameters)")
+    add_loading_arguments(parser)
     parser.add_argument("--amp", action="store_true", help="half precision (fp16 on CUDA, bf16 on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format for --backend none (the other backends always use it)")

@@ -13,7 +13,6 @@ loses at most ``max_drop`` points of top-1.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -143,7 +142,7 @@ def quantize_onnx(model: nn.Module, calibration: Iterable[Any], output: str | Pa
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
-    from .data import DATA_HELP
+    from .data import DATA_HELP, add_loading_arguments
 
     parser.add_argument("--checkpoint", required=True, help="weights to quantize (train or deploy form, any layout)")
     parser.add_argument("--data", required=True, help=DATA_HELP + " (its training split calibrates, its validation "
@@ -165,11 +164,7 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
                         help="evaluation batch (also timed; default 64)")
     parser.add_argument("--rounds", type=value_type(int, ge=1), default=7,
                         help="interleaved timing rounds (median; default 7)")
-    parser.add_argument("--workers", type=value_type(int, ge=0), default=min(4, os.cpu_count() or 1),
-                        help="data-loading processes (default: 4, or the number of CPUs if fewer)")
-    parser.add_argument("--allow-large", action="store_true",
-                        help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
-                        "parameters)")
+    add_loading_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     config.add_arguments(parser, Int8Config, skip=("relu_before_pool",), prefix="int8_")
     parser.set_defaults(func=_main)
