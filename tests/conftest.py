@@ -42,6 +42,16 @@ def _no_trace_logging():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine run many times faster on one thread (no OpenMP contention); used by
+    the training tests through ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def seeded():
     torch.manual_seed(0)
     yield

@@ -38,12 +38,7 @@ FLAGS = ["--data", "synthetic", "--synthetic-size", "16", "--width-mult", "0.062
 TIMING = ("seconds", "img_per_s")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(out: Path, *extra: str):

@@ -33,13 +33,7 @@ SUMMARY_KEYS = {"test_top1", "deploy_test_top1", "deploy_agreement", "seconds", 
                 "checkpoint", "deploy_weights", "plot", "best_top1", "macs_train", "macs_deploy"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run many times faster on one thread (no OpenMP contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(out: Path, *extra: str, **kw):

@@ -4,7 +4,6 @@ no deploy metrics without a deploy form, the options recorded in the checkpoint,
 from __future__ import annotations
 
 import pytest
-import torch
 
 from vanillanet.checkpoint import load_checkpoint_file
 from vanillanet.errors import ConfigError
@@ -12,13 +11,7 @@ from vanillanet.registry import create_model
 from vanillanet.train import train
 from vanillanet.train_config import resolve_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out, *extra):
