@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from .config import coerce
+from .config import coerce, value_type
 from .errors import ConfigError, DataError, first_line
 
 __all__ = [
@@ -469,10 +470,6 @@ DATA_HELP = ("the dataset: an ImageFolder root (train/ and val/, one subfolder p
 
 def add_loading_arguments(parser: Any) -> None:
     """The options of a command that reads a dataset (eval, quantize): loader processes and the size limits."""
-    import os
-
-    from .config import value_type
-
     parser.add_argument("--workers", type=value_type(int, ge=0), default=min(4, os.cpu_count() or 1),
                         help="data-loading processes (default: 4, or the number of CPUs if fewer)")
     parser.add_argument("--allow-large", action="store_true",
