@@ -26,12 +26,12 @@ import torch
 from tables import write_results
 
 from vanillanet.bench import device_name
-from vanillanet.inference import fast_inference
-from vanillanet.int8 import noise_batches, quantize_bytes
-from vanillanet.onnx_graph import onnx_bytes, onnx_session
-from vanillanet.registry import create_model
-from vanillanet.reparam import calibrate_bn, reparameterize_model
-from vanillanet.timing import time_interleaved
+from vanillanet.deploy.inference import fast_inference
+from vanillanet.deploy.int8 import noise_batches, quantize_bytes
+from vanillanet.deploy.onnx_graph import onnx_bytes, onnx_session
+from vanillanet.model.registry import create_model
+from vanillanet.model.reparam import calibrate_bn, reparameterize_model
+from vanillanet.util.timing import time_interleaved
 
 
 def _log(text: str) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tables import fastest, markdown_table, write_results
 
-from vanillanet.backends import dtype_supported
 from vanillanet.bench import BenchConfig, device_name, run_bench
+from vanillanet.deploy.backends import dtype_supported
 
 MODES = "paper,channels_last,compile,onnxruntime,bf16,compile:bf16"  # bf16 modes run where the CPU has bf16
 

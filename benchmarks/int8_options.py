@@ -24,8 +24,8 @@ import torch
 from cpu_fastpath import random_deploy_model, time_named
 
 from vanillanet.bench import device_name
-from vanillanet.int8 import Int8Config, noise_batches, quantize_bytes
-from vanillanet.onnx_graph import onnx_bytes
+from vanillanet.deploy.int8 import Int8Config, noise_batches, quantize_bytes
+from vanillanet.deploy.onnx_graph import onnx_bytes
 
 OPTIONS = {  # label -> config; the first is the default
     "QOperator, u8 act. / s8 weights per channel, 7-bit (reduce_range)": Int8Config(),
@@ -58,8 +58,11 @@ def _session(data: bytes, threads: int, level: str = "all"):
 
 def _accuracy(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Top-1 of fp32 and of every option on the evaluation split; ranges from training images."""
-    from vanillanet.data import build_dataset, build_loader, resolve_preprocess, spread_subset
-    from vanillanet.registry import create_model
+    from vanillanet.data.datasets import spread_subset
+    from vanillanet.data.loaders import build_loader
+    from vanillanet.data.sources import build_dataset
+    from vanillanet.data.transforms import resolve_preprocess
+    from vanillanet.model.registry import create_model
 
     model = create_model(None, args.checkpoint).eval()
     pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), data=args.data,

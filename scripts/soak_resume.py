@@ -52,7 +52,7 @@ def _final_state(out: Path) -> dict[str, Any]:
     """What must be identical to the reference (digests of the tensors, exact numbers elsewhere)."""
     import torch
 
-    from vanillanet.integrity import digest
+    from vanillanet.util.integrity import digest
 
     ckpts = sorted(out.glob("checkpoint-*.pth"))
     ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=True)

@@ -15,8 +15,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import vanillanet  # noqa: E402, F401  (registers the models with timm)
-from vanillanet.models import VARIANTS, VanillaNet  # noqa: E402
-from vanillanet.reparam import calibrate_bn, rel_err  # noqa: E402, F401  (re-exported for the tests)
+from vanillanet.model.network import VanillaNet  # noqa: E402
+from vanillanet.model.reparam import calibrate_bn, rel_err  # noqa: E402, F401  (re-exported for the tests)
+from vanillanet.model.variants import VARIANTS  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -15,8 +15,8 @@ import yaml
 
 from vanillanet import ablate, cli
 from vanillanet.ablate import load_study, plan_runs, read_rows, run_study, summarize, summary_markdown
-from vanillanet.errors import ConfigError
-from vanillanet.stats import mean_std, t_quantile, t_quantile_own, welch_interval
+from vanillanet.util.errors import ConfigError
+from vanillanet.util.stats import mean_std, t_quantile, t_quantile_own, welch_interval
 
 T975_DF4 = 2.7764451051977987  # Student's t, 97.5 % quantile, 4 degrees of freedom
 

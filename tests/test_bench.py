@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from vanillanet.backends import dtype_supported, parse_modes
 from vanillanet.bench import BenchConfig, format_table, run_bench
 from vanillanet.cli import main
-from vanillanet.errors import ConfigError
+from vanillanet.deploy.backends import dtype_supported, parse_modes
+from vanillanet.util.errors import ConfigError
 
 FIELDS = {"model", "form", "mode", "dtype", "batch_size", "device", "threads", "median_ms", "min_ms", "max_ms",
           "images_per_s", "max_rel_err"}

@@ -29,7 +29,7 @@ def test_cpu_fastpath_script(tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
     import cpu_fastpath
 
-    import vanillanet.inference as inf
+    import vanillanet.deploy.inference as inf
 
     monkeypatch.setattr(inf, "auto_candidates", lambda device, dtype: ["eager", "onnxruntime"])  # no compile: quick
     assert cpu_fastpath.main(["--img-size", "32", "--width-mult", "0.0625", "--rounds", "1", "--round-s", "0.01",
@@ -47,7 +47,7 @@ def test_int8_options_script(tmp_path):
     import int8_options
     from conftest import build_variant
 
-    from vanillanet.checkpoint import save_weights
+    from vanillanet.model.checkpoint_files import save_weights
 
     torch.manual_seed(0)
     ckpt = save_weights(build_variant("vanillanet_5", num_classes=10, in_chans=1).eval(), tmp_path / "d.safetensors",

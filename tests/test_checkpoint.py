@@ -12,13 +12,13 @@ import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet import ConversionError, VanillaNet
-from vanillanet.checkpoint import load_checkpoint_file, read_class_names, save_weights
 from vanillanet.cli import main as cli_main
-from vanillanet.errors import CheckpointError, ConfigError, OutputError
-from vanillanet.fileio import save_atomic
-from vanillanet.registry import create_model
-from vanillanet.reparam import reparameterize_model
-from vanillanet.weights import filter_state_dict, load_weights
+from vanillanet.model.checkpoint_files import load_checkpoint_file, read_class_names, save_weights
+from vanillanet.model.registry import create_model
+from vanillanet.model.reparam import reparameterize_model
+from vanillanet.model.weight_loading import filter_state_dict, load_weights
+from vanillanet.util.errors import CheckpointError, ConfigError, OutputError
+from vanillanet.util.fileio import save_atomic
 
 W = 0.125  # vanillanet_5 at width 0.125: dims 64, 128, 256, 512
 CLASSES = [f"class_{i}" for i in range(10)]

@@ -9,7 +9,7 @@ import pytest
 
 from vanillanet import __version__
 from vanillanet.cli import COMMANDS, main
-from vanillanet.models import VARIANTS
+from vanillanet.model.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,8 +117,8 @@ def files(tmp_path_factory):
     from PIL import Image
     from safetensors.torch import load_file, save_file
 
-    from vanillanet.checkpoint import save_weights
-    from vanillanet.reparam import reparameterize_model
+    from vanillanet.model.checkpoint_files import save_weights
+    from vanillanet.model.reparam import reparameterize_model
 
     root = tmp_path_factory.mktemp("files")
     torch.manual_seed(0)

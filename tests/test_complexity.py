@@ -8,8 +8,8 @@ from conftest import build_variant
 
 from vanillanet.cli import main as cli_main
 from vanillanet.complexity import count_macs, count_params, matches_published, model_complexity
-from vanillanet.errors import ConfigError
-from vanillanet.models import PUBLISHED, PUBLISHED_TRAIN, VARIANTS
+from vanillanet.model.variants import PUBLISHED, PUBLISHED_TRAIN, VARIANTS
+from vanillanet.util.errors import ConfigError
 
 PUBLISHED_ROWS = [(name, "deploy", (row.params_m, row.gmacs)) for name, row in PUBLISHED.items()] + [
     (name, "train", row) for name, row in PUBLISHED_TRAIN.items()]
@@ -94,7 +94,7 @@ def test_info_command(capsys):
 
 def test_list_shows_a_variant_without_published_numbers(capsys, monkeypatch):
     """A new variant is one line in VARIANTS: `list` shows it before its published numbers exist (no check)."""
-    from vanillanet.models import PUBLISHED
+    from vanillanet.model.variants import PUBLISHED
 
     monkeypatch.delitem(PUBLISHED, "vanillanet_5")
     assert cli_main(["list"]) == 0

@@ -14,20 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from vanillanet.data import (
+from vanillanet.data.datasets import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIRS,
-    EpochBatchSampler,
-    build_dataset,
-    build_loader,
-    build_transform,
-    dataset_defaults,
     load_fashion_mnist,
     mean_std,
     num_skipped,
-    set_epoch,
 )
-from vanillanet.errors import ConfigError, DataError
+from vanillanet.data.loaders import EpochBatchSampler, build_loader, set_epoch
+from vanillanet.data.sources import build_dataset, dataset_defaults
+from vanillanet.data.transforms import build_transform
+from vanillanet.util.errors import ConfigError, DataError
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -317,7 +314,7 @@ def test_sampler_split_across_ranks() -> None:
 
 # ---- high bit depth and size limits (checked from the header, before decoding) --------------------------------
 def test_sixteen_bit_and_float_images_keep_their_range(tmp_path):
-    from vanillanet.data import open_image
+    from vanillanet.data.images import open_image
 
     gradient = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(gradient).save(tmp_path / "g16.png")
@@ -334,7 +331,7 @@ def test_sixteen_bit_and_float_images_keep_their_range(tmp_path):
 
 
 def test_image_size_limits_come_before_decoding(tmp_path, caplog):
-    from vanillanet.data import MAX_ASPECT, check_pixels, open_image
+    from vanillanet.data.images import MAX_ASPECT, check_pixels, open_image
 
     Image.new("RGB", (2000, 10), (90, 90, 90)).save(tmp_path / "wide.png")
     with pytest.raises(Image.DecompressionBombError, match=r"2000x10 px has an aspect ratio above 100:1"):
@@ -359,7 +356,7 @@ def test_image_size_limits_come_before_decoding(tmp_path, caplog):
 
 
 def test_preprocess_settings_are_checked():
-    from vanillanet.data import resolve_preprocess
+    from vanillanet.data.transforms import resolve_preprocess
 
     with pytest.raises(ConfigError, match=r"img_size 100000 px is above the 4096 px limit .*--allow-large"):
         resolve_preprocess(meta={"img_size": 100000})

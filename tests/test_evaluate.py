@@ -15,11 +15,11 @@ import torch
 from conftest import build_variant
 from PIL import Image
 
-from vanillanet.checkpoint import save_weights
 from vanillanet.cli import main
-from vanillanet.data import build_dataset
+from vanillanet.data.sources import build_dataset
 from vanillanet.evaluate import evaluate, load_real_labels
-from vanillanet.reparam import reparameterize_model
+from vanillanet.model.checkpoint_files import save_weights
+from vanillanet.model.reparam import reparameterize_model
 
 BIAS = [0.0, 5.0, 1.0]  # the controlled model always predicts class 1 ("b"), then 2, then 0
 # class -> file names; sorted file-name order differs from ImageFolder's (class, name) order on purpose

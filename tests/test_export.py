@@ -8,10 +8,10 @@ from conftest import build_variant, give_realistic_bn_stats
 from torch import nn
 
 from vanillanet.cli import main
-from vanillanet.errors import ConversionError
+from vanillanet.deploy.onnx_graph import StaticAdaptiveMaxPool2d, onnx_session
 from vanillanet.export import export_onnx, export_torchscript
-from vanillanet.models import VARIANTS
-from vanillanet.onnx_graph import StaticAdaptiveMaxPool2d, onnx_session
+from vanillanet.model.variants import VARIANTS
+from vanillanet.util.errors import ConversionError
 
 pytest.importorskip("onnxruntime")
 

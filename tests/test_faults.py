@@ -22,11 +22,11 @@ import torch
 
 import vanillanet  # noqa: F401
 from vanillanet import cli
-from vanillanet.errors import NonFiniteLossError, OutputError
-from vanillanet.integrity import digest, unsound
-from vanillanet.run import RunFolder
 from vanillanet.train import build_optimizer, build_scheduler, train
-from vanillanet.train_config import resolve_config
+from vanillanet.training.config import resolve_config
+from vanillanet.training.run_folder import RunFolder
+from vanillanet.util.errors import NonFiniteLossError, OutputError
+from vanillanet.util.integrity import digest, unsound
 
 ROOT = Path(__file__).resolve().parents[1]
 # 16 images, batch 4: 4 steps per epoch, 2 epochs; mixup/cutmix, dropout, LAMB and the EMA all on.
@@ -89,7 +89,7 @@ else:
         raise RuntimeError("injected fault")
     t.end_epoch = bug
 if fault == "api":  # the exception escapes to the interpreter, as in a user's script
-    from vanillanet.train_config import config_from_args
+    from vanillanet.training.config import config_from_args
     from vanillanet.cli import build_parser
     t.train(config_from_args(build_parser("train").parse_args(sys.argv[2:])))
 from vanillanet.cli import main
@@ -226,7 +226,8 @@ def test_model_ema_decay_above_one_is_refused(tmp_path, capsys):
 # ---- case 4: one run at a time ------------------------------------------------------------------------------------
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom vanillanet.run import RunFolder\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from vanillanet.training.run_folder import RunFolder\n"
                                "with RunFolder(sys.argv[1]).lock():\n    print('locked', flush=True)\n"
                                "    time.sleep(300)\n", str(out)], stdout=subprocess.PIPE, text=True, env=env())
     try:

@@ -10,13 +10,13 @@ import timm
 import torch
 from conftest import give_realistic_bn_stats, rel_err
 
-from vanillanet.checkpoint import save_weights
 from vanillanet.cli import main
-from vanillanet.errors import ConfigError, ConversionError
 from vanillanet.hub import export_hf
-from vanillanet.models import VanillaNet
-from vanillanet.registry import create_model
-from vanillanet.reparam import reparameterize_model
+from vanillanet.model.checkpoint_files import save_weights
+from vanillanet.model.network import VanillaNet
+from vanillanet.model.registry import create_model
+from vanillanet.model.reparam import reparameterize_model
+from vanillanet.util.errors import ConfigError, ConversionError
 
 CLASSES = ["cat", "dog", "fox"]
 

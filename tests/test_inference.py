@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
-from vanillanet.errors import ConfigError, ConversionError
-from vanillanet.inference import fast_inference
-from vanillanet.models import min_input_size
+from vanillanet.deploy.inference import fast_inference
+from vanillanet.model.geometry import min_input_size
+from vanillanet.util.errors import ConfigError, ConversionError
 
 CUDA = torch.cuda.is_available()
 

@@ -12,11 +12,11 @@ from conftest import build_variant
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from vanillanet.checkpoint import file_meta, load_checkpoint_file, save_weights
-from vanillanet.errors import CheckpointError, ConfigError
-from vanillanet.integrity import MAX_ABS, digest, expanded, nonfinite, state_hash, unsound
-from vanillanet.registry import MAX_PARAMS, create_model
-from vanillanet.reparam import reparameterize_model
+from vanillanet.model.checkpoint_files import file_meta, load_checkpoint_file, save_weights
+from vanillanet.model.registry import MAX_PARAMS, create_model
+from vanillanet.model.reparam import reparameterize_model
+from vanillanet.util.errors import CheckpointError, ConfigError
+from vanillanet.util.integrity import MAX_ABS, digest, expanded, nonfinite, state_hash, unsound
 
 
 @pytest.fixture(scope="module")

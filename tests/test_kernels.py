@@ -15,10 +15,10 @@ from conftest import build_variant, give_realistic_bn_stats, rel_err
 from torch import nn
 
 import vanillanet.kernels as K
-from vanillanet.errors import ConversionError
-from vanillanet.layers import SeriesActivation
-from vanillanet.models import VanillaNet
-from vanillanet.reparam import reparameterize_model
+from vanillanet.model.layers import SeriesActivation
+from vanillanet.model.network import VanillaNet
+from vanillanet.model.reparam import reparameterize_model
+from vanillanet.util.errors import ConversionError
 
 pytest.importorskip("triton", reason="the kernels need Triton (CUDA builds of torch ship it)")
 if not K.available():
@@ -363,7 +363,7 @@ def test_fused_ada_pool_and_headless_fall_back_cleanly():
 
 
 def test_build_fused_and_fast_inference_backend():
-    from vanillanet.inference import fast_inference
+    from vanillanet.deploy.inference import fast_inference
 
     model = VanillaNet(dims=(16, 24), strides=(2,), act_num=2, num_classes=5)
     deploy = _deploy(model, 16)

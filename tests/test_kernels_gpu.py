@@ -20,9 +20,9 @@ from conftest import build_variant, give_realistic_bn_stats, rel_err
 from torch import nn
 
 import vanillanet.kernels as K
-from vanillanet.layers import SeriesActivation
-from vanillanet.models import VanillaNet
-from vanillanet.reparam import reparameterize_model
+from vanillanet.model.layers import SeriesActivation
+from vanillanet.model.network import VanillaNet
+from vanillanet.model.reparam import reparameterize_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -224,7 +224,7 @@ def test_bf16_channels_last_compile_training_step_matches_eager():
 # ---------------------------------------------------------------------------------------------- tuned paths
 def test_fast_inference_fused_and_auto(v5_deploy, monkeypatch):
     """With tuning on, as in use (batch 1 fp16: the benchmark then finds these choices in the tuning cache)."""
-    from vanillanet.inference import fast_inference
+    from vanillanet.deploy.inference import fast_inference
 
     monkeypatch.setenv("VANILLANET_KERNEL_TUNING", "1")
     deploy = v5_deploy

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import rel_err
 from torch import nn
 
-from vanillanet.layers import SeriesActivation, StridedAdaptiveMaxPool2d, fold_bn_module, merge_convs, series_taps
+from vanillanet.model.layers import SeriesActivation, StridedAdaptiveMaxPool2d, fold_bn_module, merge_convs, series_taps
 
 
 def _random_bn(c: int, gen: torch.Generator) -> nn.BatchNorm2d:

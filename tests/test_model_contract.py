@@ -20,8 +20,10 @@ import torch
 from conftest import give_realistic_bn_stats
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from vanillanet.models import VARIANTS, VanillaNet, default_out_indices, feature_map_sides
-from vanillanet.reparam import rel_err, reparameterize_model
+from vanillanet.model.geometry import feature_map_sides
+from vanillanet.model.network import VanillaNet
+from vanillanet.model.reparam import rel_err, reparameterize_model
+from vanillanet.model.variants import VARIANTS, default_out_indices
 
 FORMS = ("train", "deploy")
 CASES = [pytest.param(name, form, id=f"{name}-{form}") for name in VARIANTS for form in FORMS]

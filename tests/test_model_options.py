@@ -8,12 +8,12 @@ import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet import CheckpointError, ConfigError, ConversionError, reparameterize_model
-from vanillanet.baselines import PlainCNN, baseline_kwargs
-from vanillanet.checkpoint import save_weights
 from vanillanet.convert import convert_checkpoint
-from vanillanet.models import ResidualBlock, ResidualSingleConvBlock, SingleConvBlock
-from vanillanet.registry import create_model
-from vanillanet.weights import infer_weights_info, load_weights
+from vanillanet.model.ablation import ResidualBlock, ResidualSingleConvBlock, SingleConvBlock
+from vanillanet.model.baselines import PlainCNN, baseline_kwargs
+from vanillanet.model.checkpoint_files import save_weights
+from vanillanet.model.registry import create_model
+from vanillanet.model.weight_loading import infer_weights_info, load_weights
 
 OPTIONS = {
     "no_deep_training": dict(deep_training=False),

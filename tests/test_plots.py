@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vanillanet.errors import DataError
-from vanillanet.plots import plot_training, read_metrics
+from vanillanet.training.plots import plot_training, read_metrics
+from vanillanet.util.errors import DataError
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

@@ -42,8 +42,8 @@ def test_predict_json_imagenet_names_and_missing(images, tmp_path, capsys):
     bias[1] = 4.0
     ckpt = constant_checkpoint(tmp_path / "in1k.safetensors", bias=bias, num_classes=1000)
     # this checkpoint records class_0..class_999, so drop the names to exercise ImageNet's
-    from vanillanet.checkpoint import save_weights
-    from vanillanet.registry import create_model
+    from vanillanet.model.checkpoint_files import save_weights
+    from vanillanet.model.registry import create_model
 
     save_weights(create_model(None, ckpt), tmp_path / "plain.safetensors")
     argv = ["predict", str(images / "a.png"), str(images / "sub" / "b.jpg"), str(tmp_path / "missing.png"),
@@ -68,8 +68,8 @@ def test_predict_fails_only_when_nothing_readable(images, tmp_path, capsys):
 def test_predict_limits_and_sixteen_bit_images(tmp_path, capsys):
     from conftest import build_variant, give_realistic_bn_stats
 
-    from vanillanet.checkpoint import save_weights
-    from vanillanet.reparam import reparameterize_model
+    from vanillanet.model.checkpoint_files import save_weights
+    from vanillanet.model.reparam import reparameterize_model
 
     torch.manual_seed(0)  # random weights and statistics: the prediction depends on the pixels
     model = build_variant("vanillanet_5", width_mult=1 / 32, num_classes=5)

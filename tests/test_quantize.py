@@ -12,16 +12,17 @@ import pytest
 import torch
 from conftest import build_variant
 
-from vanillanet import int8 as q
-from vanillanet.backends import BACKENDS, EXACT_BACKENDS, best_modes
 from vanillanet.bench import BenchConfig, run_bench
-from vanillanet.checkpoint import save_weights
 from vanillanet.cli import main
-from vanillanet.data import Preprocess, build_dataset, dataset_defaults
-from vanillanet.errors import ConfigError
-from vanillanet.inference import auto_candidates, fast_inference
-from vanillanet.onnx_graph import onnx_bytes, onnx_session
-from vanillanet.reparam import reparameterize_model
+from vanillanet.data.sources import build_dataset, dataset_defaults
+from vanillanet.data.transforms import Preprocess
+from vanillanet.deploy import int8 as q
+from vanillanet.deploy.backends import BACKENDS, EXACT_BACKENDS, best_modes
+from vanillanet.deploy.inference import auto_candidates, fast_inference
+from vanillanet.deploy.onnx_graph import onnx_bytes, onnx_session
+from vanillanet.model.checkpoint_files import save_weights
+from vanillanet.model.reparam import reparameterize_model
+from vanillanet.util.errors import ConfigError
 
 pytest.importorskip("onnxruntime")
 IMG = 32

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vanillanet.errors import ConfigError
-from vanillanet.train_config import TrainConfig, list_recipes, load_recipe, resolve_config
+from vanillanet.training.config import TrainConfig, list_recipes, load_recipe, resolve_config
+from vanillanet.util.errors import ConfigError
 
 # Published (official README): model -> (lr, weight decay, head dropout, mixup alpha, layer decay (rate, layers))
 PUBLISHED = {

@@ -8,7 +8,7 @@ import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet import ConversionError, VanillaNet, act_learn_schedule, reparameterize_model
-from vanillanet.models import VARIANTS
+from vanillanet.model.variants import VARIANTS
 
 ALL = list(VARIANTS)
 

@@ -28,15 +28,16 @@ def cli(argv: list[str]) -> str:
 def test_help_imports_neither_torch_nor_timm():
     mods = imported(cli(["--help"]))
     assert "torch" not in mods and "timm" not in mods and "numpy" not in mods
-    assert {m for m in mods if m.startswith("vanillanet")} == {"vanillanet", "vanillanet.cli", "vanillanet.errors",
-                                                               "vanillanet.timm_hook"}
+    assert {m for m in mods if m.startswith("vanillanet")} == {
+        "vanillanet", "vanillanet.cli", "vanillanet.util", "vanillanet.util.errors", "vanillanet.model",
+        "vanillanet.model.timm_hook"}
     assert len(mods) < 250  # the standard library's argparse and friends
 
 
 def test_import_vanillanet_is_cheap_and_still_registers_with_timm():
     assert "torch" not in imported("import vanillanet")
     mods = imported("import vanillanet, timm\nassert timm.is_model('vanillanet_5')")
-    assert "vanillanet.registry" in mods
+    assert "vanillanet.model.registry" in mods
     imported("import timm, vanillanet\nassert timm.is_model('vanillanet_13_x1_5_ada_pool')")  # either order
 
 
@@ -44,5 +45,5 @@ def test_list_imports_little_beyond_torch_and_timm():
     base = imported("import torch, timm")
     extra = imported(cli(["list"])) - base
     assert not {m for m in extra if m.split(".")[0] in ("onnx", "onnxruntime", "onnxscript", "matplotlib")}
-    assert not extra & {"vanillanet.export", "vanillanet.inference", "vanillanet.train", "vanillanet.bench"}
+    assert not extra & {"vanillanet.export", "vanillanet.deploy.inference", "vanillanet.train", "vanillanet.bench"}
     assert len([m for m in extra if not m.startswith("vanillanet")]) < 40

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vanillanet.timing import time_interleaved
+from vanillanet.util.timing import time_interleaved
 
 
 def test_rounds_interleave_the_functions_after_a_settling_call():

@@ -7,7 +7,9 @@ import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet import reparameterize_model
-from vanillanet.models import VARIANTS, VanillaNet, feature_map_sides
+from vanillanet.model.geometry import feature_map_sides
+from vanillanet.model.network import VanillaNet
+from vanillanet.model.variants import VARIANTS
 
 NARROW = dict(width_mult=1 / 16)
 

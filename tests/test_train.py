@@ -18,11 +18,12 @@ from PIL import Image
 
 import vanillanet  # noqa: F401
 from vanillanet import cli
-from vanillanet.checkpoint import read_class_names
-from vanillanet.deep_training import act_learn_schedule
-from vanillanet.models import VARIANTS, VanillaNet
+from vanillanet.model.checkpoint_files import read_class_names
+from vanillanet.model.network import VanillaNet
+from vanillanet.model.variants import VARIANTS
 from vanillanet.train import NonFiniteLossError, build_optimizer, state_hash, train
-from vanillanet.train_config import resolve_config
+from vanillanet.training.config import resolve_config
+from vanillanet.training.deep_training import act_learn_schedule
 
 VENV_BIN = Path(sys.executable).parent
 # Tiny but complete: RandAugment + erasing, mixup/cutmix, BCE, dropout, LAMB, EMA, per-epoch act_learn.

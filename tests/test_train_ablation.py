@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from vanillanet.checkpoint import load_checkpoint_file
-from vanillanet.errors import ConfigError
-from vanillanet.registry import create_model
+from vanillanet.model.checkpoint_files import load_checkpoint_file
+from vanillanet.model.registry import create_model
 from vanillanet.train import train
-from vanillanet.train_config import resolve_config
+from vanillanet.training.config import resolve_config
+from vanillanet.util.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

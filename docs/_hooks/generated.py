@@ -16,7 +16,7 @@ A page asks for a generated part with an HTML comment (invisible where the markd
     <!-- gen:tests -->               the test files and their docstrings
     <!-- gen:check-map -->           nothing; fails the build when the page's module map misses a module
     <!-- gen:check-commands -->      nothing; fails the build when a command has no usage page or table row
-    <!-- gen:where models.VARIANTS --> "`src/vanillanet/models.py`, line N" (inline)
+    <!-- gen:where model.variants.VARIANTS --> "`src/vanillanet/model/variants.py`, line N" (inline)
 
 The package is imported from this checkout's ``src/`` (not from wherever it is installed), and an unknown marker
 or a failing generator stops the build.
@@ -125,32 +125,32 @@ def gen_help(command: str | None, _: str) -> str:
 
 
 def gen_variants(_: str | None, __: str) -> str:
-    models = _mod("models")
+    models, geometry = _mod("model.variants"), _mod("model.geometry")
     rows = []
     for name, spec in models.VARIANTS.items():
-        stride, padding = models.stem_stride_padding(spec.ada_pool)
+        stride, padding = geometry.stem_stride_padding(spec.ada_pool)
         pools = ", ".join(str(a) for a in spec.ada_pool) if spec.ada_pool else "-"
-        last = models.feature_map_sides(224, spec.strides, spec.ada_pool)[-1]
+        last = geometry.feature_map_sides(224, spec.strides, spec.ada_pool)[-1]
         rows.append([f"`{name}`", len(spec.strides), _runs(spec.dims), ", ".join(map(str, spec.strides)),
                      f"stride {stride}, padding {padding}", pools, f"{last}x{last}",
-                     f"{models.min_input_side(spec.strides, spec.ada_pool)} px"])
+                     f"{geometry.min_input_side(spec.strides, spec.ada_pool)} px"])
     return _table(["variant", "blocks", "dims (stem, then each block's output)", "block strides", "4x4 stem conv",
                    "adaptive pool sizes", "last map at 224 px", "smallest input"], rows)
 
 
 def gen_published(_: str | None, __: str) -> str:
-    models = _mod("models")
+    models = _mod("model.variants")
     rows = [[f"`{n}`", p.params_m, p.gmacs, p.top1, p.real_top1, p.a100_ms] for n, p in models.PUBLISHED.items()]
     return _table(["variant", "params (M)", "GMACs", "top-1 %", "ReaL top-1 %", "A100 latency (ms)"], rows)
 
 
 def _dtype_names(dtypes: tuple) -> str:
-    names = _mod("backends").DTYPE_NAMES
+    names = _mod("deploy.backends").DTYPE_NAMES
     return ", ".join(names.get(d, str(d)) for d in dtypes)
 
 
 def gen_backends(_: str | None, __: str) -> str:
-    backends = _mod("backends")
+    backends = _mod("deploy.backends")
     rows = []
     for b in backends.BACKENDS.values():
         rows.append([f"`{b.name}`", b.summary, ", ".join(b.devices), _dtype_names(b.dtypes),
@@ -161,7 +161,7 @@ def gen_backends(_: str | None, __: str) -> str:
 
 
 def gen_modes(_: str | None, __: str) -> str:
-    backends = _mod("backends")
+    backends = _mod("deploy.backends")
     rows = []
     for m in backends.MODES.values():
         notes = [n for n, on in (("synchronised after every call", m.sync_each), ("batch 1 only", m.batch1_only))
@@ -172,7 +172,7 @@ def gen_modes(_: str | None, __: str) -> str:
 
 
 def gen_sources(_: str | None, __: str) -> str:
-    data = _mod("data")
+    data = _mod("data.sources")
     rows = []
     for s in data.SOURCES.values():
         d = s.defaults
@@ -187,13 +187,13 @@ def gen_sources(_: str | None, __: str) -> str:
 
 
 def gen_schedules(_: str | None, __: str) -> str:
-    dt = _mod("deep_training")
+    dt = _mod("training.deep_training")
     rows = [[f"`{n}`", _first_sentence(f.__doc__)] for n, f in dt.SCHEDULES.items()]
     return _table(["schedule", "rule (its docstring)"], rows)
 
 
 def gen_recipes(_: str | None, __: str) -> str:
-    tc, models = _mod("train_config"), _mod("models")
+    tc, models = _mod("training.config"), _mod("model.variants")
     recipes = tc.list_recipes()
     order = [n for n in recipes if n not in models.VARIANTS] + [n for n in models.VARIANTS if n in recipes]
     rows = []
@@ -205,7 +205,7 @@ def gen_recipes(_: str | None, __: str) -> str:
 
 
 def gen_recipe_values(_: str | None, __: str) -> str:
-    tc, models = _mod("train_config"), _mod("models")
+    tc, models = _mod("training.config"), _mod("model.variants")
     recipes, rows = tc.list_recipes(), []
     for name in (n for n in models.VARIANTS if n in recipes):  # in the variant table's order
         content, cfg = recipes[name], tc.resolve_config(name)
@@ -219,7 +219,7 @@ def gen_recipe_values(_: str | None, __: str) -> str:
 def gen_config(section: str | None, __: str) -> str:
     import typing
 
-    config, tc = _mod("config"), _mod("train_config")
+    config, tc = _mod("util.validation"), _mod("training.config")
     hints = typing.get_type_hints(tc.TrainConfig)
     if section not in hints:
         raise PluginError(f"gen:config needs a TrainConfig section ({', '.join(hints)}), got {section!r}")
@@ -243,28 +243,39 @@ def gen_config(section: str | None, __: str) -> str:
     return _table(["key", "default", "allowed", "flag", "meaning"], rows)
 
 
-def _contract() -> dict[str, Any]:
+def _contracts() -> list[dict[str, Any]]:
+    """pyproject.toml's import-linter layer contracts: the package order first, then one per package."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    contracts = data["tool"]["importlinter"]["contracts"]
-    return next(c for c in contracts if c.get("type") == "layers")
+    return [c for c in data["tool"]["importlinter"]["contracts"] if c.get("type") == "layers"]
+
+
+def _names(layer: str) -> list[str]:
+    return [n.strip() for n in re.split(r"[|:]", layer)]
 
 
 def gen_layers(_: str | None, __: str) -> str:
-    contract = _contract()
-    lines = [f"{i + 1:>2}  {layer}" for i, layer in enumerate(contract["layers"])]
-    ignored = ", ".join(contract.get("exhaustive_ignores", [])) or "none"
-    return ("```text\n(top: may import everything below it)\n" + "\n".join(lines) +
-            f"\n(bottom: imports nothing of ours)\n\noutside the contract: {ignored}\n```")
+    blocks = []
+    for contract in _contracts():
+        container = contract["containers"][0]
+        lines = [f"{i + 1:>2}  {layer}" for i, layer in enumerate(contract["layers"])]
+        ignored = ", ".join(contract.get("exhaustive_ignores", [])) or "none"
+        blocks.append(f"{container}  ({contract['name']})\n" + "\n".join(lines) + f"\n    outside: {ignored}")
+    return ("```text\n(in each block, the top may import everything below it; the bottom imports nothing of that "
+            "block)\n\n" + "\n\n".join(blocks) + "\n```")
 
 
 def _modules() -> list[str]:
-    contract = _contract()
-    names = [n.strip() for layer in contract["layers"] for n in re.split(r"[|:]", layer)]
-    return names + list(contract.get("exhaustive_ignores", []))
+    """Every module the contracts place: commands and packages as NAME, a package's modules as PACKAGE.NAME."""
+    names = []
+    for contract in _contracts():
+        prefix = contract["containers"][0].removeprefix("vanillanet").lstrip(".")
+        own = [n for layer in contract["layers"] for n in _names(layer)] + list(contract.get("exhaustive_ignores", []))
+        names += [f"{prefix}.{n}" if prefix else n for n in own]
+    return names
 
 
 def gen_check_map(_: str | None, markdown: str) -> str:

@@ -11,28 +11,29 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import timm_hook
+from .model import timm_hook
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["CheckpointError", "ConfigError", "ConversionError", "DataError", "NonFiniteLossError",
-                     "OutputError", "VanillaNetError"], "errors"),
-    **dict.fromkeys(["SeriesActivation", "fold_bn", "merge_convs"], "layers"),
-    **dict.fromkeys(["VARIANTS", "PUBLISHED", "Block", "DeepTrainingSlope", "VanillaNet", "VariantSpec",
-                     "variant_names"], "models"),
-    **dict.fromkeys(["calibrate_bn", "conversion_error", "reparameterize_model"], "reparam"),
-    **dict.fromkeys(["load_checkpoint_file", "read_class_names", "save_weights"], "checkpoint"),
-    **dict.fromkeys(["LoadReport", "load_weights"], "weights"),
-    "create_model": "registry",
+                     "OutputError", "VanillaNetError"], "util.errors"),
+    **dict.fromkeys(["SeriesActivation", "fold_bn", "merge_convs"], "model.layers"),
+    **dict.fromkeys(["VARIANTS", "PUBLISHED", "VariantSpec", "variant_names"], "model.variants"),
+    **dict.fromkeys(["Block", "DeepTrainingSlope"], "model.blocks"),
+    "VanillaNet": "model.network",
+    **dict.fromkeys(["calibrate_bn", "conversion_error", "reparameterize_model"], "model.reparam"),
+    **dict.fromkeys(["load_checkpoint_file", "read_class_names", "save_weights"], "model.checkpoint_files"),
+    **dict.fromkeys(["LoadReport", "load_weights"], "model.weight_loading"),
+    "create_model": "model.registry",
     "convert_checkpoint": "convert",
     **dict.fromkeys(["count_macs", "count_params", "model_complexity"], "complexity"),
-    **dict.fromkeys(["BACKENDS", "Backend"], "backends"),
-    **dict.fromkeys(["FastClassifier", "fast_inference"], "inference"),
+    **dict.fromkeys(["BACKENDS", "Backend"], "deploy.backends"),
+    **dict.fromkeys(["FastClassifier", "fast_inference"], "deploy.inference"),
     **dict.fromkeys(["export_onnx", "export_torchscript"], "export"),
-    **dict.fromkeys(["TrainConfig", "resolve_config"], "train_config"),
-    "act_learn_schedule": "deep_training",
+    **dict.fromkeys(["TrainConfig", "resolve_config"], "training.config"),
+    "act_learn_schedule": "training.deep_training",
 }
 
 __all__ = sorted(_PUBLIC)

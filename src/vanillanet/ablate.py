@@ -50,12 +50,12 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, DataError, VanillaNetError
-from .fileio import write_text
-from .runtime import StopSignal, ignore_stop_signals
-from .stats import T_QUANTILE_SOURCE, mean_std, welch_interval
-from .tables import render
-from .train_config import TrainConfig, config_to_dict, resolve_config
+from .training.config import TrainConfig, config_to_dict, resolve_config
+from .training.runtime import StopSignal, ignore_stop_signals
+from .util.errors import ConfigError, DataError, VanillaNetError
+from .util.fileio import write_text
+from .util.stats import T_QUANTILE_SOURCE, mean_std, welch_interval
+from .util.tables import render
 
 __all__ = ["Run", "Study", "Variation", "config_hash", "load_study", "plan_runs", "plot_summary", "read_rows",
            "run_study", "summarize", "summary_markdown", "write_summary"]

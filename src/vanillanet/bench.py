@@ -1,6 +1,6 @@
 """Latency and throughput of VanillaNet (and baselines) in named execution modes, measured side by side.
 
-Inference modes are the (backend, dtype, layout) combinations of ``backends.py``: ``paper`` (the published
+Inference modes are the (backend, dtype, layout) combinations of ``deploy/backends.py``: ``paper`` (the published
 protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``eager`` (fp32 NCHW), ``channels_last``
 (fp32), ``fp16`` / ``bf16`` (channels_last eager in that dtype), and every backend of the table by name with an
 optional dtype suffix (``compile:bf16``, ``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import config, kernels
-from .backends import (
+from . import kernels
+from .deploy.backends import (
     BACKENDS,
     DTYPE_NAMES,
     BuildRequest,
@@ -45,12 +45,13 @@ from .backends import (
     prepare_input,
     prepare_model,
 )
-from .config import option
-from .errors import ConfigError
-from .models import check_input_size
-from .registry import create_model
-from .reparam import calibrate_bn, rel_err, reparameterize_model
-from .timing import time_interleaved
+from .model.geometry import check_input_size
+from .model.registry import create_model
+from .model.reparam import calibrate_bn, rel_err, reparameterize_model
+from .util import validation
+from .util.errors import ConfigError
+from .util.timing import time_interleaved
+from .util.validation import option
 
 __all__ = ["BASELINES", "TRAIN_MODES", "BenchConfig", "device_name", "format_table", "plot_records", "run_bench"]
 
@@ -88,7 +89,7 @@ class BenchConfig:
     allow_large: bool = option(False, "lift the model-size limit (1e9 parameters, see docs/faults.md)")
 
     def __post_init__(self) -> None:
-        config.check_instance(self)
+        validation.check_instance(self)
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -304,7 +305,7 @@ def format_table(records: list[dict[str, Any]], markdown: bool = False) -> str:
         rows.append([r["model"], r["form"], r["mode"], r["dtype"], str(r["batch_size"]), f"{r['median_ms']:.2f}",
                      f"{r['min_ms']:.2f}-{r['max_ms']:.2f}", f"{r['images_per_s']:.1f}",
                      "-" if ratio is None else f"{ratio:.2f}x", "-" if err is None else f"{err:.1e}"])
-    from .tables import render
+    from .util.tables import render
 
     return render(rows, markdown=markdown, left=4)
 
@@ -332,7 +333,7 @@ def plot_records(records: list[dict[str, Any]], path: str | Path) -> None:
 
 
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
-    config.add_arguments(parser, BenchConfig, prefix="bench_")
+    validation.add_arguments(parser, BenchConfig, prefix="bench_")
     parser.add_argument("--json", help="write the records to this JSON file")
     parser.add_argument("--plot", help="write a bar chart (PNG) of images/s")
     parser.set_defaults(func=_main)
@@ -346,15 +347,15 @@ def _split(value: Any) -> Any:
 
 
 def _main(args: argparse.Namespace) -> int:
-    values = {k: _split(v) for k, v in config.overrides_from_args(args, BenchConfig, prefix="bench_").items()}
-    cfg = config.build(BenchConfig, values, "vanillanet bench")
+    values = {k: _split(v) for k, v in validation.overrides_from_args(args, BenchConfig, prefix="bench_").items()}
+    cfg = validation.build(BenchConfig, values, "vanillanet bench")
     records = run_bench(cfg)
     if records:
         r = records[0]
         print(f"device: {r['device_name']} ({r['device']}), {r['threads']} threads, torch {r['torch']}")
     print(format_table(records))
     if args.json:
-        from .fileio import write_json
+        from .util.fileio import write_json
 
         write_json(args.json, records)
     if args.plot:

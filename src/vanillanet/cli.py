@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .errors import VanillaNetError, first_line
+from .util.errors import VanillaNetError, first_line
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import field_type, value_type
-from .errors import ConfigError, first_line
-from .models import PUBLISHED, VARIANTS, check_model_name
-from .registry import create_model
+from .model.registry import create_model
+from .model.variants import PUBLISHED, VARIANTS, check_model_name
+from .util.errors import ConfigError, first_line
+from .util.validation import field_type, value_type
 
 __all__ = ["count_macs", "count_params", "matches_published", "model_complexity"]
 
@@ -110,7 +110,7 @@ def _info_command(args: argparse.Namespace) -> int:
 
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     """``vanillanet list`` and ``vanillanet info MODEL``."""
-    from .train_config import ArchConfig
+    from .training.config import ArchConfig
 
     if command == "list":
         parser.set_defaults(func=_list_command)

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import model_meta, save_weights
-from .config import value_type
-from .errors import CheckpointError, ConversionError
-from .fileio import refuse_inputs
-from .models import check_input_size
-from .registry import create_model
-from .reparam import conversion_error, reparameterize_model
+from .model.checkpoint_files import model_meta, save_weights
+from .model.geometry import check_input_size
+from .model.registry import create_model
+from .model.reparam import conversion_error, reparameterize_model
+from .util.errors import CheckpointError, ConversionError
+from .util.fileio import refuse_inputs
+from .util.validation import value_type
 
 __all__ = ["convert_checkpoint"]
 
@@ -27,7 +27,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, model_name: str | No
     """Any supported checkpoint -> a deploy-form ``.safetensors`` file, written only if the fp32 outputs of the
     train and deploy forms agree (eval mode, random input, max relative error <= ``tol``). ``allow_large`` lifts
     the size limits (``registry.MAX_PARAMS``, ``data.MAX_IMG_SIZE``)."""
-    from .data import check_img_size
+    from .data.images import check_img_size
 
     dst = Path(dst)
     if dst.suffix != ".safetensors":

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import EXACT_BACKENDS
-from .config import value_type
-from .errors import ConversionError, DataError, first_line
-from .fileio import write_json
-from .inference import fast_inference
-from .registry import create_model
+from .deploy.backends import EXACT_BACKENDS
+from .deploy.inference import fast_inference
+from .model.registry import create_model
+from .util.errors import ConversionError, DataError, first_line
+from .util.fileio import write_json
+from .util.validation import value_type
 
 __all__ = ["evaluate", "load_real_labels"]
 
@@ -132,7 +132,7 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--checkpoint", required=True, help="weights to evaluate (train or deploy form, any layout)")
-    from .data import DATA_HELP, add_loading_arguments
+    from .data.sources import DATA_HELP, add_loading_arguments
 
     parser.add_argument("--data", required=True, help=DATA_HELP + " (its validation split is evaluated)")
     parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
@@ -188,8 +188,11 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> int:
-    from .data import build_dataset, build_loader, num_skipped, resolve_preprocess
-    from .fileio import refuse_inputs
+    from .data.datasets import num_skipped
+    from .data.loaders import build_loader
+    from .data.sources import build_dataset
+    from .data.transforms import resolve_preprocess
+    from .util.fileio import refuse_inputs
 
     t0 = time.perf_counter()
     refuse_inputs(args.json, args.checkpoint, args.real_labels, flag="--json")

@@ -6,7 +6,7 @@ dynamic; ONNX files and traced TorchScript fix the spatial size (``img_size``). 
 onnxruntime (or reloaded with ``torch.jit.load``) on random inputs of two batch sizes and compared with the PyTorch
 model; above ``tol`` relative error the file is not written, nor when the weights are unusable
 (``integrity.unsound``) or the output is the input checkpoint. The graph preparation and the ONNX bytes come from
-``onnx_graph.py``.
+``deploy/onnx_graph.py``.
 
 TorchScript: ``torch.jit.script`` by default. The scripted deploy model takes any batch and any input size (its
 adaptive pools and the activation's kernel trimming on tiny maps follow the input), and on the CPU it ran as fast
@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import value_type
-from .errors import ConfigError, ConversionError
-from .fileio import refuse_inputs, write_atomic
-from .integrity import describe, unsound
-from .models import check_input_size
-from .onnx_graph import DEFAULT_OPSET, EXPORTERS, make_exportable, onnx_bytes, onnx_session, quiet
-from .registry import create_model
-from .reparam import rel_err, reparameterize_model
+from .deploy.onnx_graph import DEFAULT_OPSET, EXPORTERS, make_exportable, onnx_bytes, onnx_session, quiet
+from .model.geometry import check_input_size
+from .model.registry import create_model
+from .model.reparam import rel_err, reparameterize_model
+from .util.errors import ConfigError, ConversionError
+from .util.fileio import refuse_inputs, write_atomic
+from .util.integrity import describe, unsound
+from .util.validation import value_type
 
 __all__ = ["TORCHSCRIPT_METHODS", "ExportResult", "export_onnx", "export_torchscript"]
 
@@ -165,7 +165,7 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot tell the format from {args.output!r}; name it .onnx or .pt, or pass --format")
     if args.checkpoint is None and args.model is None:
         raise ConfigError("nothing to export; pass --model NAME (random weights) and/or --checkpoint PATH")
-    from .data import check_img_size
+    from .data.images import check_img_size
 
     refuse_inputs(args.output, args.checkpoint)
     check_img_size(args.img_size, allow_large=args.allow_large, what="--img-size")

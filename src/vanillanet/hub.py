@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import model_meta
 from .complexity import count_macs, count_params
-from .data import Preprocess, resolve_preprocess
-from .errors import ConfigError, ConversionError
-from .fileio import temporary_name
-from .models import PUBLISHED, variant_of
-from .reparam import rel_err, reparameterize_model
+from .data.transforms import Preprocess, resolve_preprocess
+from .model.checkpoint_files import model_meta
+from .model.reparam import rel_err, reparameterize_model
+from .model.variants import PUBLISHED, variant_of
+from .util.errors import ConfigError, ConversionError
+from .util.fileio import temporary_name
 
 __all__ = ["HubExport", "export_hf"]
 

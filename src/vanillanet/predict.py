@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .backends import EXACT_BACKENDS
-from .config import value_type
-from .errors import DataError, first_line
-from .inference import fast_inference
-from .registry import create_model
+from .deploy.backends import EXACT_BACKENDS
+from .deploy.inference import fast_inference
+from .model.registry import create_model
+from .util.errors import DataError, first_line
+from .util.validation import value_type
 
 __all__ = ["Prediction", "class_names_for", "collect_images", "predict_images"]
 
@@ -74,7 +74,7 @@ def predict_images(predict: Any, paths: list[Path], transform: Any, names: list[
                    topk: int = 5, batch_size: int = 16, allow_large: bool = False) -> list[Prediction]:
     """Run ``predict`` (images -> logits) on ``paths`` in batches; unreadable files (and, unless ``allow_large``,
     images above the size limits) become error entries."""
-    from .data import open_image
+    from .data.images import open_image
 
     mode = "L" if in_chans == 1 else "RGB"
     results: list[Prediction] = []
@@ -124,7 +124,7 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .data import resolve_preprocess
+    from .data.transforms import resolve_preprocess
 
     files, errors = collect_images(args.images)
     if not files:

@@ -22,16 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import config
-from .config import value_type
-from .errors import ConfigError, ConversionError, DataError
+from .deploy.int8 import CALIB_BATCH, Int8Config, quantize_bytes
+from .deploy.onnx_graph import onnx_bytes, onnx_runner, onnx_session
 from .evaluate import evaluate
-from .fileio import refuse_inputs, write_atomic, write_json
-from .int8 import CALIB_BATCH, Int8Config, quantize_bytes
-from .onnx_graph import onnx_bytes, onnx_runner, onnx_session
-from .registry import create_model
-from .tables import render
-from .timing import time_interleaved
+from .model.registry import create_model
+from .util import validation
+from .util.errors import ConfigError, ConversionError, DataError
+from .util.fileio import refuse_inputs, write_atomic, write_json
+from .util.tables import render
+from .util.timing import time_interleaved
+from .util.validation import value_type
 
 __all__ = ["QuantizeResult", "quantize_onnx"]
 
@@ -142,7 +142,7 @@ def quantize_onnx(model: nn.Module, calibration: Iterable[Any], output: str | Pa
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
-    from .data import DATA_HELP, add_loading_arguments
+    from .data.sources import DATA_HELP, add_loading_arguments
 
     parser.add_argument("--checkpoint", required=True, help="weights to quantize (train or deploy form, any layout)")
     parser.add_argument("--data", required=True, help=DATA_HELP + " (its training split calibrates, its validation "
@@ -166,14 +166,18 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
                         help="interleaved timing rounds (median; default 7)")
     add_loading_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    config.add_arguments(parser, Int8Config, skip=("relu_before_pool",), prefix="int8_")
+    validation.add_arguments(parser, Int8Config, skip=("relu_before_pool",), prefix="int8_")
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .data import build_dataset, build_loader, resolve_preprocess, spread_subset
+    from .data.datasets import spread_subset
+    from .data.loaders import build_loader
+    from .data.sources import build_dataset
+    from .data.transforms import resolve_preprocess
 
-    cfg = config.build(Int8Config, config.overrides_from_args(args, Int8Config, prefix="int8_"), "vanillanet quantize")
+    overrides = validation.overrides_from_args(args, Int8Config, prefix="int8_")
+    cfg = validation.build(Int8Config, overrides, "vanillanet quantize")
     refuse_inputs(args.output, args.checkpoint)
     refuse_inputs(args.json, args.checkpoint, flag="--json")
     if args.threads:

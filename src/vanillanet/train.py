@@ -2,10 +2,10 @@
 
 The run is split by phase: builder functions that each take their slice of the config (``build_data``,
 ``build_model``, ``build_optimizer``, ``build_scheduler``, ``build_loss``, ``build_precision``), a ``TrainState``
-(``train_state.py``), ``train_one_epoch``, the same ``evaluate()`` that ``vanillanet eval`` uses, the
-``DeepTraining`` object that owns act_learn (``deep_training.py``), the ``RunFolder`` that owns what is written
-(``run.py``) and ``finish_run``, which converts the evaluated model to the deploy form, checks that every
-validation prediction is unchanged and writes the outputs. ``train`` holds them together.
+(``training/state.py``), ``train_one_epoch``, the same ``evaluate()`` that ``vanillanet eval`` uses, the
+``DeepTraining`` object that owns act_learn (``training/deep_training.py``), the ``RunFolder`` that owns what is
+written (``training/run_folder.py``) and ``finish_run``, which converts the evaluated model to the deploy form, checks
+that every validation prediction is unchanged and writes the outputs. ``train`` holds them together.
 
 The parts are timm's (Mixup/CutMix with label smoothing, BCE, LAMB/AdamW with layer decay, per-iteration cosine
 schedule, ModelEmaV3). Resuming is exact: batch order and augmentation depend only on (seed, epoch, batch), and
@@ -31,14 +31,8 @@ import torch.distributed as tdist
 import yaml
 from torch import nn
 
-from . import config
-from .data import Preprocess
-from .deep_training import DeepTraining
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError
-from .integrity import describe, nonfinite, state_hash, unsound
-from .run import RunFolder
-from .runtime import DistInfo, StopSignal, ignore_stop_signals, setup_distributed
-from .train_config import (
+from .data.transforms import Preprocess
+from .training.config import (
     ArchConfig,
     InputConfig,
     MixingConfig,
@@ -51,7 +45,13 @@ from .train_config import (
     list_recipes,
     validate,
 )
-from .train_state import TrainState, get_rng_state, set_rng_state
+from .training.deep_training import DeepTraining
+from .training.run_folder import RunFolder
+from .training.runtime import DistInfo, StopSignal, ignore_stop_signals, setup_distributed
+from .training.state import TrainState, get_rng_state, set_rng_state
+from .util import validation
+from .util.errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError
+from .util.integrity import describe, nonfinite, state_hash, unsound
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "add_cli", "build_optimizer", "state_hash", "train"]
 
@@ -75,7 +75,10 @@ def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accu
                seed: int, dist: DistInfo, device: torch.device) -> Data:
     """Datasets (train with augmentation, val with the eval transform) and their deterministic loaders; with
     ``inputs.train_subset`` a fixed random subset of the training set (the same for every seed)."""
-    from .data import build_dataset, build_loader, build_transform, resolve_preprocess, take_subset
+    from .data.datasets import take_subset
+    from .data.loaders import build_loader
+    from .data.sources import build_dataset
+    from .data.transforms import build_transform, resolve_preprocess
 
     if not inputs.data:
         raise ConfigError("no dataset: pass --data PATH|fashion-mnist|digits|synthetic (or a recipe that sets it)")
@@ -127,10 +130,10 @@ def _freeze(model: nn.Module, stages: int) -> list[nn.Module]:
 def build_model(arch: ArchConfig, num_classes: int, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
     """The train-form model (fine-tuned from ``arch.pretrained`` if given) and its architecture record, which a
     resumed run must match. An ablation baseline (``baselines.BASELINES``) trains alike, without deep training."""
-    from .baselines import create_baseline, is_baseline
-    from .models import MODEL_OPTIONS
-    from .registry import create_model
-    from .weights import load_weights
+    from .model.ablation import MODEL_OPTIONS
+    from .model.baselines import create_baseline, is_baseline
+    from .model.registry import create_model
+    from .model.weight_loading import load_weights
 
     # the ablation options enter the record only when set, so that runs from before them still resume
     options = {k: getattr(arch, k) for k, default in MODEL_OPTIONS.items() if getattr(arch, k) != default}
@@ -341,7 +344,7 @@ def train_one_epoch(state: TrainState, loop: Loop, epoch: int, start_batch: int,
     from timm.utils import dispatch_clip_grad
     from tqdm import tqdm
 
-    from .data import set_epoch
+    from .data.loaders import set_epoch
 
     cfg, accum, data = loop.cfg, loop.cfg.grad_accum_steps, loop.data
     set_epoch(data.train_loader, epoch, start_batch)
@@ -437,7 +440,7 @@ def _set_aside_unverified(state: TrainState, loop: Loop) -> str:
 
 def validate_model(loop: Loop, model: nn.Module, deploy: nn.Module | None = None, amp: bool = True) -> dict:
     """``evaluate()`` (the one ``vanillanet eval`` uses) on the validation set, sharded across processes."""
-    from .data import set_epoch
+    from .data.loaders import set_epoch
     from .evaluate import evaluate
 
     model.eval()
@@ -501,7 +504,7 @@ _POSITION_KEYS = ("data", "data_options", "batch_size", "grad_accum_steps", "see
 
 def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
     """Restore a checkpoint into ``state`` (exactly: RNG states too), and drop metrics logged after it."""
-    from .checkpoint import read_training_checkpoint
+    from .model.checkpoint_files import read_training_checkpoint
 
     ckpt = read_training_checkpoint(path)
     if ckpt.get("arch") != loop.arch:
@@ -535,7 +538,7 @@ def resume_from(state: TrainState, loop: Loop, path: Path) -> None:
 def deploy_form(model: nn.Module, log: Callable[[str], None]) -> nn.Module | None:
     """The deploy form of the evaluated model, or None for a model that has none: an ablation baseline (nothing to
     re-parameterize) or a VanillaNet with shortcuts (not a plain network)."""
-    from .reparam import reparameterize_model
+    from .model.reparam import reparameterize_model
 
     if not hasattr(model, "reparameterize") or getattr(model, "shortcut", False):
         why = "has shortcuts (not a plain network)" if hasattr(model, "reparameterize") else "is an ablation baseline"
@@ -548,8 +551,8 @@ def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
     """Convert the evaluated model to the deploy form, check it on the validation set in fp32, write the deploy
     weights, the plot and ``summary.json``; returns the summary. A model without a deploy form (``deploy_form``)
     gets null deploy fields in the summary and n/a in the table."""
-    from .checkpoint import save_weights
     from .complexity import count_macs, count_params
+    from .model.checkpoint_files import save_weights
 
     cfg, final, folder = loop.cfg, state.eval_model, loop.folder
     check_sound(state, loop, "by the end of training")
@@ -581,7 +584,7 @@ def finish_run(state: TrainState, loop: Loop) -> dict[str, Any]:
               macs_train=count_macs(final, size), macs_deploy=count_macs(deploy, size) if deploy else None)
     plot = folder.path / "training.png"
     try:
-        from .plots import plot_training
+        from .training.plots import plot_training
 
         plot_training(folder.metrics_path, plot)
     except ImportError as err:
@@ -635,7 +638,8 @@ def _build(cfg: TrainConfig, dist: DistInfo, device: torch.device, folder: RunFo
            on_step: StepCallback | None) -> tuple[TrainState, Loop]:
     from timm.utils import ModelEmaV3
 
-    from .models import VanillaNet, check_input_size
+    from .model.geometry import check_input_size
+    from .model.network import VanillaNet
 
     for seed_fn in (torch.manual_seed, random.seed, np.random.seed):
         seed_fn(cfg.seed + dist.rank)
@@ -734,7 +738,7 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None) -> dict[str,
     ``on_step`` is called after every optimiser step with ``{step, epoch, loss, lr, act_learn, img_per_s}``.
     Under torchrun (WORLD_SIZE > 1) each process calls this; it sets up and tears down the process group.
     """
-    validate(config.check_instance(cfg))  # a config built in Python skipped resolve_config's checks
+    validate(validation.check_instance(cfg))  # a config built in Python skipped resolve_config's checks
     if not cfg.output:
         raise ConfigError("no output folder: pass --output DIR")
     dist, device = setup_distributed(cfg.device)

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cudagraph import capture
-from ..errors import ConversionError
+from ..util.cudagraph import capture
+from ..util.errors import ConversionError
 from . import act, autotune, ops
 from .references import pack_taps
 

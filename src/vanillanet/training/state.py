@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..util.errors import CheckpointError
 
 __all__ = ["TrainState", "get_rng_state", "set_rng_state"]
 

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, ConversionError, first_line
-from .layers import StridedAdaptiveMaxPool2d
-from .models import check_input_size
-from .reparam import reparameterize_model
+from ..model.geometry import check_input_size
+from ..model.layers import StridedAdaptiveMaxPool2d
+from ..model.reparam import reparameterize_model
+from ..util.errors import ConfigError, ConversionError, first_line
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "StaticAdaptiveMaxPool2d", "make_exportable", "onnx_bytes", "onnx_runner",
            "onnx_session", "quiet"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import ConfigError
+from ..util.errors import ConfigError
 
 __all__ = ["SCHEDULES", "DeepTraining", "act_learn_schedule"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from .errors import ConfigError
+from ..util.errors import ConfigError
 
 __all__ = ["DistInfo", "StopSignal", "ignore_stop_signals", "setup_distributed"]
 

@@ -21,7 +21,7 @@ _lock = threading.Lock()
 
 
 def _register() -> None:
-    importlib.import_module("vanillanet.registry")  # registration runs at its import
+    importlib.import_module("vanillanet.model.registry")  # registration runs at its import
 
 
 class _AfterTimmLoader(importlib.abc.Loader):

@@ -1,7 +1,7 @@
 """Checkpoint files: read every supported layout safely, normalise it to our key layout, write ours atomically.
 
 This module is file IO only: what is in a file and how to read and write it. Fitting weights to a model instance
-(architecture inference, form conversion, head reset) lives in ``weights.py``; building a model from a name or a
+(architecture inference, form conversion, head reset) lives in ``weight_loading.py``; building a model from a name or a
 file in ``registry.create_model``.
 
 Supported inputs (detected from the content, not the file name):
@@ -34,12 +34,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import config
-from .config import option
-from .errors import CheckpointError, ConfigError, first_line
-from .fileio import save_atomic, write_atomic
-from .integrity import describe, digest, expanded, unsound
-from .models import MODEL_OPTIONS, VARIANTS, variant_of
+from ..util import validation
+from ..util.errors import CheckpointError, ConfigError, first_line
+from ..util.fileio import save_atomic, write_atomic
+from ..util.integrity import describe, digest, expanded, unsound
+from ..util.validation import option
+from .ablation import MODEL_OPTIONS
+from .variants import VARIANTS, variant_of
 
 __all__ = ["FORMAT_NAME", "FileMeta", "file_meta", "load_checkpoint_file", "model_meta", "read_class_names",
            "read_raw", "read_training_checkpoint", "save_weights", "select_state_dict", "normalise_keys", "with_digest"]
@@ -210,7 +211,7 @@ class FileMeta:
     shortcut: bool | None = option(None, "ablation option: identity shortcuts (no deploy form)")
 
 
-_META_KEYS = config.keys_of(FileMeta)
+_META_KEYS = validation.keys_of(FileMeta)
 
 
 def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
@@ -223,14 +224,14 @@ def check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
         try:
             if typing.get_origin(hint) is tuple and not isinstance(value, (list, tuple)):
                 raise ConfigError("")
-            value = config.coerce(name, value, key.hint)
+            value = validation.coerce(name, value, key.hint)
         except ConfigError:
             wanted = "a list" if typing.get_origin(hint) is tuple else {int: "an integer", float: "a finite number",
                                                                         str: "text"}[hint]
             raise CheckpointError(f"{where} records a malformed {name} ({value!r:.60}, not {wanted}); the file was "
                                   "edited or not written by vanillanet: re-create it") from None
         try:
-            config.check(name, value, key.field)
+            validation.check(name, value, key.field)
         except ConfigError as err:
             raise CheckpointError(f"{where} records an impossible {name} ({err}); the file was edited or not "
                                   "written by vanillanet: re-create it") from None

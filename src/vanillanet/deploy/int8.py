@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import config
-from .config import option
-from .errors import ConfigError, ConversionError, VanillaNetError, first_line
+from ..util import validation
+from ..util.errors import ConfigError, ConversionError, VanillaNetError, first_line
+from ..util.validation import option
 
 __all__ = ["CALIBRATIONS", "EXCLUDABLE", "FORMATS", "Int8Config", "noise_batches", "quantize_bytes",
            "relu_before_maxpool"]
@@ -73,7 +73,7 @@ class Int8Config:
                                     "only to measure what it brings)")
 
     def __post_init__(self) -> None:
-        config.check_instance(self)
+        validation.check_instance(self)
 
 
 # ---------------------------------------------------------------------------------------------- graph

@@ -21,9 +21,9 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from .errors import ConfigError
+from ..util.errors import ConfigError
 from .layers import BN_EPS, make_pool
-from .models import VARIANTS
+from .variants import VARIANTS
 
 __all__ = ["BASELINES", "PlainCNN", "baseline_kwargs", "create_baseline", "is_baseline"]
 

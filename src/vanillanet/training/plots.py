@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from ..util.errors import DataError
 
 __all__ = ["plot_training", "read_metrics"]
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import kernels
-from .cudagraph import capture
-from .errors import ConfigError
+from .. import kernels
+from ..util.cudagraph import capture
+from ..util.errors import ConfigError
 from .int8 import noise_batches, quantize_bytes
 from .onnx_graph import onnx_bytes, onnx_runner, onnx_session
 

@@ -36,9 +36,9 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import read_training_checkpoint, with_digest
-from .errors import CheckpointError, ConfigError
-from .fileio import (
+from ..model.checkpoint_files import read_training_checkpoint, with_digest
+from ..util.errors import CheckpointError, ConfigError
+from ..util.fileio import (
     append_line,
     json_safe,
     link_or_copy,

@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..model.geometry import check_input_size
+from ..model.reparam import rel_err, reparameterize_model
+from ..util.errors import ConfigError, ConversionError, VanillaNetError, first_line
+from ..util.timing import time_interleaved
 from .backends import BACKENDS, BuildRequest, exact_fp32, prepare_input
-from .errors import ConfigError, ConversionError, VanillaNetError, first_line
-from .models import check_input_size
-from .reparam import rel_err, reparameterize_model
-from .timing import time_interleaved
 
 __all__ = ["FastClassifier", "fast_inference"]
 

@@ -6,7 +6,7 @@ from the package's ``recipes/`` folder, by file stem or by one of its ``aliases`
 recipe is a delta over the defaults and may start from another with ``base: NAME``) <- command-line flags <-
 ``--set key=value`` (values parsed as YAML). Keys are flat (``lr``, ``epochs``); each belongs to one section
 (``cfg.optim``, ``cfg.schedule``...), which is what the code that needs it takes. Allowed values and ranges are
-declared on the fields (``config.option``): unknown keys, wrong types and out-of-range values raise one-line
+declared on the fields (``validation.option``): unknown keys, wrong types and out-of-range values raise one-line
 ``ConfigError``s naming the key and the fix.
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from . import config
-from .config import option
-from .data import DATA_HELP, SOURCES
+from ..data.sources import DATA_HELP, SOURCES
+from ..util import validation
+from ..util.errors import ConfigError, first_line
+from ..util.validation import option
 from .deep_training import CADENCES, SCHEDULES
-from .errors import ConfigError, first_line
 
 __all__ = ["RECIPE_META_KEYS", "TrainConfig", "add_config_arguments", "config_from_args", "config_to_dict",
            "list_recipes", "load_recipe", "resolve_config"]
@@ -206,7 +206,7 @@ class TrainConfig:
         return getattr(object.__getattribute__(self, key.section), name)
 
 
-_KEYS = config.keys_of(TrainConfig)
+_KEYS = validation.keys_of(TrainConfig)
 
 
 def _data_option_keys() -> dict[str, tuple[str, str]]:
@@ -230,7 +230,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     """Plain flat dict (tuples as lists) for YAML files and checkpoints."""
-    return config.to_flat(cfg)
+    return validation.to_flat(cfg)
 
 
 # ---- recipes ------------------------------------------------------------------------------------------------
@@ -297,9 +297,9 @@ def _apply(values: dict[str, Any], layer: dict[str, Any], source: str) -> None:
             values["data_options"] = {**values.get("data_options", {}), f"{source}.{name}": value}
             continue
         if key not in _KEYS:
-            raise config.unknown_key_error(key, {**_KEYS, **option_keys}, source)
-        values[key] = config.coerce(key, value, _KEYS[key].hint)
-        config.check(key, values[key], _KEYS[key].field)
+            raise validation.unknown_key_error(key, {**_KEYS, **option_keys}, source)
+        values[key] = validation.coerce(key, value, _KEYS[key].hint)
+        validation.check(key, values[key], _KEYS[key].field)
 
 
 def resolve_config(
@@ -324,7 +324,7 @@ def resolve_config(
         except yaml.YAMLError:
             value = raw
         _apply(values, {key.strip(): value}, "--set")
-    return validate(config.build(TrainConfig, values))
+    return validate(validation.build(TrainConfig, values))
 
 
 # ---- command line ---------------------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override any config key (value parsed as YAML); repeatable")
     parser.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    config.add_arguments(parser, TrainConfig, skip=("recipe",))
+    validation.add_arguments(parser, TrainConfig, skip=("recipe",))
     for source in SOURCES.values():
         for name, opt in source.options.items():
             if opt.config_key is None:
@@ -353,7 +353,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The layered config of a parsed command line (see ``add_config_arguments``)."""
-    overrides = config.overrides_from_args(args, TrainConfig)
+    overrides = validation.overrides_from_args(args, TrainConfig)
     for dest, raw in vars(args).items():
         if dest.startswith("opt_"):
             overrides[dest[4:]] = raw if isinstance(raw, bool) else yaml.safe_load(raw)

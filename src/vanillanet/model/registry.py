@@ -15,10 +15,12 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .checkpoint import load_checkpoint_file
-from .errors import ConfigError
-from .models import VARIANTS, VanillaNet, check_model_name, default_out_indices, input_cfg
-from .weights import architecture_kwargs, filter_state_dict, load_into
+from ..util.errors import ConfigError
+from .checkpoint_files import load_checkpoint_file
+from .geometry import input_cfg
+from .network import VanillaNet
+from .variants import VARIANTS, check_model_name, default_out_indices
+from .weight_loading import architecture_kwargs, filter_state_dict, load_into
 
 __all__ = ["MAX_PARAMS", "create_model", "default_cfgs"]
 
@@ -49,7 +51,7 @@ default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg(**input_cfg(spec)) fo
 
 
 def checkpoint_filter_fn(state_dict: dict, model: VanillaNet) -> dict:
-    """Map any supported checkpoint layout onto ``model``'s keys (timm's pretrained hook; see weights.py)."""
+    """Map any supported checkpoint layout onto ``model``'s keys (timm's pretrained hook; see weight_loading.py)."""
     return filter_state_dict(state_dict, model)
 
 

@@ -2,7 +2,7 @@
 given model, converting a train-form file for a deploy model, re-initialising the head for fine-tuning.
 
 Every way a file cannot fit a model is a one-line ``CheckpointError`` naming the cause and the fix. Reading and
-writing files is ``checkpoint.py``'s job; this module works on the normalised ``{"state_dict", "meta"}`` records
+writing files is ``checkpoint_files.py``'s job; this module works on the normalised ``{"state_dict", "meta"}`` records
 it returns.
 """
 
@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
-from .checkpoint import file_meta, load_checkpoint_file, meta_from, normalise_keys, select_state_dict
-from .errors import CheckpointError, ConversionError
-from .integrity import describe, unsound
-from .models import SHORTCUT_REFUSAL, VARIANTS, VanillaNet, describe_dims, match_variants, variant_of
+from ..util.errors import CheckpointError, ConversionError
+from ..util.integrity import describe, unsound
+from .ablation import SHORTCUT_REFUSAL
+from .checkpoint_files import file_meta, load_checkpoint_file, meta_from, normalise_keys, select_state_dict
+from .network import VanillaNet
+from .variants import VARIANTS, describe_dims, match_variants, variant_of
 
 __all__ = ["LoadReport", "WeightsInfo", "architecture_kwargs", "filter_state_dict", "infer_weights_info",
            "load_into", "load_weights"]

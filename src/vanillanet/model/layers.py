@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
-from .errors import ConversionError
+from .. import kernels
+from ..util.errors import ConversionError
 
 __all__ = ["BN_EPS", "ReLUActivation", "SeriesActivation", "StridedAdaptiveMaxPool2d", "fold_bn", "make_activation",
            "make_pool", "merge_convs", "series_taps"]

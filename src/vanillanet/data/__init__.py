@@ -1,0 +1,1 @@
+"""Data: sources, image opening, transforms and seeded loaders."""

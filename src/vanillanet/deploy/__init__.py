@@ -1,0 +1,1 @@
+"""Deployment: the fast inference path, the backend table, ONNX graphs and int8."""
