@@ -1,7 +1,7 @@
 """Top-1/top-5 accuracy and loss of a checkpoint on a validation set (``vanillanet eval``).
 
-``evaluate(predict, loader, ...)`` is the one evaluation loop of the package: ``vanillanet eval`` and the training
-loop's per-epoch validation both use it (the latter also measures how many predictions the deploy form changes).
+The counting is ``training.evaluation.evaluate(predict, loader, ...)``, the one evaluation loop of the package,
+which the training loop's per-epoch validation uses too (and re-exported here as ``vanillanet.evaluate.evaluate``).
 Preprocessing is the published evaluation transform (``data.Preprocess``): its settings come from, in increasing
 priority, the model's pretrained config (224 px, crop_pct 0.875, ImageNet mean/std), the data source's defaults,
 what the checkpoint records (``vanillanet train`` writes img_size, crop_pct, mean, std), and the command line. The
@@ -19,17 +19,17 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .deploy.backends import EXACT_BACKENDS
 from .deploy.inference import fast_inference
 from .model.registry import create_model
+from .training.evaluation import evaluate
 from .util.errors import ConversionError, DataError, first_line
 from .util.fileio import write_json
 from .util.validation import value_type
@@ -68,65 +68,6 @@ def load_real_labels(path: str | Path, dataset: Any) -> list[list[int]]:
 def _dist_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-@torch.no_grad()
-def evaluate(
-    predict: Callable[[torch.Tensor], torch.Tensor],
-    loader: Any,
-    *,
-    device: torch.device,
-    deploy: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    real_labels: Sequence[Sequence[int]] | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Accuracy and mean cross-entropy of ``predict`` (images -> logits) over ``loader``.
-
-    The loader yields ``(images, targets)`` in dataset order, this process holding dataset indices
-    ``rank, rank + world_size, ...`` (``data.build_loader(..., distributed=True)`` does that). Counts are summed
-    over processes when ``world_size > 1``. Returns fractions in [0, 1]: ``top1``, ``top5``, mean ``loss``,
-    ``images``; with ``real_labels`` also ``real_top1``/``real_images``; with ``deploy`` (a second predictor, e.g.
-    the deploy form) also its ``deploy_top1`` and ``deploy_agreement``, the fraction of identical top-1
-    predictions.
-    """
-    from tqdm import tqdm
-
-    stats = torch.zeros(8, dtype=torch.float64)  # top1, top5, loss sum, n, real hit, real n, deploy hit, agree
-    index = rank
-    for images, targets in tqdm(loader, desc="eval", disable=not progress or rank != 0, leave=False):
-        logits = predict(images).float().cpu()
-        targets = targets.cpu()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit = top == targets[:, None]
-        stats[0] += hit[:, 0].sum().item()
-        stats[1] += hit.any(dim=1).sum().item()
-        stats[2] += F.cross_entropy(logits, targets, reduction="sum").item()
-        stats[3] += len(targets)
-        if real_labels is not None:
-            for pred in top[:, 0].tolist():
-                valid = real_labels[index]
-                if valid:
-                    stats[4] += pred in valid
-                    stats[5] += 1
-                index += world_size
-        if deploy is not None:
-            pred_d = deploy(images).float().argmax(1).cpu()
-            stats[6] += (pred_d == targets).sum().item()
-            stats[7] += (pred_d == top[:, 0]).sum().item()
-    if world_size > 1:
-        reduced = stats.to(device)
-        torch.distributed.all_reduce(reduced)
-        stats = reduced.cpu()
-    n = max(stats[3].item(), 1)
-    result = {"top1": stats[0].item() / n, "top5": stats[1].item() / n, "loss": stats[2].item() / n,
-              "images": int(stats[3].item())}
-    if real_labels is not None:
-        result.update(real_top1=stats[4].item() / max(stats[5].item(), 1), real_images=int(stats[5].item()))
-    if deploy is not None:
-        result.update(deploy_top1=stats[6].item() / n, deploy_agreement=stats[7].item() / n)
-    return result
 
 
 # ------------------------------------------------------------------------------------------------------- CLI

@@ -4,10 +4,10 @@
 The deploy form is exported (``onnx_graph.onnx_bytes``) and quantized (``int8.quantize_bytes``: what runs in int8,
 the exact graph rewrite it needs and why 7-bit weights are the default) with activation ranges calibrated on
 training images, never the evaluation images. Both graphs are then evaluated on the evaluation split with the
-preprocessing of ``vanillanet eval`` (``evaluate.evaluate``: fp32 as the predictor, int8 as the second one, so the
-top-1 of both and their agreement come from the same images), and both onnxruntime sessions are timed side by side
-(``timing.time_interleaved``) at batch 1 and at the evaluation batch size. The file is written only when int8
-loses at most ``max_drop`` points of top-1.
+preprocessing of ``vanillanet eval`` (``training.evaluation.evaluate``: fp32 as the predictor, int8 as the second
+one, so the top-1 of both and their agreement come from the same images), and both onnxruntime sessions are timed
+side by side (``timing.time_interleaved``) at batch 1 and at the evaluation batch size. The file is written only
+when int8 loses at most ``max_drop`` points of top-1.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from torch import nn
 
 from .deploy.int8 import CALIB_BATCH, Int8Config, quantize_bytes
 from .deploy.onnx_graph import onnx_bytes, onnx_runner, onnx_session
-from .evaluate import evaluate
 from .model.registry import create_model
+from .training.evaluation import evaluate
 from .util import validation
 from .util.errors import ConfigError, ConversionError, DataError
 from .util.fileio import refuse_inputs, write_atomic, write_json

@@ -14,7 +14,7 @@ import torch.distributed as tdist
 
 from ..util.errors import ConfigError
 
-__all__ = ["DistInfo", "StopSignal", "ignore_stop_signals", "setup_distributed"]
+__all__ = ["DistInfo", "StopSignal", "agree", "ignore_stop_signals", "setup_distributed"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,16 @@ def setup_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     if owns:
         tdist.init_process_group("nccl" if use_cuda else "gloo")
     return DistInfo(world, rank, local, owns), torch.device("cuda", local) if use_cuda else torch.device("cpu")
+
+
+def agree(dist: DistInfo, device: torch.device, *flags: bool) -> tuple[bool, ...]:
+    """The flags OR-ed across the processes of the job, so that every process takes the same branch (stops at the
+    same step); one process: the flags as given."""
+    if not dist.enabled:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t)
 
 
 def ignore_stop_signals(worker_id: int) -> None:
