@@ -18,6 +18,8 @@ import pytest
 import timm
 import torch
 from conftest import give_realistic_bn_stats
+from timm.models._features_fx import create_feature_extractor as timm_fx_extractor
+from timm.models._features_fx import get_graph_node_names
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from vanillanet.model.geometry import feature_map_sides
@@ -238,6 +240,30 @@ def test_torchscript(name, form):
             x = _input(hw)
             ref = model(x)
             assert rel_err(scripted(x), ref) <= TOL and rel_err(reloaded(x), ref) <= TOL
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
+@pytest.mark.parametrize("name,form", CAPTURE_CASES)
+def test_fx_then_torchscript(name, form):
+    """timm's route (its model tests script an FX-traced copy of every model): ``torch.jit.script`` of the
+    ``torch.fx.symbolic_trace`` graph and of timm's FX feature extractor (timm's leaf modules and autowrapped
+    functions, last node returned) equals eager at any size, act_learn mid-schedule, in eval and train mode.
+
+    (A graph's signature carries the root ``forward``'s annotations: as strings, under ``from __future__ import
+    annotations``, FX writes them as names such as ``_torch_Tensor_`` that TorchScript cannot resolve.)"""
+    model = _copy(name, form, act_learn=0.5)
+    _, eval_nodes = get_graph_node_names(model)
+    graphs = [torch.fx.symbolic_trace(model), timm_fx_extractor(model, {eval_nodes[-1]: "out"})]
+    scripted = [torch.jit.script(graph) for graph in graphs]
+    with torch.no_grad():
+        for hw in (HW, OTHER_HW):
+            x = _input(hw)
+            ref = model(x)
+            outs = [scripted[0](x), scripted[1](x)["out"]]
+            assert all(rel_err(out, ref) <= TOL for out in outs)
+        x = _input()
+        ref = model.train()(x)
+        assert rel_err(scripted[0].train()(x), ref) <= TOL
 
 
 @pytest.mark.parametrize("name,form", CAPTURE_CASES)

@@ -130,19 +130,21 @@ def test_shortcut_adds_the_input_where_shapes_match_and_refuses_conversion():
                          ids=["no_deep_training", "no_series_act", "no_series_act-deploy", "shortcut",
                               "shortcut-no_deep_training"])
 def test_option_models_capture_with_torchscript_and_fx(options):
-    """The forms the options add are captured like the paper's (see test_model_contract.py): TorchScript and FX
-    graphs equal eager, also at another input size."""
+    """The forms the options add are captured like the paper's (see test_model_contract.py): TorchScript, FX and
+    the FX graph scripted (timm's route) equal eager, also at another input size."""
     torch.manual_seed(7)
     model = build_variant("vanillanet_6", num_classes=5, **options)
     if not model.deploy:
         give_realistic_bn_stats(model, (2, 3, 64, 48))
     model.eval()
     scripted, traced = torch.jit.script(model), torch.fx.symbolic_trace(model)
+    traced_scripted = torch.jit.script(traced)
     with torch.no_grad():
         for hw in ((64, 48), (40, 72)):
             x = torch.randn(2, 3, *hw)
             y = model(x)
             assert rel_err(scripted(x), y) <= 1e-6 and rel_err(traced(x), y) <= 1e-6
+            assert rel_err(traced_scripted(x), y) <= 1e-6
 
 
 def test_act_num_is_validated():

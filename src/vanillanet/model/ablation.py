@@ -2,8 +2,6 @@
 blocks, and the conversion hook of a model without a slope.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

@@ -1,7 +1,5 @@
 """The paper's layer: the shared deep-training slope and the Block (train and deploy form)."""
 
-from __future__ import annotations
-
 from collections import OrderedDict
 
 import torch

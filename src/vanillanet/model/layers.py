@@ -9,8 +9,6 @@ Graph capture (FX, TorchScript, torch.export, ONNX): the network's only shape-de
 their docstrings say what each capture sees.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -6,8 +6,6 @@ original checkpoints load with ``strict=True``. ``reparameterize()`` converts th
 in place and exactly (see ``layers.py`` for the maths). timm registration lives in ``registry.py``.
 """
 
-from __future__ import annotations
-
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -85,7 +83,10 @@ class VanillaNet(nn.Module):
     tracers read once; ``single_conv`` is a TorchScript constant, so only the modules of the model's form are
     compiled. The only shape-dependent code is in ``layers.series_taps`` (kernel trimming on tiny maps) and
     ``layers.StridedAdaptiveMaxPool2d``; their docstrings say what each capture sees. A captured graph keeps the
-    act_learn value it was captured with.
+    act_learn value it was captured with. The modules with ``forward`` methods (here, ``blocks``, ``layers``,
+    ``ablation``) keep real annotations (no ``from __future__ import annotations``): an FX graph copies the root
+    ``forward``'s annotations into its code, and string annotations become names (``_torch_Tensor_``) that
+    ``torch.jit.script`` of the graph (timm's FX-then-script route) cannot resolve.
 
     Ablation options (the defaults are the paper's network, with the original keys):
 
