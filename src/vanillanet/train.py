@@ -37,9 +37,10 @@ from .training.config import (
 from .training.evaluation import deploy_form, validate_model
 from .training.loop import Data, Log, end_epoch, train_one_epoch
 from .training.run_folder import RunFolder
-from .training.runtime import DistInfo, StopSignal, setup_distributed
+from .training.runtime import StopSignal
 from .training.state import TrainState
 from .util import validation
+from .util.devices import DistInfo, end_distributed, num_threads, setup_distributed
 from .util.errors import ConfigError, NonFiniteLossError
 from .util.integrity import state_hash
 
@@ -201,15 +202,11 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None) -> dict[str,
     if not cfg.output:
         raise ConfigError("no output folder: pass --output DIR")
     dist, device = setup_distributed(cfg.device)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, dist, device, on_step)
+        with num_threads(cfg.threads):
+            return _run(cfg, dist, device, on_step)
     finally:
-        torch.set_num_threads(threads)
-        if dist.owns_group and tdist.is_initialized():
-            tdist.destroy_process_group()
+        end_distributed(dist)
 
 
 # ---- command line -----------------------------------------------------------------------------------------------
