@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,13 +25,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from .deploy.backends import EXACT_BACKENDS
+from .arguments import (
+    STDOUT,
+    add_backend_arguments,
+    add_data_arguments,
+    add_device_arguments,
+    add_input_arguments,
+    add_model_arguments,
+    add_output_arguments,
+    check_json_path,
+    check_num_classes,
+    emit_json,
+)
 from .deploy.inference import fast_inference
 from .model.registry import create_model
 from .training.evaluation import evaluate
+from .util.devices import half_dtype, num_threads, process_group
 from .util.errors import ConversionError, DataError, first_line
-from .util.fileio import write_json
-from .util.validation import value_type
 
 __all__ = ["evaluate", "load_real_labels"]
 
@@ -65,35 +74,18 @@ def load_real_labels(path: str | Path, dataset: Any) -> list[list[int]]:
     return [list(map(int, labels[rank[n]])) for n in names]
 
 
-def _dist_info() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
-
-
 # ------------------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--checkpoint", required=True, help="weights to evaluate (train or deploy form, any layout)")
-    from .data.sources import DATA_HELP, add_loading_arguments
-
-    parser.add_argument("--data", required=True, help=DATA_HELP + " (its validation split is evaluated)")
-    parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
+    add_model_arguments(parser, what="weights to evaluate (train or deploy form, any layout)")
+    add_data_arguments(parser, data="its validation split is evaluated", batch_size=64)
+    add_input_arguments(parser)
     parser.add_argument("--real-labels", help="ImageNet-ReaL labels JSON (one list per image, sorted file order)")
-    parser.add_argument("--json", help="write the results to this JSON file")
-    parser.add_argument("--img-size", type=value_type(int, ge=1),
-                        help="input size (default: from the checkpoint / model config)")
-    parser.add_argument("--crop-pct", type=value_type(float, gt=0, le=1),
-                        help="centre-crop fraction (default: from the model config)")
-    parser.add_argument("--batch-size", type=value_type(int, ge=1), default=64)
-    add_loading_arguments(parser)
+    add_backend_arguments(parser, plain=True)
     parser.add_argument("--amp", action="store_true", help="half precision (fp16 on CUDA, bf16 on the CPU)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last memory format for --backend none (the other backends always use it)")
-    parser.add_argument("--backend", default="eager", choices=("none", "auto", *EXACT_BACKENDS),
-                        help="fast_inference backend (default eager); none = the model exactly as loaded; for int8 "
-                        "see vanillanet quantize")
-    parser.add_argument("--no-ema", action="store_true", help="use the live weights, not the EMA weights")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_arguments(parser)
+    add_output_arguments(parser)
     parser.set_defaults(func=_main)
 
 
@@ -102,30 +94,17 @@ def _plain(model: nn.Module, device: torch.device, amp: bool, channels_last: boo
     model = model.to(device).eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    half = torch.float16 if device.type == "cuda" else torch.bfloat16
-
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=half, enabled=amp):
+        with torch.autocast(device.type, dtype=half_dtype(device), enabled=amp):
             return model(x.to(device).contiguous(memory_format=fmt))
 
     return run
 
 
 def _main(args: argparse.Namespace) -> int:
-    rank, world_size, local_rank = _dist_info()
-    if args.device:
-        device = torch.device(args.device)
-    else:
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if world_size > 1:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        return _run(args, device, rank, world_size)
-    finally:
-        if world_size > 1:
-            torch.distributed.destroy_process_group()
+    check_json_path(args.json)
+    with process_group(args.device) as (dist, device), num_threads(args.threads):
+        return _run(args, device, dist.rank, dist.world_size)
 
 
 def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> int:
@@ -136,7 +115,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     from .util.fileio import refuse_inputs
 
     t0 = time.perf_counter()
-    refuse_inputs(args.json, args.checkpoint, args.real_labels, flag="--json")
+    if args.json != STDOUT:
+        refuse_inputs(args.json, args.checkpoint, args.real_labels, flag="--json")
     model = create_model(args.model, args.checkpoint, use_ema=not args.no_ema, allow_large=args.allow_large).eval()
     meta = model.checkpoint_meta
     pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), data=args.data, meta=meta,
@@ -144,10 +124,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     in_chans = int(getattr(model, "in_chans", 3))
     dataset = build_dataset(args.data, "val", pre.transform(in_chans), in_chans=in_chans,
                             **({"folder.allow_large": True} if args.allow_large else {}))
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes and len(dataset.classes) != num_classes:
-        raise DataError(f"the dataset has {len(dataset.classes)} classes but the model predicts {num_classes}; "
-                        "evaluate on the dataset the checkpoint was trained for")
+    check_num_classes(model, dataset.classes, doing="evaluate")
     names = meta.get("class_names")
     if names and list(names) != list(dataset.classes):
         _log.warning("the checkpoint's class names differ from the dataset's folder names; labels are matched by "
@@ -155,7 +132,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     real = load_real_labels(args.real_labels, dataset) if args.real_labels else None
     loader = build_loader(dataset, args.batch_size, is_training=False, num_workers=args.workers,
                           distributed=world_size > 1, pin_memory=device.type == "cuda")
-    dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else torch.float32
+    dtype = half_dtype(device) if args.amp else torch.float32
     backend, max_err = args.backend, None
     if backend == "none":
         predict = _plain(model, device, args.amp, args.channels_last)
@@ -167,7 +144,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
         except ConversionError as err:
             if getattr(model, "act_learn", 1.0) == 1.0:
                 raise
-            _log.warning("evaluating the train form as it is: %s", str(err).split(":")[0])
+            _log.warning("evaluating the train form as it is: %s", first_line(err))
             predict, backend = _plain(model, device, args.amp, args.channels_last), "none"
     result = evaluate(predict, loader, device=device, real_labels=real, rank=rank, world_size=world_size,
                       progress=not args.no_progress)
@@ -177,7 +154,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
                   crop_pct=pre.crop_pct, backend=backend, dtype=str(dtype).removeprefix("torch."),
                   max_rel_err=max_err, skipped_images=num_skipped(dataset), world_size=world_size,
                   seconds=round(time.perf_counter() - t0, 2))
-    if rank == 0:
+    if rank == 0 and not emit_json(args.json, result):
         line = (f"{result['model']} on {args.data}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
                 f"loss {result['loss']:.4f}  ({result['images']} images")
         if "real_top1" in result:
@@ -185,6 +162,4 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
         print(line + f"; {backend}, {result['dtype']})")
         if result["skipped_images"]:
             print(f"warning: {result['skipped_images']} unreadable images were replaced by their neighbours")
-        if args.json:
-            write_json(args.json, result)
     return 0

@@ -37,9 +37,10 @@ from .training.config import (
 from .training.evaluation import deploy_form, validate_model
 from .training.loop import Data, Log, end_epoch, train_one_epoch
 from .training.run_folder import RunFolder
-from .training.runtime import DistInfo, StopSignal, setup_distributed
+from .training.runtime import StopSignal
 from .training.state import TrainState
 from .util import validation
+from .util.devices import DistInfo, end_distributed, num_threads, setup_distributed
 from .util.errors import ConfigError, NonFiniteLossError
 from .util.integrity import state_hash
 
@@ -122,8 +123,8 @@ def _write_outputs(final: torch.nn.Module, deploy: torch.nn.Module | None, ev: d
                     metrics=str(folder.metrics_path), config=str(folder.path / "config.yaml"))
 
 
-def _scaled(value: float | None, scale: float, spec: str) -> str:
-    """``value * scale`` formatted, or n/a (no deploy form)."""
+def _format_scaled(value: float | None, scale: float, spec: str) -> str:
+    """``value * scale`` formatted as ``spec``, or the text n/a for None (no deploy form)."""
     return "n/a" if value is None else format(value * scale, spec)
 
 
@@ -131,10 +132,11 @@ def _summary_table(s: dict[str, Any]) -> str:
     rows = [
         ("best top-1 (epoch)", f"{100 * s['best_top1']:.2f}% ({s['best_epoch']})"),
         ("final top-1, train form", f"{100 * s['test_top1']:.2f}%"),
-        ("final top-1, deploy form", f"{_scaled(s['deploy_test_top1'], 100, '.2f')}%"),
-        ("identical predictions", f"{_scaled(s['deploy_agreement'], 100, '.2f')}% of {s['test_images']}"),
-        ("params train / deploy", f"{s['params_train'] / 1e6:.3f} M / {_scaled(s['params_deploy'], 1e-6, '.3f')} M"),
-        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {_scaled(s['macs_deploy'], 1e-6, '.2f')} M "
+        ("final top-1, deploy form", f"{_format_scaled(s['deploy_test_top1'], 100, '.2f')}%"),
+        ("identical predictions", f"{_format_scaled(s['deploy_agreement'], 100, '.2f')}% of {s['test_images']}"),
+        ("params train / deploy",
+         f"{s['params_train'] / 1e6:.3f} M / {_format_scaled(s['params_deploy'], 1e-6, '.3f')} M"),
+        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {_format_scaled(s['macs_deploy'], 1e-6, '.2f')} M "
                                 f"({s['img_size']} px)"),
         ("time", f"{s['seconds']:.0f} s"),
         ("deploy weights", s["deploy_weights"] or "-"),
@@ -201,15 +203,11 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None) -> dict[str,
     if not cfg.output:
         raise ConfigError("no output folder: pass --output DIR")
     dist, device = setup_distributed(cfg.device)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, dist, device, on_step)
+        with num_threads(cfg.threads):
+            return _run(cfg, dist, device, on_step)
     finally:
-        torch.set_num_threads(threads)
-        if dist.owns_group and tdist.is_initialized():
-            tdist.destroy_process_group()
+        end_distributed(dist)
 
 
 # ---- command line -----------------------------------------------------------------------------------------------

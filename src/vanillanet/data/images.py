@@ -24,7 +24,7 @@ MAX_IMAGE_PIXELS = 89_478_485  # PIL's own bomb threshold (a 0.25 GB RGB image)
 MAX_ASPECT = 100  # long side / short side
 
 
-def check_img_size(img_size: int, *, allow_large: bool = False, what: str = "img_size") -> int:
+def check_img_size_limit(img_size: int, *, allow_large: bool = False, what: str = "img_size") -> int:
     """``img_size`` if it is at least 1 and, unless ``allow_large``, at most ``MAX_IMG_SIZE``; else ConfigError."""
     if img_size < 1:
         raise ConfigError(f"{what} must be at least 1, got {img_size}")

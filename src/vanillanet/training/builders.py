@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..util.devices import DistInfo
 from ..util.errors import ConfigError
 from .checkpointing import Checkpointing
 from .config import ArchConfig, InputConfig, MixingConfig, OptimConfig, TrainConfig, config_to_dict
 from .deep_training import DeepTraining
 from .loop import Data, Reporter
 from .run_folder import RunFolder
-from .runtime import DistInfo, ignore_stop_signals
+from .runtime import ignore_stop_signals
 from .state import TrainState
 from .step import BatchPrep, StepParts, build_precision
 
@@ -114,7 +115,7 @@ def build_model(arch: ArchConfig, num_classes: int, log: Callable[[str], None]) 
                                                width_mult=arch.width_mult, **options))
     model = create_model(arch.model, allow_large=arch.allow_large, **record["kwargs"])
     if arch.pretrained:
-        report = load_weights(model, arch.pretrained, use_ema=True)
+        report = load_weights(model, arch.pretrained, use_ema=arch.pretrained_ema)
         log(f"fine-tuning from {arch.pretrained} ({report.source or 'weights'}"
             f"{', new ' + str(num_classes) + '-class head' if report.head_reset else ''})")
     return model, record
@@ -210,12 +211,12 @@ class Run:
 
 def _check_model(model: nn.Module, cfg: TrainConfig, img_size: int, log: Callable[[str], None]) -> None:
     """Settings that must fit the built model (a baseline keeps timm's own layer grouping)."""
-    from ..model.geometry import check_input_size
+    from ..model.geometry import check_min_input_size
     from ..model.network import VanillaNet
 
     if not isinstance(model, VanillaNet):
         return
-    check_input_size(model, img_size)
+    check_min_input_size(model, img_size)
     blocks = len(model.stages)
     if cfg.layer_decay is not None and cfg.layer_decay_layers not in (None, blocks):
         raise ConfigError(f"layer_decay_layers is {cfg.layer_decay_layers} but {cfg.model} has {blocks} "

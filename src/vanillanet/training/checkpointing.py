@@ -24,11 +24,12 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from ..util.devices import DistInfo
 from ..util.errors import CheckpointError, ConfigError, NonFiniteLossError, OutputError
 from ..util.integrity import describe, nonfinite, unsound
 from .deep_training import DeepTraining
 from .run_folder import RunFolder
-from .runtime import DistInfo, agree
+from .runtime import agree
 from .state import TrainState, get_rng_state, set_rng_state
 
 __all__ = ["POSITION_KEYS", "Checkpointing", "start_point"]

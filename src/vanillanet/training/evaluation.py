@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runtime import DistInfo
+from ..util.devices import DistInfo
 from .step import StepParts
 
 __all__ = ["deploy_form", "evaluate", "validate_model"]

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.transforms import Preprocess
+from ..util.devices import DistInfo
 from .checkpointing import Checkpointing
 from .deep_training import DeepTraining
 from .evaluation import validate_model
 from .run_folder import RunFolder
-from .runtime import DistInfo, StopSignal
+from .runtime import StopSignal
 from .state import TrainState
 from .step import StepParts, forward_backward, optimizer_step, to_device
 
