@@ -236,6 +236,9 @@ def _image_folder(root: Path, train_classes: list[str], val_classes: list[str]) 
         (["--data", "synthetic", "--freeze-stages", "9"], "freeze_stages is 9 but the model has 4 stages"),
         (["--data", "synthetic", "--opt", "adamq"], "unknown optimiser 'adamq'"),
         (["--data", "synthetic", "--layer-decay", "0.8", "--layer-decay-layers", "4"], "layer_decay_layers is 4"),
+        (["--data", "FOLDER", "--decoder", "gpu"], "--decoder gpu decodes on the training GPU"),
+        (["--data", "FOLDER", "--decoder", "fast", "--augment", "light"], "--decoder fast implements the timm"),
+        (["--data", "synthetic", "--decoder", "nvjpeg"], "decoder"),
     ],
 )
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, args, message):

@@ -10,6 +10,7 @@ RNGs, which every checkpoint holds, so a resumed run draws the same boxes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.data.random_erasing import RandomErasing
@@ -28,6 +29,12 @@ class DeviceAugment:
         self.std = torch.tensor([255.0 * s for s in std], device=self.device).view(1, -1, 1, 1)
         self.random_erasing = (RandomErasing(reprob, mode=remode, max_count=recount, device=str(self.device))
                                if reprob > 0 else None)
+
+    def place(self, x: Any) -> torch.Tensor:
+        """A loader batch on the device, normalised: a tensor is moved; an encoded batch (``--decoder gpu``'s
+        ``gpu_decode.EncodedBatch``) is decoded there."""
+        x = x.to(self.device, non_blocking=True) if isinstance(x, torch.Tensor) else x.decode(self.device)
+        return self.normalize(x)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) on the device -> float32 ``(x - 255 mean) / (255 std)``; float input unchanged (the

@@ -86,9 +86,10 @@ _TORCH_MODES = {InterpolationMode.BICUBIC: "bicubic", InterpolationMode.BILINEAR
 def timm_secondary(img_size: int, *, mean: Sequence[float], interpolation: str, auto_augment: str | None,
                    color_jitter: float) -> Callable | None:
     """timm's secondary training transforms (RandAugment or colour jitter) exactly as ``create_transform`` builds
-    them for these settings, or None when there are none."""
+    them for these settings, or None when there are none (a colour jitter of 0 is none: timm would add an identity
+    ColorJitter)."""
     _, secondary, _ = create_transform(img_size, is_training=True, auto_augment=auto_augment or None,
-                                       color_jitter=color_jitter, interpolation=interpolation,
+                                       color_jitter=color_jitter or None, interpolation=interpolation,
                                        mean=tuple(mean), separate=True,
                                        use_prefetcher=True)
     return secondary if secondary.transforms else None
