@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..model.geometry import check_min_input_size
 from ..model.reparam import rel_err, reparameterize_model
 from ..util.devices import kept_settings
 from ..util.errors import ConfigError, ConversionError, VanillaNetError, first_line
 from ..util.timing import time_interleaved
 from .backends import BACKENDS, BuildRequest, exact_fp32, prepare_input
+from .checks import check_fast_inference_args
 
 __all__ = ["FastClassifier", "fast_inference"]
 
@@ -125,21 +125,6 @@ def auto_candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
             if b.auto and b.exact and device.type in b.auto_devices and b.unavailable(device, dtype) is None]
 
 
-def _check_arguments(device: torch.device, dtype: torch.dtype, batch_size: int, backend: str) -> None:
-    if backend != "auto" and backend not in BACKENDS:
-        raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but is not available; use device='cpu'")
-    if backend in BACKENDS:
-        reason = BACKENDS[backend].unavailable(device, dtype)
-        if reason:
-            raise ConfigError(f"{reason}; use backend='auto' or another backend")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-
-
 @torch.no_grad()
 def fast_inference(
     model: nn.Module,
@@ -153,6 +138,7 @@ def fast_inference(
     seed: int = 0,
     deploy: bool = True,
     calibration: Iterable[torch.Tensor] | None = None,
+    allow_large: bool = False,
 ) -> FastClassifier:
     """Build a verified ``FastClassifier`` for ``model`` (any form; converted on a copy, the original untouched).
 
@@ -165,16 +151,17 @@ def fast_inference(
     convolutions are allowed) an explicitly chosen backend raises ConversionError and ``auto`` skips it.
     ``deploy=False`` keeps the train form (to benchmark it). ``calibration``: image batches for backends that
     calibrate (``int8``, which ``auto`` never picks: without them its ranges come from noise, fine for its speed,
-    not for its accuracy). Global settings (cuDNN, TF32, matmul precision, threads, the RNG) are left as found.
+    not for its accuracy). ``allow_large`` lifts the input-size limits (``data.images``). Every argument is checked
+    before any work (``checks.check_fast_inference_args``): TypeError or ValueError naming it. Global settings
+    (cuDNN, TF32, matmul precision, threads, the RNG) are left as found.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = check_fast_inference_args(model, device, dtype, batch_size, image_size, backend, tol=tol, seed=seed,
+                                       deploy=deploy, calibration=calibration, allow_large=allow_large)
     choose = not isinstance(backend, str) or backend == "auto"
     candidates = (auto_candidates(device, dtype) if backend == "auto" else [backend] if isinstance(backend, str)
                   else list(backend))
-    for name in candidates or ["auto"]:
-        _check_arguments(device, dtype, batch_size, name)
+    if not candidates:
+        raise ConfigError(f"no exact backend runs on {device.type} in {dtype}; use dtype=torch.float32")
     with kept_settings(), _cudnn_benchmark(device):
         request = _reference(model, device, dtype, batch_size, image_size, seed, deploy, calibration)
         built = build_verified(request, candidates, tol, skip_failures=choose)
@@ -203,7 +190,6 @@ def _reference(model: nn.Module, device: torch.device, dtype: torch.dtype, batch
     base = reparameterize_model(model) if deploy else copy.deepcopy(model).eval()
     base = base.to(device=device, dtype=torch.float32)
     in_chans = int(getattr(base, "in_chans", 3))
-    check_min_input_size(base, image_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, in_chans, image_size, image_size, generator=gen).to(device)
     with exact_fp32():
