@@ -11,13 +11,16 @@ of a long epoch, without the one-off cost of starting workers):
       0.25), float tensors across the process boundary
   b   ours from the same folder (``--decoder fast``): libjpeg-turbo with DCT-scaled decoding, crop + flip on uint8,
       the same RandAugment; uint8 across the boundary (normalise and erasing run on the training device)
+  b+  b with ``--aa-on-device``: RandAugment drawn in the workers (timm's code), its pixels on the device
   b0  ours, decode + RandomResizedCrop + flip to uint8 only (no RandAugment)
-  c   ours from pre-resized shards (``vanillanet shards --max-side 320 --quality 90``)
+  c   ours from pre-resized shards (``vanillanet shards --max-side 320 --quality 90``); c+ likewise with
+      ``--aa-on-device``
   d   ours with GPU decoding (nvJPEG; only where CUDA exists): the loader's CPU time, and decoded img/s on the GPU
 
-Paths are interleaved round by round (a b b0 c d, a b b0 c d, ...) and each row sums its rounds, so that ratios
-are comparable on a busy machine. Device-side work (normalise + erase of b/c) is timed separately on this
-machine's device and not counted as loader time. Targets: b >= 2.0x a, c >= 3.5x a, b0 >= 600 img/CPU-s.
+Paths are interleaved round by round (a b b+ b0 c c+ d, a b ...) and each row sums its rounds, so that ratios
+are comparable on a busy machine. Device-side work (normalise + erase, RandAugment's operations for b+/c+) is
+timed separately on this machine's device and not counted as loader time. Targets: b >= 2.0x a, c >= 3.5x a,
+b0 >= 600 img/CPU-s.
 
 Usage: python benchmarks/loader.py [--quick] [--json ROWS.json] [--out DIR] [--images N] [--workers W]
 ``--quick`` runs the same comparison on fewer images (under 3 minutes); ``--out`` writes DIR/loader.json (machine,
@@ -47,7 +50,7 @@ from PIL import Image
 RECIPE = dict(auto_augment="rand-m7-mstd0.5-inc1", interpolation="bicubic", hflip=0.5, color_jitter=0.4,
               scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-TARGETS = {"b": 2.0, "c": 3.5}  # x path a
+TARGETS = {"b": 2.0, "b+": 2.0, "c": 3.5, "c+": 3.5}  # x path a
 CROP_TARGET = 600.0  # b0, images per CPU-second
 
 
@@ -123,15 +126,17 @@ def original_loader(root: Path, batch: int, workers: int) -> torch.utils.data.Da
                                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
 
 
-def our_loader(data: str, batch: int, workers: int, *, randaugment: bool = True) -> torch.utils.data.DataLoader:
-    """Paths b, b0, c: our dataset for ``data`` (folder or shards) with the fast transform, our seeded loader."""
+def our_loader(data: str, batch: int, workers: int, *, randaugment: bool = True,
+               aa_on_device: bool = False) -> torch.utils.data.DataLoader:
+    """Paths b, b0, c (and with ``aa_on_device`` b+, c+): our dataset for ``data`` (folder or shards) with the
+    fast transform, our seeded loader."""
     from vanillanet.data.loaders import build_loader
     from vanillanet.data.sources import build_dataset
     from vanillanet.data.transforms import build_fast_transform
 
     settings = dict(RECIPE, auto_augment=RECIPE["auto_augment"] if randaugment else None,
                     color_jitter=RECIPE["color_jitter"] if randaugment else 0.0)
-    tf = build_fast_transform(True, 224, mean=MEAN, **settings)
+    tf = build_fast_transform(True, 224, mean=MEAN, aa_on_device=aa_on_device, **settings)
     ds = build_dataset(data, "train", tf)
     return build_loader(ds, batch, is_training=True, num_workers=workers, drop_last=False)
 
@@ -212,22 +217,37 @@ def run_epoch(make: Callable[[], Any]) -> dict[str, float]:
     return result
 
 
-def device_seconds(batch: int, rounds: int = 5) -> float:
-    """CPU seconds per image of the device-side work of paths b/c (normalise + RandomErasing) on this machine's
-    device (reported, not counted as loader time: on a training machine it runs on the GPU)."""
-    from vanillanet.data.device_augment import DeviceAugment
+def device_seconds(batch: int, rounds: int = 5) -> dict[str, float]:
+    """Seconds per image of the device-side work on this machine's device (reported, not counted as loader time:
+    on a training machine it runs on the GPU): normalise + RandomErasing (paths b, c), and RandAugment's
+    operations (b+, c+), each table drawn by timm's RandAugment as in the workers."""
+    import random
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    from vanillanet.data.device_augment import DeviceAugment
+    from vanillanet.data.device_randaugment import apply_ops
+    from vanillanet.data.uint8_transforms import device_draws, timm_secondary
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     aug = DeviceAugment(MEAN, STD, dev, reprob=0.25)
     x = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=dev)
-    aug(x)
-    cpu0 = time.perf_counter() if dev == "cuda" else cpu_seconds()
-    for _ in range(rounds):
-        aug(x)
-    if dev == "cuda":
-        torch.cuda.synchronize()
-        return (time.perf_counter() - cpu0) / (rounds * batch)
-    return (cpu_seconds() - cpu0) / (rounds * batch)
+    draw = device_draws(timm_secondary(224, mean=MEAN, interpolation="bicubic", auto_augment=RECIPE["auto_augment"],
+                                       color_jitter=0.4))
+    random.seed(0)
+    tables = torch.stack([draw() for _ in range(batch)])
+
+    def timed(fn: Callable[[], Any]) -> float:
+        fn()
+        clock = time.perf_counter if dev.type == "cuda" else cpu_seconds
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = clock()
+        for _ in range(rounds):
+            fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return (clock() - t0) / (rounds * batch)
+
+    return dict(normalise_erase=timed(lambda: aug(x)), randaugment=timed(lambda: apply_ops(x, tables, aug.fill)))
 
 
 def make_shards(folder: Path, out: Path) -> str | None:
@@ -303,8 +323,10 @@ def markdown(record: dict[str, Any]) -> str:
                   if "target_img_per_cpu_s" in r else "")
         lines.append(f"| {r['path']}: {r['name']} | {r['img_per_cpu_s']:.0f} | {r['x_a']:.2f} | {target} | "
                      f"{r['cpu_s']:.1f} | {r['wall_s']:.1f} |")
-    lines += ["", f"Device-side work of b/c (normalise + RandomErasing), not counted above: "
-              f"{record['device_ms_per_image']:.3f} ms per image on {record['device']}."]
+    dev = record["device_ms_per_image"]
+    lines += ["", f"Device-side work, not counted above (on a training machine it runs on the GPU), per image on "
+              f"{record['device']}: normalise + RandomErasing (all our paths) {dev['normalise_erase']:.3f} ms; "
+              f"RandAugment's operations (b+, c+) {dev['randaugment']:.3f} ms."]
     return "\n".join(lines) + "\n"
 
 
@@ -331,18 +353,22 @@ def main(argv: list[str] | None = None) -> int:
     shards = make_shards(folder, cache / f"shards_{n}")
     names = {"a": "original: ImageFolder + PIL + timm transform, float out",
              "b": "ours, folder, --decoder fast (uint8 out)",
+             "b+": "ours, folder, --decoder fast --aa-on-device (RandAugment's pixels on the device)",
              "b0": "ours, folder, decode + RandomResizedCrop + flip only",
              "c": "ours, pre-resized shards (--max-side 320), --decoder fast",
+             "c+": "ours, pre-resized shards, --decoder fast --aa-on-device",
              "d": "ours, GPU decoding (nvJPEG)"}
     skipped = {}
     if shards is None:
-        skipped["c"] = "this build has no shard writer"
+        skipped["c"] = skipped["c+"] = "this build has no shard writer"
     if not torch.cuda.is_available():
         skipped["d"] = "no CUDA device"
     makers = {"a": lambda: original_loader(folder, args.batch_size, args.workers),
               "b": lambda: our_loader(str(folder), args.batch_size, args.workers),
+              "b+": lambda: our_loader(str(folder), args.batch_size, args.workers, aa_on_device=True),
               "b0": lambda: our_loader(str(folder), args.batch_size, args.workers, randaugment=False),
               "c": lambda: our_loader(str(shards), args.batch_size, args.workers),
+              "c+": lambda: our_loader(str(shards), args.batch_size, args.workers, aa_on_device=True),
               "d": lambda: gpu_loader(str(folder), args.batch_size, args.workers)}
     totals = {k: dict(images=0.0, cpu_s=0.0, wall_s=0.0) for k in names}
     for r in range(rounds):
@@ -359,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    batch=args.batch_size, workers=args.workers, rounds=rounds,
                                                    quick=args.quick, recipe={k: str(v) for k, v in RECIPE.items()}),
                   rows=_rows(totals, names, skipped), device=device,
-                  device_ms_per_image=round(1000 * device_seconds(args.batch_size), 4))
+                  device_ms_per_image={k: round(1000 * v, 4) for k, v in device_seconds(args.batch_size).items()})
     text = markdown(record)
     print(text)
     if args.json:

@@ -14,7 +14,7 @@ from conftest import photo_jpeg
 from PIL import Image
 
 from vanillanet.data import gpu_decode as gd
-from vanillanet.data.uint8_transforms import FastTrainTransform, crop_box
+from vanillanet.data.uint8_transforms import FastTrainTransform, crop_box, timm_secondary
 from vanillanet.util.errors import ConfigError
 
 
@@ -67,12 +67,33 @@ def test_decoded_batches_match_the_fast_path():
 
 def test_settings_it_refuses():
     with pytest.raises(ConfigError, match="--decoder gpu decodes on the training GPU.*--decoder fast"):
-        gd.check_gpu_settings(torch.device("cpu"), None, "timm")
-    with pytest.raises(ConfigError, match="does not apply RandAugment .*--aa null"):
-        gd.check_gpu_settings(torch.device("cuda"), "rand-m7-mstd0.5-inc1", "timm")
+        gd.check_gpu_settings(torch.device("cpu"), "timm")
     with pytest.raises(ConfigError, match="not 'light'"):
-        gd.check_gpu_settings(torch.device("cuda"), None, "light")
-    gd.check_gpu_settings(torch.device("cuda"), None, "timm")
+        gd.check_gpu_settings(torch.device("cuda"), "light")
+    gd.check_gpu_settings(torch.device("cuda"), "timm")
+    jitter = timm_secondary(32, mean=(0.5,) * 3, interpolation="bicubic", auto_augment=None, color_jitter=0.4)
+    with pytest.raises(ConfigError, match="not colour jitter; pass --aa"):
+        gd.GpuCropSample(32, secondary=jitter)
+
+
+def test_randaugment_is_drawn_in_the_workers_and_applied_after_the_crop():
+    ra = timm_secondary(32, mean=(0.485, 0.456, 0.406), interpolation="bicubic",
+                        auto_augment="rand-m7-mstd0.5-inc1", color_jitter=0.4)
+    with_ra, plain = gd.GpuCropSample(32, secondary=ra), gd.GpuCropSample(32)
+    samples, bare = [], []
+    for i, data in enumerate(_files(8)):
+        for tf, sink in ((with_ra, samples), (plain, bare)):
+            random.seed(i)
+            torch.manual_seed(i)
+            np.random.seed(i)
+            sink.append((tf(data), i))
+    assert all(s.ops.shape == (2, 3) for s, _ in samples) and bare[0][0].ops is None
+    assert [s.box for s, _ in samples] == [s.box for s, _ in bare]  # the same crops: RA draws after them
+    batch, _ = gd.collate_encoded(samples, (32, 32), 3)
+    plain_batch, _ = gd.collate_encoded(bare, (32, 32), 3)
+    changed = (batch.decode("cpu") != plain_batch.decode("cpu")).flatten(1).any(1)
+    applied = (batch.ops[:, :, 0] >= 0).any(1)
+    assert changed.tolist() == applied.tolist() and applied.any()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -10,8 +10,8 @@ list of the batch's files. Files nvJPEG cannot take (PNG, CMYK JPEGs, 16-bit ima
 CPU in the worker and travel as pixels. Every random draw is made in the workers from the loader's per-batch seed,
 so resuming is exact without DALI's own checkpointing.
 
-RandAugment is not applied: timm's operations work on PIL images on the CPU. ``--decoder gpu`` therefore needs
-``--aa`` off (``check_gpu_settings``); the fast decoder keeps the full recipe.
+RandAugment: its draws are made in the workers by timm's code and its operations applied on the GPU after the crop
+(``device_randaugment``), as ``--decoder fast --aa-on-device`` does.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import torch
 
 from ..util.errors import ConfigError
 from .decode import probe
-from .uint8_transforms import FastTrainTransform, crop_box
+from .device_randaugment import apply_ops
+from .uint8_transforms import FastTrainTransform, crop_box, device_draws
 
 _log = logging.getLogger(__name__)
 
@@ -43,14 +44,11 @@ def dali_available() -> bool:
     return True
 
 
-def check_gpu_settings(device: torch.device, auto_augment: str | None, augment: str) -> None:
-    """ConfigError unless ``--decoder gpu`` can run: a CUDA device, the timm augmentation without RandAugment."""
+def check_gpu_settings(device: torch.device, augment: str) -> None:
+    """ConfigError unless ``--decoder gpu`` can run: a CUDA device and the timm augmentation."""
     if device.type != "cuda":
         raise ConfigError(f"--decoder gpu decodes on the training GPU, but this run trains on {device.type}; use "
                           "--decoder fast on the CPU")
-    if auto_augment:
-        raise ConfigError(f"--decoder gpu does not apply RandAugment ({auto_augment}: timm's operations run on PIL "
-                          "images on the CPU); pass --aa null, or use --decoder fast for the full recipe")
     if augment != "timm":
         raise ConfigError(f"--decoder gpu implements the timm augmentation (crop, flip, erasing), not {augment!r}; "
                           "use --augment timm, or --decoder pil")
@@ -65,6 +63,7 @@ class EncodedSample:
     box: tuple[int, int, int, int] = (0, 0, 0, 0)
     flip: bool = False
     pixels: torch.Tensor | None = None
+    ops: torch.Tensor | None = None  # RandAugment's draws (device_randaugment), applied after the crop
 
 
 class GpuCropSample:
@@ -75,13 +74,23 @@ class GpuCropSample:
 
     def __init__(self, img_size: int, *, in_chans: int = 3, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5, interpolation: str = "bicubic",
-                 allow_large: bool = False):
+                 allow_large: bool = False, secondary: Any = None):
         self.img_size, self.in_chans = img_size, in_chans
         self.scale, self.ratio, self.hflip, self.allow_large = tuple(scale), tuple(ratio), hflip, allow_large
         self.cpu = FastTrainTransform(img_size, in_chans=in_chans, scale=scale, ratio=ratio, hflip=hflip,
                                       interpolation=interpolation, allow_large=allow_large)
+        self.draw_ops = device_draws(secondary)
+        if secondary is not None and self.draw_ops is None:
+            raise ConfigError("--decoder gpu applies RandAugment on the GPU but not colour jitter; pass --aa with "
+                              "a rand- policy, or --color-jitter 0, or use --decoder fast")
 
     def __call__(self, sample: Any) -> EncodedSample:
+        out = self._crop(sample)
+        if self.draw_ops is not None:
+            out.ops = self.draw_ops()
+        return out
+
+    def _crop(self, sample: Any) -> EncodedSample:
         if isinstance(sample, (bytes, bytearray, memoryview)):
             info = probe(bytes(sample))
             if info.fast:  # a JPEG libjpeg-turbo (and so nvJPEG) reads as YCbCr or grayscale
@@ -110,6 +119,7 @@ class EncodedBatch:
     flips: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
     cpu_positions: list[int] = field(default_factory=list)
     cpu_pixels: list[torch.Tensor] = field(default_factory=list)
+    ops: torch.Tensor | None = None  # (N, layers, 3) RandAugment tables in sample order, or None
 
     def __len__(self) -> int:
         return len(self.positions) + len(self.cpu_positions)
@@ -130,15 +140,16 @@ class EncodedBatch:
         return torch.stack([_crop_resize(img, box, self.size, self.interpolation, bool(flip))
                             for img, box, flip in zip(decoded, self.boxes.tolist(), self.flips.tolist())])
 
-    def decode(self, device: torch.device | str) -> torch.Tensor:
-        """The batch as uint8 (N, C, H, W) on ``device``: decoded (DALI or nvJPEG), cropped, resized, flipped."""
+    def decode(self, device: torch.device | str, fill: Sequence[float] = (124, 116, 104)) -> torch.Tensor:
+        """The batch as uint8 (N, C, H, W) on ``device``: decoded (DALI or nvJPEG), cropped, resized, flipped, and
+        RandAugment's drawn operations applied (``fill``: its fill colour, timm's img_mean)."""
         device = torch.device(device)
         out = torch.empty(len(self), self.channels, *self.size, dtype=torch.uint8, device=device)
         if self.data:
             out[torch.tensor(self.positions, device=device)] = self._decode_files(device)
         for pos, pixels in zip(self.cpu_positions, self.cpu_pixels):
             out[pos] = pixels.to(device, non_blocking=True)
-        return out
+        return apply_ops(out, self.ops, tuple(fill)) if self.ops is not None else out
 
 
 def collate_encoded(samples: list[tuple[EncodedSample, int]], size: tuple[int, int], channels: int,
@@ -158,6 +169,8 @@ def collate_encoded(samples: list[tuple[EncodedSample, int]], size: tuple[int, i
     if boxes:
         batch.boxes = torch.tensor(boxes, dtype=torch.int64)
         batch.flips = torch.tensor(flips, dtype=torch.bool)
+    if samples and samples[0][0].ops is not None:
+        batch.ops = torch.stack([s.ops for s, _ in samples])
     return batch, torch.tensor([label for _, label in samples], dtype=torch.int64)
 
 

@@ -69,7 +69,7 @@ def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accu
     if inputs.decoder == "gpu":
         from ..data.gpu_decode import check_gpu_settings, collate_encoded
 
-        check_gpu_settings(device, inputs.aa, inputs.augment)
+        check_gpu_settings(device, inputs.augment)
         collate = functools.partial(collate_encoded, size=(pre.img_size, pre.img_size), channels=arch.in_chans,
                                     interpolation=pre.interpolation)
     train_loader = build_loader(train_ds, batch_size, is_training=True, collate_fn=collate, **workers)
@@ -94,10 +94,17 @@ def build_train_transform(inputs: InputConfig, in_chans: int, pre: Any) -> Calla
     allow_large = bool(inputs.data_options.get("allow_large", False))
     if inputs.decoder == "gpu":
         from ..data.gpu_decode import GpuCropSample
+        from ..data.transforms import fit_channels
+        from ..data.uint8_transforms import timm_secondary
 
+        secondary = timm_secondary(pre.img_size, mean=fit_channels(pre.mean, in_chans, "mean"),
+                                   interpolation=pre.interpolation, auto_augment=inputs.aa,
+                                   color_jitter=inputs.color_jitter if not inputs.aa else 0.0)
         return GpuCropSample(pre.img_size, in_chans=in_chans, scale=inputs.scale, ratio=inputs.ratio,
-                             hflip=inputs.hflip, interpolation=pre.interpolation, allow_large=allow_large)
-    return build_fast_transform(True, pre.img_size, allow_large=allow_large, **common)
+                             hflip=inputs.hflip, interpolation=pre.interpolation, allow_large=allow_large,
+                             secondary=secondary)
+    return build_fast_transform(True, pre.img_size, allow_large=allow_large, aa_on_device=inputs.aa_on_device,
+                                **common)
 
 
 def build_device_augment(inputs: InputConfig, in_chans: int, pre: Any, device: torch.device) -> Any:
