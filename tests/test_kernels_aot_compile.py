@@ -53,10 +53,16 @@ def test_launches_cover_every_plan_and_candidate():
     assert stem == gemm.gemm_candidates(256 * 56 * 56, 48, 512, 1, False)
     assert sum(x.first for x in gemms if dict(x.constexprs)["PATCH"] == 4) == 1 and stem[0] == next(
         x.config for x in gemms if x.first)
+    # the backward's tiles are the forward's; in fp16/bf16 its first (untimed) one has 8 warps (4 spill there)
+    half, full = act.bwd_candidates(56, 56, 512, False, True), act.bwd_candidates(56, 56, 512, False, False)
+    assert set(half) == set(full) == set(act.act_candidates(56, 56, 512, False, False))
+    assert half[0].num_warps == 8 and full[0] == act.act_candidates(56, 56, 512, False, False)[0]
+    fp32 = gemm.gemm_candidates(256 * 28 * 28, 512, 1024, 2, False, fp32=True)
+    assert fp32[0] != gemm.gemm_candidates(256 * 28 * 28, 512, 1024, 2, False)[0] and max(c["BK"] for c in fp32) == 64
     train = _launches("vanillanet_5", 1, torch.bfloat16, True)
     assert {x.kernel for x in train} == {"act_fwd", "dwconv_relu_bwd"}
     assert len([x for x in train if x.kernel == "dwconv_relu_bwd"]) == sum(
-        len(act.act_candidates(s, s, c, False, False)) for c, s in zip((512, 1024, 2048, 4096), (56, 28, 14, 7)))
+        len(act.bwd_candidates(s, s, c, False, True)) for c, s in zip((512, 1024, 2048, 4096), (56, 28, 14, 7)))
 
 
 def test_ada_pool_runs_the_adaptive_pool_in_torch_and_the_stem_by_cudnn():

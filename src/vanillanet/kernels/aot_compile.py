@@ -14,6 +14,9 @@ dims and strides).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import re
 import subprocess
 import tempfile
@@ -68,7 +71,7 @@ def _bwd_launches(c: int, h: int, w: int, k: int, dtype: torch.dtype) -> list[La
     ptr = _PTR[dtype]
     pointers = (("g_ptr", ptr), ("x_ptr", ptr), ("w_ptr", "*fp32"), ("gx_ptr", ptr), ("gw_ptr", "*fp32"))
     consts = (("C", c), ("W", w), ("K", k), ("RH", act._reach(k, h)), ("RW", act._reach(k, w)))
-    cands = act.act_candidates(h, w, c, False, False)
+    cands = act.bwd_candidates(h, w, c, False, dtype != torch.float32)
     return [Launch("dwconv_relu_bwd", pointers, consts + cfg.blocks, (), cfg, i == 0) for i, cfg in enumerate(cands)]
 
 
@@ -78,7 +81,7 @@ def _gemm_launches(m: int, cin: int, cout: int, patch: int, pool: int, dtype: to
     k = patch * patch * cin
     consts = (("PATCH", patch), ("POOL", pool), ("PREC", 1 if dtype == torch.float32 else 0), ("RELU", True))
     ints = (("CIN", cin), ("K", k), ("COUT", cout))
-    cands = gemm.gemm_candidates(m, k, cout, pool, False)
+    cands = gemm.gemm_candidates(m, k, cout, pool, False, dtype == torch.float32)
     return [Launch("conv_gemm", pointers, consts + cfg.blocks, ints, cfg, i == 0) for i, cfg in enumerate(cands)]
 
 
@@ -140,18 +143,34 @@ def distinct(launches: list[Launch]) -> list[Launch]:
 
 
 def _ptxas_usage(ptx: str, capability: int) -> tuple[int, int]:
-    """(registers per thread, spill bytes stored + loaded) from Triton's bundled ptxas in verbose mode."""
+    """(registers per thread, spill bytes stored + loaded) from Triton's bundled ptxas in verbose mode (the flags
+    that matter for allocation are Triton's; its own run keeps no log). Kept beside Triton's cache, by PTX digest,
+    so that a second run of the check, like Triton's compile, reads instead of recompiling."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
+    try:
+        ptxas = get_ptxas(capability)
+    except TypeError:  # Triton releases before the separate Blackwell ptxas take no argument
+        ptxas = get_ptxas()
+    ptxas = getattr(ptxas, "path", ptxas)
+    digest = hashlib.sha256(f"{ptxas}\n{capability}\n{ptx}".encode()).hexdigest()
+    cached = Path(triton.knobs.cache.dir) / "vanillanet_ptxas" / f"{digest}.json"
+    if cached.is_file():
+        return tuple(json.loads(cached.read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        done = subprocess.run([get_ptxas(capability).path, "-v", f"--gpu-name={sm_arch_from_capability(capability)}",
+        done = subprocess.run([ptxas, "-v", "-lineinfo", f"--gpu-name={sm_arch_from_capability(capability)}",
                                str(src), "-o", str(Path(tmp) / "k.o")], capture_output=True, text=True, check=True)
     log = done.stderr + done.stdout
     regs = re.search(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", log)
-    return (int(regs.group(1)) if regs else -1), sum(int(s) for s in spills)
+    usage = (int(regs.group(1)) if regs else -1), sum(int(s) for s in spills)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp_file.write_text(json.dumps(usage))
+    tmp_file.replace(cached)  # atomic: parallel workers never read half a file
+    return usage
 
 
 def compile_launch(launch: Launch, capability: int) -> dict:
