@@ -158,9 +158,10 @@ def test_an_implied_model_above_the_limit_is_refused(tmp_path):
     sd = model.state_dict()
     sd["cls2.0.weight"] = torch.zeros(300_000, 1, 1, 1)  # 1.2 MB, but the train-form head is 300k x 300k
     torch.save({"model": sd}, tmp_path / "wide.pth")
-    with pytest.raises(ConfigError, match=r"implies a model of 90,0\d\dM parameters \(300000 classes.*--allow-large"):
+    with pytest.raises(ConfigError, match=r"implies a train-form vanillanet_5 of 90.1 billion parameters \(90.1 "
+                                          r"billion of them in the 300,000-class head.*--allow-large"):
         create_model(None, tmp_path / "wide.pth")
-    with pytest.raises(ConfigError, match="above the 1,000M limit"):
+    with pytest.raises(ConfigError, match="above the limit of 1.0 billion"):
         create_model("vanillanet_5", num_classes=2_000_000)
     with torch.device("meta"):  # the largest variant, full width, is well within the limit
         largest = create_model("vanillanet_13_x1_5")

@@ -1,11 +1,12 @@
 """Latency and throughput of VanillaNet (and baselines) in named execution modes, measured side by side.
 
 Inference modes are the (backend, dtype, layout) combinations of ``deploy/backends.py``: ``paper`` (the published
-protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``eager`` (fp32 NCHW), ``channels_last``
-(fp32), ``fp16`` / ``bf16`` (channels_last eager in that dtype), and every backend of the table by name with an
-optional dtype suffix (``compile:bf16``, ``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs
-well. ``int8`` (onnxruntime static int8, ranges calibrated on noise) is measured only when named: its speed, not its
-accuracy, which ``vanillanet quantize`` measures on real images. Training modes (``--train``) time one optimiser
+protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``nchw`` (fp32 NCHW, the eager backend
+unsynchronised), ``channels_last`` (fp32: the eager backend's layout), ``fp16`` / ``bf16`` (channels_last eager in
+that dtype), and every backend of the table by name with an optional dtype suffix (``compile:bf16``,
+``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs well. ``int8`` (onnxruntime static int8,
+ranges calibrated on noise) is measured only when named: its speed, not its accuracy, which ``vanillanet quantize``
+measures on real images. Training modes (``--train``) time one optimiser
 step: ``train-fp32`` (fp32 NCHW), ``train-amp`` (the original recipe's autocast: fp16 + gradient scaler on CUDA,
 bf16 on the CPU, NCHW), ``train-best`` (channels_last + autocast, bf16 where supported, + torch.compile, fused
 kernels off) and, on request, ``train-fused`` (the same with the fused Triton activation kernels of ``kernels/``, a
@@ -34,6 +35,8 @@ import torch
 from torch import nn
 
 from . import kernels
+from .arguments import STDOUT, add_output_arguments, check_json_path, emit_json
+from .data.images import check_batch_limit
 from .deploy.backends import (
     BACKENDS,
     DTYPE_NAMES,
@@ -45,10 +48,11 @@ from .deploy.backends import (
     prepare_input,
     prepare_model,
 )
-from .model.geometry import check_input_size
+from .model.geometry import check_min_input_size
 from .model.registry import create_model
 from .model.reparam import calibrate_bn, rel_err, reparameterize_model
 from .util import validation
+from .util.devices import DEVICES, choose_device, half_dtype, num_threads
 from .util.errors import ConfigError
 from .util.timing import time_interleaved
 from .util.validation import option
@@ -73,11 +77,12 @@ class BenchConfig:
     modes: str = option("best", "comma-separated modes, or best (backends take :fp16/:bf16/:fp32; int8 only "
                         "by name)")
     img_size: int = option(224, "input height = width", ge=1, le=4096)
-    repeats: int = option(5, "timed rounds per mode (median, min, max)", ge=1)
-    iters: int | None = option(None, "calls per round (default: about --round-s seconds' worth)", ge=1)
-    round_s: float = option(0.5, "target seconds per round", gt=0)
+    repeats: int = option(5, "timed rounds per mode (median, min, max)", ge=1, le=1000)
+    iters: int | None = option(None, "calls per round (default: about --round-s seconds' worth)", ge=1,
+                               le=100_000)
+    round_s: float = option(0.5, "target seconds per round", gt=0, le=600)
     threads: int | None = option(None, "CPU threads (torch and onnxruntime; default: torch's)", ge=1, le=1024)
-    device: str | None = option(None, "where to run (default: cuda when available)", choices=("cpu", "cuda"))
+    device: str = option("auto", "where to run (auto: cuda when available)", choices=DEVICES)
     baselines: bool = option(False, "also the train form and torchvision resnet50/resnet18 (random weights)")
     train: bool = option(False, "also training-step throughput")
     train_batch_size: int | None = option(None, "batch for --train (default --batch-size)", ge=1)
@@ -86,10 +91,15 @@ class BenchConfig:
     inference: bool = option(True, "measure inference")
     width_mult: float = option(1.0, "scale the widths (quick tests)", gt=0, le=16)
     num_classes: int = option(1000, "classes of the head", ge=1)
-    allow_large: bool = option(False, "lift the model-size limit (1e9 parameters, see docs/faults.md)")
+    allow_large: bool = option(False, "lift the size limits (models 1e9 parameters, input batches 4.3 GB, see "
+                               "docs/faults.md)")
+    ema: bool = option(True, "--checkpoint: its EMA weights when it has them (--no-ema: the live weights)")
 
     def __post_init__(self) -> None:
         validation.check_instance(self)
+        for batch in {self.batch_size, self.train_batch_size or self.batch_size}:  # before any model or input
+            check_batch_limit(batch, self.img_size, allow_large=self.allow_large,
+                              what="--batch-size/--train-batch-size and --img-size")
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -127,7 +137,7 @@ def _train_runner(model: nn.Module, mode: str, batch: int, device: torch.device,
     x = torch.randn(batch, in_chans, img_size, img_size, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
     bf16 = dtype_supported(device, torch.bfloat16)
-    amp = {"train-fp32": None, "train-amp": torch.float16 if device.type == "cuda" else torch.bfloat16,
+    amp = {"train-fp32": None, "train-amp": half_dtype(device),
            "train-best": torch.bfloat16 if bf16 else torch.float16, "train-fused": torch.bfloat16 if bf16
            else torch.float16}[mode]
     best = mode in ("train-best", "train-fused")
@@ -185,8 +195,9 @@ def _entries(cfg: BenchConfig) -> tuple[list[tuple[str, str, nn.Module]], list[t
             add_resnet(name)
             continue
         extra = {} if cfg.checkpoint else {"num_classes": cfg.num_classes, "width_mult": cfg.width_mult}
-        model = create_model(name, cfg.checkpoint, allow_large=cfg.allow_large, **extra).eval().float()
-        check_input_size(model, cfg.img_size)
+        model = create_model(name, cfg.checkpoint, use_ema=cfg.ema, allow_large=cfg.allow_large, **extra)
+        model = model.eval().float()
+        check_min_input_size(model, cfg.img_size)
         if cfg.checkpoint is None:
             calibrate_bn(model, (2, model.in_chans, cfg.img_size, cfg.img_size))
         infer.append((name, "deploy", reparameterize_model(model)))
@@ -200,15 +211,6 @@ def _entries(cfg: BenchConfig) -> tuple[list[tuple[str, str, nn.Module]], list[t
 
 
 # ---------------------------------------------------------------------------------------------- running
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was given but CUDA is not available; use --device cpu")
-    return device
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name from /proc/cpuinfo (platform.processor() as a fallback)."""
     if device.type == "cuda":
@@ -246,12 +248,15 @@ def _measure(runners: list[_Runner], device: torch.device, cfg: BenchConfig) -> 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure every (model, form) x mode x {1, batch_size}, then (``train``) training steps; returns records."""
+    device = choose_device(cfg.device)
+    with num_threads(cfg.threads) as threads:
+        return _run_bench(cfg, device, threads, log)
+
+
+def _run_bench(cfg: BenchConfig, device: torch.device, threads: int,
+               log: Callable[[str], None]) -> list[dict[str, Any]]:
     from .complexity import count_macs, count_params
 
-    device = _device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    threads = torch.get_num_threads()
     modes = parse_modes(cfg.modes, device)
     with torch.random.fork_rng(devices=[]):  # random weights, the same in every run; the caller's RNG untouched
         torch.manual_seed(0)
@@ -261,7 +266,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
     for name, form, model in infer if cfg.inference else ():
         model = model.to(device)
         in_chans = getattr(model, "in_chans", 3)
-        check_input_size(model, cfg.img_size)
+        check_min_input_size(model, cfg.img_size)
         size = (in_chans, cfg.img_size, cfg.img_size)
         params, macs = count_params(model), count_macs(model, size)
         log(f"{name} ({form}): {params / 1e6:.2f} M params, {macs / 1e9:.3f} GMACs at {cfg.img_size} px")
@@ -274,7 +279,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict
                 if mode.batch1_only and batch != 1:
                     continue
                 runner = _inference_runner(model, mode, x, device)
-                if mode.label not in ("paper", "eager"):
+                if mode.label not in ("paper", "nchw"):  # these run the reference itself
                     with torch.no_grad():
                         runner.max_rel_err = rel_err(runner.fn(runner.x), ref)
                 runners.append(runner)
@@ -334,8 +339,8 @@ def plot_records(records: list[dict[str, Any]], path: str | Path) -> None:
 
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     validation.add_arguments(parser, BenchConfig, prefix="bench_")
-    parser.add_argument("--json", help="write the records to this JSON file")
     parser.add_argument("--plot", help="write a bar chart (PNG) of images/s")
+    add_output_arguments(parser, progress=False)
     parser.set_defaults(func=_main)
 
 
@@ -349,15 +354,13 @@ def _split(value: Any) -> Any:
 def _main(args: argparse.Namespace) -> int:
     values = {k: _split(v) for k, v in validation.overrides_from_args(args, BenchConfig, prefix="bench_").items()}
     cfg = validation.build(BenchConfig, values, "vanillanet bench")
-    records = run_bench(cfg)
-    if records:
-        r = records[0]
-        print(f"device: {r['device_name']} ({r['device']}), {r['threads']} threads, torch {r['torch']}")
-    print(format_table(records))
-    if args.json:
-        from .util.fileio import write_json
-
-        write_json(args.json, records)
+    check_json_path(args.json)
+    records = run_bench(cfg, log=(lambda line: None) if args.json == STDOUT else print)
+    if not emit_json(args.json, records):
+        if records:
+            r = records[0]
+            print(f"device: {r['device_name']} ({r['device']}), {r['threads']} threads, torch {r['torch']}")
+        print(format_table(records))
     if args.plot:
         plot_records(records, args.plot)
     return 0
