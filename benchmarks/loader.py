@@ -141,39 +141,47 @@ def our_loader(data: str, batch: int, workers: int, *, randaugment: bool = True,
     return build_loader(ds, batch, is_training=True, num_workers=workers, drop_last=False)
 
 
-def gpu_loader(data: str, batch: int, workers: int) -> Any:
-    """Path d: the workers read bytes and draw the crops, the GPU decodes each batch (``data.gpu_decode``); the
-    loader yields decoded uint8 batches on the GPU."""
+def gpu_loader(data: str, batch: int, workers: int, device: str = "cuda") -> Any:
+    """Path d: the workers read bytes and draw the crops, flips and RandAugment operations, the GPU decodes each
+    batch and applies them (``data.gpu_decode``); the loader yields decoded uint8 batches on ``device``."""
     import functools
 
     from vanillanet.data.gpu_decode import GpuCropSample, collate_encoded
     from vanillanet.data.loaders import build_loader
     from vanillanet.data.sources import build_dataset
+    from vanillanet.data.uint8_transforms import timm_secondary
 
+    secondary = timm_secondary(224, mean=MEAN, interpolation=RECIPE["interpolation"],
+                               auto_augment=RECIPE["auto_augment"], color_jitter=0.0)
     tf = GpuCropSample(224, scale=RECIPE["scale"], ratio=RECIPE["ratio"], hflip=RECIPE["hflip"],
-                       interpolation=RECIPE["interpolation"])
+                       interpolation=RECIPE["interpolation"], secondary=secondary)
     collate = functools.partial(collate_encoded, size=(224, 224), channels=3, interpolation=RECIPE["interpolation"])
     loader = build_loader(build_dataset(data, "train", tf), batch, is_training=True, num_workers=workers,
-                          drop_last=False, collate_fn=collate, pin_memory=True)
-    return _Decoding(loader)
+                          drop_last=False, collate_fn=collate, pin_memory=device == "cuda")
+    return _Decoding(loader, torch.device(device))
 
 
 class _Decoding:
-    """A loader whose encoded batches are decoded on the GPU as they are taken (timing the decode on the GPU)."""
+    """A loader whose encoded batches are decoded on the device as they are taken (timing the decoding there)."""
 
-    def __init__(self, loader: Any):
-        self.loader, self.batch_sampler, self.gpu_s = loader, loader.batch_sampler, 0.0
+    def __init__(self, loader: Any, device: torch.device):
+        self.loader, self.batch_sampler, self.device, self.gpu_s = loader, loader.batch_sampler, device, 0.0
 
     @property
     def _iterator(self) -> Any:
         return self.loader._iterator
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def __iter__(self):
+        fill = tuple(round(255 * m) for m in MEAN)
         for encoded, labels in self.loader:
-            torch.cuda.synchronize()
+            self._sync()
             t0 = time.perf_counter()
-            images = encoded.decode("cuda")
-            torch.cuda.synchronize()
+            images = encoded.decode(self.device, fill)
+            self._sync()
             self.gpu_s += time.perf_counter() - t0
             yield images, labels
 

@@ -118,3 +118,13 @@ def test_loader_benchmark_script(tmp_path):
     record = json.loads((tmp_path / "loader.json").read_text())
     assert record["machine"]["cpu"] and record["settings"]["tail_images"] == 1
     assert "| b: ours, folder" in (tmp_path / "loader.md").read_text()
+
+
+def test_loader_benchmark_gpu_path_on_the_cpu(tmp_path):
+    """Path d's loader (workers send bytes + draws, the batch decoded where it is taken) runs its epoch; on the CPU
+    here, as it runs on CUDA in the full benchmark."""
+    import loader
+
+    loader.make_folder(tmp_path / "f", 8)
+    res = loader.run_epoch(lambda: loader.gpu_loader(str(tmp_path / "f"), 4, 0, device="cpu"))
+    assert res["images"] == 8 and res["cpu_s"] > 0 and res["gpu_img_s"] > 0
