@@ -111,7 +111,7 @@ def test_loader_benchmark_script(tmp_path):
     assert loader.main(["--images", "12", "--rounds", "1", "--batch-size", "4", "--workers", "1", "--cache",
                         str(tmp_path / "cache"), "--json", str(rows_path), "--out", str(tmp_path)]) == 0
     rows = {r["path"]: r for r in json.loads(rows_path.read_text())}
-    assert set(rows) == {"a", "b", "b+", "b0", "c", "c+", "d"} and rows["a"]["x_a"] == 1.0
+    assert set(rows) == {"a", "b", "b+", "b0", "c", "c+", "c0", "d"} and rows["a"]["x_a"] == 1.0
     for key in ("a", "b", "b+", "b0"):
         assert rows[key]["images"] == 12 and rows[key]["img_per_cpu_s"] > 0
     assert rows["b"]["target_x_a"] == 2.0 and "met" in rows["b"] and "met" in rows["b0"]
