@@ -158,3 +158,43 @@ def checkpoint_error(path, match, **kwargs):
         create_model("vanillanet_5", path, **kwargs)
     assert "\n" not in str(info.value)
     return str(info.value)
+
+
+# ---- kernels ------------------------------------------------------------------------------------------------------
+# Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1 is set above, before triton
+# is imported); with one they run compiled on CUDA. The interpreter's cost is per program and per op, not per
+# element, so the kernel tests use tiny shapes.
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+KERNEL_TOL = {F32: 1e-5, F16: 1e-2, BF16: 1e-2}
+
+
+def kernel_device() -> str:
+    """Where the kernel tests of a module run, called at its top: the module is skipped without Triton and fails
+    when Triton cannot define the kernels; "cpu" in Triton's interpreter, else "cuda"."""
+    pytest.importorskip("triton", reason="the kernels need Triton (CUDA builds of torch ship it)")
+    import vanillanet.kernels as K
+
+    if not K.available():
+        pytest.fail(f"Triton is installed but the kernels could not be defined: {K.unavailable_reason()}",
+                    pytrace=False)
+    device = "cpu" if K.interpreted() else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.fail("triton runs compiled here but there is no GPU: set TRITON_INTERPRET=1 before triton is imported "
+                    "(tests/conftest.py does this)", pytrace=False)
+    return device
+
+
+def channels_last_tensor(*shape: int, device: str, dtype: torch.dtype = F32, seed: int = 0,
+                         scale: float = 1.0) -> torch.Tensor:
+    """A seeded normal tensor of ``shape`` in channels_last on ``device`` (the kernels' input layout)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=gen) * scale
+    return x.to(device, dtype).contiguous(memory_format=torch.channels_last)
+
+
+def depthwise_taps(c: int, act_num: int = 3, *, device: str, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded depthwise weights (c, 1, k, k), k = 2 act_num + 1, scaled by 1/k, and a bias (c,)."""
+    gen = torch.Generator().manual_seed(seed)
+    k = 2 * act_num + 1
+    w = torch.randn(c, 1, k, k, generator=gen) / k
+    return w.to(device), torch.randn(c, generator=gen).to(device)
