@@ -4,23 +4,29 @@ bit-exact with its metadata, and missing, foreign, truncated or unsafe files are
 from __future__ import annotations
 
 import fractions
+import json
 import os
+import shutil
 
 import pytest
 import torch
 from conftest import (
     CKPT_CLASSES,
     assert_same_weights,
+    build_variant,
     checkpoint_error,
     layouts,
     narrow_model,
     rel_err,
 )
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from vanillanet.model.checkpoint_files import load_checkpoint_file, read_class_names, save_weights
+from vanillanet.model.checkpoint_files import file_meta, load_checkpoint_file, read_class_names, save_weights
 from vanillanet.model.registry import create_model
 from vanillanet.model.reparam import reparameterize_model
 from vanillanet.model.weight_loading import load_weights
+from vanillanet.util.errors import CheckpointError
 
 LAYOUTS = ["original", "original_ddp", "original_deploy", "bare", "compiled_ddp", "openmixup", "ours_training"]
 
@@ -118,3 +124,104 @@ def test_unsafe_pickle_refused(ckpt_source, tmp_path):
     torch.save({"model": ckpt_source[0].state_dict(), "extra": fractions.Fraction(1, 3)}, path)
     msg = checkpoint_error(path, "contains pickled fractions.Fraction, which could run code when loaded: refusing it")
     assert "argparse" not in msg
+
+
+@pytest.fixture(scope="module")
+def deploy_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "m.safetensors"
+    save_weights(reparameterize_model(build_variant("vanillanet_5", num_classes=10)), path,
+                 class_names=[str(i) for i in range(10)], extra_meta={"img_size": 32})
+    return path
+
+
+def foreign_copy(src, dst, **meta_changes):
+    """``src`` re-saved as another tool would write it (no digest), with metadata entries changed."""
+    with safe_open(str(src), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}
+    meta.update({k: v if isinstance(v, str) and k == "class_names" else json.dumps(v) for k, v in
+                 meta_changes.items()})
+    save_file(load_file(str(src)), str(dst), metadata=meta)
+    return dst
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_changed_bytes_are_detected(deploy_file, tmp_path, suffix):
+    path = tmp_path / f"m{suffix}"
+    save_weights(create_model(None, deploy_file), path)
+    load_checkpoint_file(path)  # intact
+    data = bytearray(path.read_bytes())
+    sd = load_checkpoint_file(path)["state_dict"]
+    needle = sd["stages.0.conv.weight"].contiguous().numpy().tobytes()[:16]
+    at = bytes(data).index(needle)  # the first bytes of a tensor, wherever the format stores them
+    data[at + 3] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the SHA-256 digest it was written with") as info:
+        create_model(None, path)
+    assert "\n" not in str(info.value)
+
+
+def test_files_without_a_digest_still_load(deploy_file, tmp_path):
+    model = create_model(None, foreign_copy(deploy_file, tmp_path / "foreign.safetensors"))
+    assert model.checkpoint_meta["class_names"] == [str(i) for i in range(10)]
+
+
+def test_unsound_weights_are_never_written(deploy_file, tmp_path):
+    model = create_model(None, deploy_file)
+    with torch.no_grad():
+        model.stages[0].conv.weight[0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match=r"not writing .*: the weights are unusable \(stages.0.conv.weight"):
+        save_weights(model, tmp_path / "bad.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsound_weights_are_refused_on_loading(deploy_file, tmp_path):
+    sd = load_file(str(deploy_file))
+    sd["stages.1.act.bias"][0] = float("nan")
+    save_file(sd, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(CheckpointError, match=r"nan.safetensors holds unusable weights \(stages.1.act.bias \(NaN\)\)"):
+        create_model(None, tmp_path / "nan.safetensors")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(act_learn="abc"), r"malformed act_learn \('abc', not a finite number\)"),
+    (dict(act_learn=1.5), r"impossible act_learn \(act_learn must be at most 1, got 1.5\)"),
+    (dict(strides=7), r"malformed strides \(7, not a list\)"),
+    (dict(img_size="big"), r"malformed img_size \('big', not an integer\)"),
+    (dict(mean="x"), r"malformed mean \('x', not a list\)"),
+    (dict(std=[0.0]), r"impossible std \(std must be more than 0, got 0.0\)"),
+    (dict(class_names="catdogbird"), r"malformed class_names \('catdogbird', not a list\)"),
+])
+def test_malformed_metadata_is_one_line(deploy_file, tmp_path, change, message):
+    path = foreign_copy(deploy_file, tmp_path / "edited.safetensors", **change)
+    with pytest.raises(CheckpointError, match=message) as info:
+        create_model(None, path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_a_one_dimensional_stem_weight_is_one_line(deploy_file, tmp_path):
+    sd = load_file(str(deploy_file))
+    sd["stem.0.weight"] = sd["stem.0.weight"].flatten()
+    save_file(sd, str(tmp_path / "flat.safetensors"))
+    with pytest.raises(CheckpointError, match=r"stem.0.weight has shape \(\d+,\), not the 4-D shape"):
+        create_model(None, tmp_path / "flat.safetensors")
+
+
+def test_a_pth_named_safetensors_is_read_by_its_content(deploy_file, tmp_path):
+    pth = tmp_path / "m.pth"
+    save_weights(create_model(None, deploy_file), pth)
+    renamed = tmp_path / "really_a.safetensors"
+    shutil.copy(pth, renamed)
+    assert create_model(None, renamed).checkpoint_meta["format"] == "pth"
+    assert file_meta(renamed)["form"] == "deploy"  # timm's pretrained hook reads metadata this way
+
+
+def test_stride_zero_tensors_are_refused(deploy_file, tmp_path):
+    sd = load_file(str(deploy_file))
+    c = sd["cls.2.weight"].shape[1]
+    sd["cls.2.weight"] = torch.zeros(1, 1, 1, 1).expand(2_000_000, c, 1, 1)
+    sd["cls.2.bias"] = torch.zeros(1).expand(2_000_000)
+    torch.save({"model": sd}, tmp_path / "bomb.pth")
+    assert (tmp_path / "bomb.pth").stat().st_size < 1_000_000  # claims 2e6 x C floats
+    with pytest.raises(CheckpointError, match="holds tensors larger than the data stored for them"):
+        create_model(None, tmp_path / "bomb.pth")

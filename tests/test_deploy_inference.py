@@ -1,4 +1,5 @@
-"""fast_inference: every CPU backend reproduces the fp32 eager output; shape fallback; errors; GPU paths on CUDA."""
+"""``deploy.inference``: ``fast_inference``: every CPU backend reproduces the fp32 eager output; auto picks a
+verified backend; shape fallback; one-line errors; GPU paths on CUDA."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet.deploy.inference import fast_inference
-from vanillanet.model.geometry import min_input_size
 from vanillanet.util.errors import ConfigError, ConversionError
 
 CUDA = torch.cuda.is_available()
@@ -91,12 +91,6 @@ def test_bad_inputs_give_one_line_errors(model):
     half_trained.act_learn = 0.3
     with pytest.raises(ConversionError, match="act_learn"):
         fast_inference(half_trained, image_size=32)
-
-
-def test_min_input_size():
-    assert min_input_size(build_variant("vanillanet_5")) == 32
-    assert min_input_size(build_variant("vanillanet_13")) == 32
-    assert min_input_size(build_variant("vanillanet_13_x1_5_ada_pool")) == 2
 
 
 @pytest.mark.gpu
