@@ -194,7 +194,7 @@ OTHER = [
     (["export", "--checkpoint", "FILES/good.safetensors", "--output", "FILES", "--format", "onnx", "--img-size",
       "32"], "it is a folder; give a file name"),
     (["export", "--model", "vanillanet_5", "--num-classes", "2000000", "--output", "OUT/x.onnx"],
-     "above the 1,000M limit"),
+     "above the limit of 1.0 billion: refusing to allocate it"),
     (["export", "--model", "vanillanet_5", "--opset", "0", "--output", "OUT/x.onnx"],
      "argument --opset: must be at least 1, got 0"),
 ]

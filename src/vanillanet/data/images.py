@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..util.errors import ConfigError
+from ..util.safe_open import special_kind
 
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -50,6 +51,9 @@ def open_image(path: str | Path, mode: str, *, limit: bool = True) -> Image.Imag
     """A decoded image in ``mode`` ("L" or "RGB"); size limits checked before decoding (unless ``limit`` is False).
     16-bit images are scaled from 0..65535 and float images from 0..1 (PIL would clip them to white or black);
     float images outside [0, 1] are refused (their range is unknown)."""
+    kind = special_kind(path)
+    if kind is not None:  # PIL would block on a FIFO or read a device without end
+        raise ValueError(f"{path} is {kind}, not an image file")
     with Image.open(path) as img:
         if limit:
             check_pixels(*img.size)
