@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from ..model.geometry import check_min_input_size
 from ..model.reparam import rel_err, reparameterize_model
 from ..util.errors import ConfigError, ConversionError, VanillaNetError, first_line
 from ..util.timing import time_interleaved
 from .backends import BACKENDS, BuildRequest, exact_fp32, prepare_input
+from .checks import check_fast_inference_args
 
 __all__ = ["FastClassifier", "fast_inference"]
 
@@ -101,21 +101,6 @@ def auto_candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
             if b.auto and b.exact and device.type in b.auto_devices and b.unavailable(device, dtype) is None]
 
 
-def _check_arguments(device: torch.device, dtype: torch.dtype, batch_size: int, backend: str) -> None:
-    if backend != "auto" and backend not in BACKENDS:
-        raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but is not available; use device='cpu'")
-    if backend in BACKENDS:
-        reason = BACKENDS[backend].unavailable(device, dtype)
-        if reason:
-            raise ConfigError(f"{reason}; use backend='auto' or another backend")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-
-
 @torch.no_grad()
 def fast_inference(
     model: nn.Module,
@@ -129,6 +114,7 @@ def fast_inference(
     seed: int = 0,
     deploy: bool = True,
     calibration: Iterable[torch.Tensor] | None = None,
+    allow_large: bool = False,
 ) -> FastClassifier:
     """Build a verified ``FastClassifier`` for ``model`` (any form; converted on a copy, the original untouched).
 
@@ -141,23 +127,22 @@ def fast_inference(
     convolutions are allowed) an explicitly chosen backend raises ConversionError and ``auto`` skips it.
     ``deploy=False`` keeps the train form (to benchmark it). ``calibration``: image batches for backends that
     calibrate (``int8``, which ``auto`` never picks: without them its ranges come from noise, fine for its speed,
-    not for its accuracy).
+    not for its accuracy). ``allow_large`` lifts the input-size limits (``data.images``). Every argument is checked
+    before any work (``checks.check_fast_inference_args``): TypeError or ValueError naming it.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = check_fast_inference_args(model, device, dtype, batch_size, image_size, backend, tol=tol, seed=seed,
+                                       deploy=deploy, calibration=calibration, allow_large=allow_large)
     choose = not isinstance(backend, str) or backend == "auto"
     candidates = (auto_candidates(device, dtype) if backend == "auto" else [backend] if isinstance(backend, str)
                   else list(backend))
-    for name in candidates or ["auto"]:
-        _check_arguments(device, dtype, batch_size, name)
+    if not candidates:
+        raise ConfigError(f"no exact backend runs on {device.type} in {dtype}; use dtype=torch.float32")
     tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32  # PyTorch's default for CUDA convs
     by_dtype = FP32_TOL if dtype == torch.float32 and not tf32 else HALF_TOL
 
     base = reparameterize_model(model) if deploy else copy.deepcopy(model).eval()
     base = base.to(device=device, dtype=torch.float32)
     in_chans = int(getattr(base, "in_chans", 3))
-    check_min_input_size(base, image_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, in_chans, image_size, image_size, generator=gen).to(device)
     with exact_fp32():

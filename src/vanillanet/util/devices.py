@@ -15,8 +15,8 @@ import torch.distributed as tdist
 
 from .errors import ConfigError
 
-__all__ = ["DEVICES", "DistInfo", "choose_device", "end_distributed", "half_dtype", "num_threads", "process_group",
-           "setup_distributed"]
+__all__ = ["DEVICES", "DistInfo", "as_device", "choose_device", "end_distributed", "half_dtype", "num_threads",
+           "process_group", "setup_distributed"]
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device accepts; auto = cuda when one is visible
 
@@ -52,6 +52,32 @@ def choose_device(name: str | None = "auto", local_rank: int | None = None) -> t
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
+
+
+def as_device(value: object, what: str = "device") -> torch.device:
+    """``value`` (a str or torch.device) as a device this package runs on, the CUDA index filled in: TypeError for
+    another kind of value, ConfigError (a ValueError) naming ``what`` and the accepted values for an unknown or
+    unsupported device (``meta``, ``mps``...) or a GPU that is not visible."""
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{what} must be a str or torch.device ('cpu', 'cuda' or 'cuda:N'), got "
+                        f"{type(value).__name__} {value!r:.60}")
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        raise ConfigError(f"{what} must be 'cpu', 'cuda' or 'cuda:N', got {value!r:.60}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{what} must be 'cpu', 'cuda' or 'cuda:N' (the devices this package runs on), got "
+                          f"{str(dev)!r}")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not visible:
+        raise ConfigError(f"{what} {str(dev)!r} was given but no CUDA device is visible; use 'cpu'")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= visible:
+        raise ConfigError(f"{what} {str(dev)!r} names GPU {index} but {visible} is/are visible; use 'cuda:0' to "
+                          f"'cuda:{visible - 1}'")
+    return torch.device("cuda", index)
 
 
 def setup_distributed(device: str | None = "auto") -> tuple[DistInfo, torch.device]:
@@ -98,6 +124,8 @@ def half_dtype(device: torch.device) -> torch.dtype:
 def num_threads(threads: int | None) -> Iterator[int]:
     """torch's intra-op threads set to ``threads`` (None: unchanged) for the block, restored after; yields the
     number in effect."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be None (unchanged) or an integer of at least 1, got {threads!r}")
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
