@@ -1,13 +1,19 @@
 """training/step.py: a batch reaches the device (``to_device``), the precision choice (``build_precision``), one
 micro-batch's forward and backward (``forward_backward``) and the optimiser update (``optimizer_step``):
-accumulating k micro-batches at 1/k equals one step on the whole batch."""
+accumulating k micro-batches at 1/k equals one step on the whole batch; with the fast decoders' device augmentation,
+uint8 loader batches arrive normalised, erased and then mixed, and float batches of the reference path pass as
+before."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 import torch
 from conftest import make_state
+from timm.data import Mixup
 
+from vanillanet.data.device_augment import DeviceAugment
 from vanillanet.training.step import (
     BatchPrep,
     DeviceBatch,
@@ -19,6 +25,7 @@ from vanillanet.training.step import (
 )
 
 CPU = torch.device("cpu")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def parts_for(state, accum: int = 1, clip_grad: float | None = None, amp: bool = False, lr: float = 0.1) -> StepParts:
@@ -93,3 +100,25 @@ def test_frozen_modules_stay_in_eval_mode():
     parts.frozen = (state.model.stem1,)
     parts.train()
     assert state.model.training and not state.model.stem1.training
+
+
+def test_uint8_batches_are_normalised_erased_then_mixed():
+    random.seed(0)
+    torch.manual_seed(0)
+    x = torch.full((8, 3, 16, 16), 200, dtype=torch.uint8)
+    y = torch.arange(8) % 4
+    plain = to_device(x, y, BatchPrep(torch.device("cpu"), augment=DeviceAugment(MEAN, STD)))
+    expected = (200 / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    assert plain.images.dtype == torch.float32 and torch.allclose(plain.images, expected.expand(8, 3, 16, 16))
+    erased = to_device(x, y, BatchPrep(torch.device("cpu"), augment=DeviceAugment(MEAN, STD, reprob=1.0)))
+    assert all(not torch.allclose(erased.images[i], plain.images[i]) for i in range(8))  # every sample erased
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=0.0, num_classes=4, label_smoothing=0.0)
+    mixed = to_device(x, y, BatchPrep(torch.device("cpu"), True, mixup, DeviceAugment(MEAN, STD)))
+    assert mixed.targets.shape == (8, 4) and mixed.images.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_reference_batches_pass_unchanged():
+    x, y = torch.randn(4, 3, 8, 8), torch.arange(4)
+    for augment in (None, DeviceAugment(MEAN, STD)):
+        batch = to_device(x, y, BatchPrep(torch.device("cpu"), augment=augment))
+        assert torch.equal(batch.images, x) and torch.equal(batch.targets, y)
