@@ -254,3 +254,43 @@ def make_state(lr: float = 1e-3, opt: str = "adamw", ema: bool = True, seed: int
     return TrainState(model=model, ema=ModelEmaV3(model, decay=0.9) if ema else None, optimizer=optimizer,
                       scheduler=build_scheduler(optimizer, optim, STEPS_PER_EPOCH, epochs),
                       scaler=torch.amp.GradScaler("cpu", enabled=False))
+
+
+# ---- training: the tiny training config, written once -----------------------------------------------------------
+# 16 synthetic 32 px images, batch 4: 4 steps per epoch, 2 epochs, at 1/16 of the widths; mixup/cutmix, LAMB, the
+# EMA and per-epoch act_learn on as in the recipe. ``tiny_config`` takes ``key=value`` overrides.
+TINY_TRAIN = {"data": "synthetic", "synthetic_size": 16, "width_mult": 0.0625, "epochs": 2, "decay_epochs": 1,
+              "batch_size": 4, "workers": 0, "warmup_epochs": 1, "img_size": 32, "progress": False, "seed": 5,
+              "log_every": 1}
+
+
+def tiny_sets(**changes) -> list[str]:
+    """``TINY_TRAIN`` with ``changes`` as ``--set`` strings (``key=value``)."""
+    values = {**TINY_TRAIN, **changes}
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+
+
+def tiny_config(out: Path, *extra: str, **changes):
+    """The resolved ``TrainConfig`` of the tiny run into ``out``; ``extra``: further ``key=value`` overrides."""
+    from vanillanet.training.config import resolve_config
+
+    return resolve_config(None, {}, [*tiny_sets(**changes), f"output={out}", *extra])
+
+
+def built_run(out: Path, *extra: str, **changes):
+    """``(state, run, log lines)`` of ``build_run`` for the tiny config into ``out`` (one CPU process)."""
+    from vanillanet.training.builders import build_run
+    from vanillanet.training.loop import Log
+    from vanillanet.training.run_folder import RunFolder
+    from vanillanet.util.devices import DistInfo
+
+    said: list[str] = []
+
+    class Said(Log):  # the loop's log, its lines kept
+        def __call__(self, msg: str) -> None:
+            said.append(msg)
+
+    log = Said(True)
+    state, run = build_run(tiny_config(out, *extra, **changes), DistInfo(), torch.device("cpu"),
+                           RunFolder(out, log), log)
+    return state, run, said
