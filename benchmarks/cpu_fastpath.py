@@ -36,6 +36,7 @@ from vanillanet.bench import device_name
 from vanillanet.deploy.backends import dtype_supported
 from vanillanet.deploy.inference import fast_inference
 from vanillanet.deploy.onnx_graph import quiet
+from vanillanet.deploy.openvino_model import kept_signal_stack
 from vanillanet.model.registry import create_model
 from vanillanet.model.reparam import calibrate_bn, rel_err, reparameterize_model
 from vanillanet.util.timing import time_interleaved
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = random_deploy_model(args.img_size, args.width_mult)
     original = OriginalDeploy(model).eval()
-    records = [r for b in args.batches.split(",") for r in measure(model, original, int(b), args)]
+    with kept_signal_stack():  # the peers call OpenVINO directly (openvino_model's docstring: why)
+        records = [r for b in args.batches.split(",") for r in measure(model, original, int(b), args)]
     meta = {"cpu": device_name(CPU), "cpu_flags": cpu_flags(), "threads": args.threads, "img_size": args.img_size,
             "rounds": args.rounds, **_versions()}
     write_results(args.out, "cpu_fastpath", records + [meta], report(records, args))

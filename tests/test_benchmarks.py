@@ -111,7 +111,10 @@ def test_gpu_check_dry_run_quick(tmp_path, capsys, monkeypatch):
     assert gpu_check.main(["--dry-run", "--skip", "pytest,train", "--models", "vanillanet_5", "--batch-size", "1",
                            "--out", str(tmp_path)]) == 0
     records = json.loads((tmp_path / "gpu_check.json").read_text())
+    loader = [r for r in records if r["kind"] == "loader"]
+    records = [r for r in records if r["kind"] != "loader"]
     assert {(r["mode"], r["batch_size"]) for r in records} == {("paper", 1), ("channels_last", 1)}
+    assert len(loader) == 1 and loader[0]["decoded_img_per_s"] > 0 and loader[0]["train_img_per_s_gpu_decode"] > 0
     assert (tmp_path / "gpu_check.png").is_file() and (tmp_path / "gpu_check_tuning.json").is_file()
     assert "| vanillanet_5 | deploy | channels_last |" in capsys.readouterr().out
 
@@ -125,7 +128,8 @@ def test_gpu_check_dry_run_every_section(tmp_path):
     assert {r["model"] for r in records} == {"vanillanet_5", "resnet50"}
     assert {r["mode"] for r in records if r["model"] == "vanillanet_5" and r["kind"] == "inference"} == {
         "paper", "channels_last", "fused"}
-    assert all(r["max_rel_err"] < 1e-4 for r in records if r["mode"] == "fused")
+    assert all(r["max_rel_err"] < 1e-4 for r in records if r.get("mode") == "fused")
+    assert [r["kind"] for r in records].count("loader") == 1
     assert {r["mode"] for r in records if r["kind"] == "train"} == {"train-fp32", "train-amp"}
     assert "tests collected" in (tmp_path / "gpu_check_pytest.log").read_text()
     assert "GPU tests: exit 0" in (tmp_path / "gpu_check.md").read_text()
@@ -136,3 +140,20 @@ def test_gpu_check_without_gpu_says_so():
     import gpu_check
 
     assert gpu_check.main(["--out", "/nonexistent"]) == 2
+
+
+def test_loader_benchmark_script(tmp_path):
+    """benchmarks/loader.py end to end on a few images: one row per path, the ratios against path a, the record."""
+    import loader
+
+    rows_path = tmp_path / "rows.json"
+    assert loader.main(["--images", "12", "--rounds", "1", "--batch-size", "4", "--workers", "1", "--cache",
+                        str(tmp_path / "cache"), "--json", str(rows_path), "--out", str(tmp_path)]) == 0
+    rows = {r["path"]: r for r in json.loads(rows_path.read_text())}
+    assert set(rows) == {"a", "b", "b+", "b0", "c", "c+", "d"} and rows["a"]["x_a"] == 1.0
+    for key in ("a", "b", "b+", "b0"):
+        assert rows[key]["images"] == 12 and rows[key]["img_per_cpu_s"] > 0
+    assert rows["b"]["target_x_a"] == 2.0 and "met" in rows["b"] and "met" in rows["b0"]
+    record = json.loads((tmp_path / "loader.json").read_text())
+    assert record["machine"]["cpu"] and record["settings"]["tail_images"] == 1
+    assert "| b: ours, folder" in (tmp_path / "loader.md").read_text()

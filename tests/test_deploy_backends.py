@@ -4,6 +4,7 @@ package is missing."""
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import sys
 
@@ -82,6 +83,25 @@ def test_openvino_int8_runs_the_same_quantization_as_int8(model):
     assert rel_err(ov8(x), ort8(x)) < 0.15
     with pytest.raises(ConfigError, match="runs in fp32 only"):
         parse_modes("openvino_int8:bf16", CPU)
+
+
+@needs_openvino
+@pytest.mark.skipif(sys.platform != "linux", reason="sigaltstack via the C library")
+def test_openvino_leaves_the_signal_stack_as_found(model):
+    """OpenVINO's CPU plugin leaves a freed alternate signal stack installed; the next Python signal handler (a
+    DataLoader worker's SIGCHLD) then crashes the process. Our calls put the thread's stack back."""
+    from vanillanet.deploy import openvino_model
+
+    def stack():
+        s = openvino_model._StackT()
+        openvino_model._LIBC.sigaltstack(None, ctypes.byref(s))
+        return s.ss_sp, s.ss_flags, s.ss_size
+
+    before = stack()
+    for dtype in (torch.float32, *((torch.bfloat16,) if BF16 else ())):
+        fast = fast_inference(model, "cpu", dtype, batch_size=2, image_size=32, backend="openvino")
+        fast(torch.randn(2, 3, 32, 32))
+        assert stack() == before
 
 
 def test_openvino_bf16_needs_native_bf16(monkeypatch):

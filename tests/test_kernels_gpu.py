@@ -261,15 +261,16 @@ def test_every_activation_candidate_is_correct():
 @pytest.mark.parametrize("pool", [1, 2])
 def test_every_gemm_candidate_is_correct(pool):
     _, gemm, _, ref = _ops()
-    x = _cl(2, 512, 28, 28, dtype=F16)
-    gen = torch.Generator().manual_seed(4)
-    w2d = (torch.randn(1024, 512, generator=gen) / 512 ** 0.5).to(DEV, F16)
-    bias = torch.randn(1024, generator=gen).to(DEV)
-    want = ref.conv_gemm(x, w2d, bias, 1, pool).float()
-    m = 2 * (28 // pool) ** 2
-    for cfg in gemm.gemm_candidates(m, 512, 1024, pool, interpreted=False):
-        out = gemm.conv_gemm(x, w2d, bias, 1, pool, interpreted=False, config=cfg)
-        assert rel_err(out.float(), want) <= 1e-2, cfg
+    for dtype, tol in ((F16, 1e-2), (torch.float32, 1e-5)):  # fp32 has its own (non-spilling) first candidate
+        x = _cl(2, 512, 28, 28, dtype=dtype)
+        gen = torch.Generator().manual_seed(4)
+        w2d = (torch.randn(1024, 512, generator=gen) / 512 ** 0.5).to(DEV, dtype)
+        bias = torch.randn(1024, generator=gen).to(DEV)
+        want = ref.conv_gemm(x, w2d, bias, 1, pool).float()
+        m = 2 * (28 // pool) ** 2
+        for cfg in gemm.gemm_candidates(m, 512, 1024, pool, interpreted=False, fp32=dtype == torch.float32):
+            out = gemm.conv_gemm(x, w2d, bias, 1, pool, interpreted=False, config=cfg)
+            assert rel_err(out.float(), want) <= tol, (dtype, cfg)
 
 
 def test_every_backward_candidate_is_correct():
@@ -277,7 +278,7 @@ def test_every_backward_candidate_is_correct():
     x, g = _cl(2, 512, 56, 56, dtype=BF16), _cl(2, 512, 56, 56, dtype=BF16, seed=5)
     w, _ = _taps(512)
     _, wgx, wgw = _grads(ref.dwconv_relu, x, w, g)
-    for cfg in act.act_candidates(56, 56, 512, False, interpreted=False):
+    for cfg in act.bwd_candidates(56, 56, 512, interpreted=False, half=True):
         gx, gtaps = act.dwconv_relu_backward(g, x, ref.pack_taps(w), interpreted=False, config=cfg)
         assert rel_err(gx.float(), wgx.float()) <= 1e-2 and rel_err(ref.unpack_taps(gtaps, 7), wgw) <= 1e-2, cfg
 

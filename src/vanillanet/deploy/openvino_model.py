@@ -7,21 +7,51 @@ bf16 (AVX512_BF16 or AMX) OpenVINO's own default is ``bf16`` (inputs and outputs
 bf16), which is why a plain ``compile_model`` call there is not an fp32 result. We always pass the hint explicitly.
 As with onnxruntime (``onnx_graph.onnx_runner``), no torch op runs around the call: torch's OpenMP threads would
 spin on the cores OpenVINO's threads need.
+
+OpenVINO's CPU plugin (2026.4) installs alternate signal stacks on the calling thread (``sigaltstack``) and can
+leave one installed that it later frees; Python runs its signal handlers on that stack (``SA_ONSTACK``), so the next
+Python-level signal (a DataLoader worker's SIGCHLD, for one) kills the process with SIGSEGV. Every OpenVINO call
+here is therefore wrapped in ``kept_signal_stack``, which puts back the thread's alternate stack as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
 from ..util.errors import ConfigError, ConversionError, first_line
 
-__all__ = ["PRECISION_HINTS", "openvino_compiled", "openvino_runner"]
+__all__ = ["PRECISION_HINTS", "kept_signal_stack", "openvino_compiled", "openvino_runner"]
 
 PRECISION_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16"}  # dtype -> INFERENCE_PRECISION_HINT
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+@contextlib.contextmanager
+def kept_signal_stack() -> Iterator[None]:
+    """The calling thread's alternate signal stack put back after the block as it was before (Linux; elsewhere a
+    no-op). See the module docstring for why."""
+    if _LIBC is None:
+        yield
+        return
+    before = _StackT()
+    _LIBC.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        _LIBC.sigaltstack(ctypes.byref(before), None)
 
 
 def openvino_compiled(onnx: bytes, dtype: torch.dtype = torch.float32, threads: int | None = None):
@@ -36,8 +66,9 @@ def openvino_compiled(onnx: bytes, dtype: torch.dtype = torch.float32, threads: 
     config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[dtype], "PERFORMANCE_HINT": "LATENCY",
               "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
     try:
-        model = ov.convert_model(io.BytesIO(onnx))
-        return ov.Core().compile_model(model, "CPU", config)
+        with kept_signal_stack():
+            model = ov.convert_model(io.BytesIO(onnx))
+            return ov.Core().compile_model(model, "CPU", config)
     except Exception as err:  # OpenVINO raises its own RuntimeError subtypes for graphs it cannot take
         raise ConversionError(f"OpenVINO cannot compile the ONNX model ({first_line(err, 200)}); use another "
                               "backend") from None
@@ -51,7 +82,8 @@ def openvino_runner(compiled) -> Callable[[torch.Tensor], torch.Tensor]:
 
     def run(x: torch.Tensor) -> torch.Tensor:
         a = (x if x.dtype == torch.float32 else x.float()).detach().cpu().numpy()
-        out = request.infer(np.ascontiguousarray(a), share_inputs=True, share_outputs=False)
+        with kept_signal_stack():
+            out = request.infer(np.ascontiguousarray(a), share_inputs=True, share_outputs=False)
         return torch.from_numpy(out[0])
 
     run.compiled = compiled  # for inspection (precision, threads)
