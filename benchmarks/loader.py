@@ -14,13 +14,13 @@ of a long epoch, without the one-off cost of starting workers):
   b+  b with ``--aa-on-device``: RandAugment drawn in the workers (timm's code), its pixels on the device
   b0  ours, decode + RandomResizedCrop + flip to uint8 only (no RandAugment)
   c   ours from pre-resized shards (``vanillanet shards --max-side 320 --quality 90``); c+ likewise with
-      ``--aa-on-device``
+      ``--aa-on-device``, c0 likewise with decode + crop + flip only
   d   ours with GPU decoding (nvJPEG; only where CUDA exists): the loader's CPU time, and decoded img/s on the GPU
 
-Paths are interleaved round by round (a b b+ b0 c c+ d, a b ...) and each row sums its rounds, so that ratios
+Paths are interleaved round by round (a b b+ b0 c c+ c0 d, a b ...) and each row sums its rounds, so that ratios
 are comparable on a busy machine. Device-side work (normalise + erase, RandAugment's operations for b+/c+) is
 timed separately on this machine's device and not counted as loader time. Targets: b >= 2.0x a, c >= 3.5x a,
-b0 >= 600 img/CPU-s.
+decode + crop + flip (b0 from the folder, c0 from shards) >= 600 img/CPU-s.
 
 Usage: python benchmarks/loader.py [--quick] [--json ROWS.json] [--out DIR] [--images N] [--workers W]
 ``--quick`` runs the same comparison on fewer images (under 3 minutes); ``--out`` writes DIR/loader.json (machine,
@@ -141,39 +141,47 @@ def our_loader(data: str, batch: int, workers: int, *, randaugment: bool = True,
     return build_loader(ds, batch, is_training=True, num_workers=workers, drop_last=False)
 
 
-def gpu_loader(data: str, batch: int, workers: int) -> Any:
-    """Path d: the workers read bytes and draw the crops, the GPU decodes each batch (``data.gpu_decode``); the
-    loader yields decoded uint8 batches on the GPU."""
+def gpu_loader(data: str, batch: int, workers: int, device: str = "cuda") -> Any:
+    """Path d: the workers read bytes and draw the crops, flips and RandAugment operations, the GPU decodes each
+    batch and applies them (``data.gpu_decode``); the loader yields decoded uint8 batches on ``device``."""
     import functools
 
     from vanillanet.data.gpu_decode import GpuCropSample, collate_encoded
     from vanillanet.data.loaders import build_loader
     from vanillanet.data.sources import build_dataset
+    from vanillanet.data.uint8_transforms import timm_secondary
 
+    secondary = timm_secondary(224, mean=MEAN, interpolation=RECIPE["interpolation"],
+                               auto_augment=RECIPE["auto_augment"], color_jitter=0.0)
     tf = GpuCropSample(224, scale=RECIPE["scale"], ratio=RECIPE["ratio"], hflip=RECIPE["hflip"],
-                       interpolation=RECIPE["interpolation"])
+                       interpolation=RECIPE["interpolation"], secondary=secondary)
     collate = functools.partial(collate_encoded, size=(224, 224), channels=3, interpolation=RECIPE["interpolation"])
     loader = build_loader(build_dataset(data, "train", tf), batch, is_training=True, num_workers=workers,
-                          drop_last=False, collate_fn=collate, pin_memory=True)
-    return _Decoding(loader)
+                          drop_last=False, collate_fn=collate, pin_memory=device == "cuda")
+    return _Decoding(loader, torch.device(device))
 
 
 class _Decoding:
-    """A loader whose encoded batches are decoded on the GPU as they are taken (timing the decode on the GPU)."""
+    """A loader whose encoded batches are decoded on the device as they are taken (timing the decoding there)."""
 
-    def __init__(self, loader: Any):
-        self.loader, self.batch_sampler, self.gpu_s = loader, loader.batch_sampler, 0.0
+    def __init__(self, loader: Any, device: torch.device):
+        self.loader, self.batch_sampler, self.device, self.gpu_s = loader, loader.batch_sampler, device, 0.0
 
     @property
     def _iterator(self) -> Any:
         return self.loader._iterator
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def __iter__(self):
+        fill = tuple(round(255 * m) for m in MEAN)
         for encoded, labels in self.loader:
-            torch.cuda.synchronize()
+            self._sync()
             t0 = time.perf_counter()
-            images = encoded.decode("cuda")
-            torch.cuda.synchronize()
+            images = encoded.decode(self.device, fill)
+            self._sync()
             self.gpu_s += time.perf_counter() - t0
             yield images, labels
 
@@ -298,7 +306,7 @@ def _rows(totals: dict[str, dict[str, float]], names: dict[str, str], skipped: d
                    wall_s=round(t["wall_s"], 2), img_per_cpu_s=round(ips, 1), x_a=round(ips / base, 2))
         if key in TARGETS:
             row.update(target_x_a=TARGETS[key], met=ips / base >= TARGETS[key])
-        if key == "b0":
+        if key in ("b0", "c0"):
             row.update(target_img_per_cpu_s=CROP_TARGET, met=ips >= CROP_TARGET)
         if "gpu_img_s" in t:  # decode + crop + resize + flip on the GPU, per GPU-second of decoding
             row.update(gpu_decoded_img_per_s=round(t["gpu_img_s"], 1), gpu_target_img_per_s=7000,
@@ -357,10 +365,11 @@ def main(argv: list[str] | None = None) -> int:
              "b0": "ours, folder, decode + RandomResizedCrop + flip only",
              "c": "ours, pre-resized shards (--max-side 320), --decoder fast",
              "c+": "ours, pre-resized shards, --decoder fast --aa-on-device",
+             "c0": "ours, pre-resized shards, decode + RandomResizedCrop + flip only",
              "d": "ours, GPU decoding (nvJPEG)"}
     skipped = {}
     if shards is None:
-        skipped["c"] = skipped["c+"] = "this build has no shard writer"
+        skipped["c"] = skipped["c+"] = skipped["c0"] = "this build has no shard writer"
     if not torch.cuda.is_available():
         skipped["d"] = "no CUDA device"
     makers = {"a": lambda: original_loader(folder, args.batch_size, args.workers),
@@ -369,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
               "b0": lambda: our_loader(str(folder), args.batch_size, args.workers, randaugment=False),
               "c": lambda: our_loader(str(shards), args.batch_size, args.workers),
               "c+": lambda: our_loader(str(shards), args.batch_size, args.workers, aa_on_device=True),
+              "c0": lambda: our_loader(str(shards), args.batch_size, args.workers, randaugment=False),
               "d": lambda: gpu_loader(str(folder), args.batch_size, args.workers)}
     totals = {k: dict(images=0.0, cpu_s=0.0, wall_s=0.0) for k in names}
     for r in range(rounds):

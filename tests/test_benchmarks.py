@@ -150,10 +150,20 @@ def test_loader_benchmark_script(tmp_path):
     assert loader.main(["--images", "12", "--rounds", "1", "--batch-size", "4", "--workers", "1", "--cache",
                         str(tmp_path / "cache"), "--json", str(rows_path), "--out", str(tmp_path)]) == 0
     rows = {r["path"]: r for r in json.loads(rows_path.read_text())}
-    assert set(rows) == {"a", "b", "b+", "b0", "c", "c+", "d"} and rows["a"]["x_a"] == 1.0
+    assert set(rows) == {"a", "b", "b+", "b0", "c", "c+", "c0", "d"} and rows["a"]["x_a"] == 1.0
     for key in ("a", "b", "b+", "b0"):
         assert rows[key]["images"] == 12 and rows[key]["img_per_cpu_s"] > 0
     assert rows["b"]["target_x_a"] == 2.0 and "met" in rows["b"] and "met" in rows["b0"]
     record = json.loads((tmp_path / "loader.json").read_text())
     assert record["machine"]["cpu"] and record["settings"]["tail_images"] == 1
     assert "| b: ours, folder" in (tmp_path / "loader.md").read_text()
+
+
+def test_loader_benchmark_gpu_path_on_the_cpu(tmp_path):
+    """Path d's loader (workers send bytes + draws, the batch decoded where it is taken) runs its epoch; on the CPU
+    here, as it runs on CUDA in the full benchmark."""
+    import loader
+
+    loader.make_folder(tmp_path / "f", 8)
+    res = loader.run_epoch(lambda: loader.gpu_loader(str(tmp_path / "f"), 4, 0, device="cpu"))
+    assert res["images"] == 8 and res["cpu_s"] > 0 and res["gpu_img_s"] > 0

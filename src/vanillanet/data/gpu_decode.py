@@ -230,7 +230,8 @@ class _DaliSliceDecoder:
             shape = fn.external_source(name="shape", dtype=types.FLOAT)
             flip = fn.external_source(name="flip", dtype=types.INT32)
             imgs = fn.decoders.image_slice(jpegs, anchor, shape, device="mixed", output_type=kind, axis_names="WH",
-                                           normalized_anchor=False, normalized_shape=False)
+                                           normalized_anchor=False, normalized_shape=False,
+                                           jpeg_fancy_upsampling=True)  # libjpeg-turbo's upsampling, as on the CPU
             imgs = fn.resize(imgs, resize_x=size[1], resize_y=size[0], interp_type=interp, antialias=True)
             return fn.transpose(fn.flip(imgs, horizontal=flip), perm=[2, 0, 1])
 
