@@ -231,3 +231,26 @@ def jpeg_folder(tmp_path_factory):
                 size = (96, 72) if i % 2 else (72, 96)
                 (root / split / c / f"{i:03d}.jpg").write_bytes(photo_jpeg(rng, *size))
     return root
+
+
+# ---- training: a small TrainState ---------------------------------------------------------------------------------
+STEPS_PER_EPOCH = 4
+
+
+def make_state(lr: float = 1e-3, opt: str = "adamw", ema: bool = True, seed: int = 0, epochs: int = 3, **optim):
+    """A ``TrainState`` of a narrow vanillanet_5 (4 classes): ``opt`` at ``lr``, the run's cosine schedule with one
+    warm-up epoch of ``STEPS_PER_EPOCH`` steps, an EMA (decay 0.9) unless ``ema`` is False, no gradient scaler;
+    ``optim``: other ``OptimConfig`` fields."""
+    from timm.utils import ModelEmaV3
+
+    from vanillanet.training.builders import build_optimizer, build_scheduler
+    from vanillanet.training.config import OptimConfig
+    from vanillanet.training.state import TrainState
+
+    torch.manual_seed(seed)
+    model = build_variant("vanillanet_5", num_classes=4, width_mult=1 / 32)
+    optim = OptimConfig(opt=opt, lr=lr, warmup_epochs=1.0, **optim)
+    optimizer = build_optimizer(model, optim, lr)
+    return TrainState(model=model, ema=ModelEmaV3(model, decay=0.9) if ema else None, optimizer=optimizer,
+                      scheduler=build_scheduler(optimizer, optim, STEPS_PER_EPOCH, epochs),
+                      scaler=torch.amp.GradScaler("cpu", enabled=False))
