@@ -56,3 +56,36 @@ def one_thread():
 def seeded():
     torch.manual_seed(0)
     yield
+
+
+def photo_jpeg(rng, width: int, height: int, quality: int = 90, mode: str = "RGB") -> bytes:
+    """A seeded photo-like JPEG: a smooth colour field with a per-image colour cast (channels differ, so a swapped
+    channel order shows), shapes and grain, as ``mode`` (RGB, L or CMYK)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    coarse = rng.uniform(0, 255, (4, 4, 3)) * np.array([1.0, 0.7, 0.4]) + rng.uniform(0, 60, 3)
+    base = np.asarray(Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize((width, height),
+                                                                                        Image.BICUBIC), np.float32)
+    noise = rng.normal(0, 12, (height, width, 1))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).convert(mode).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def jpeg_folder(tmp_path_factory):
+    """An ImageFolder root of photo-like JPEGs (train: 2 classes x 24, val: 2 x 8; 96x72 and 72x96 px)."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 24), ("val", 8)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                size = (96, 72) if i % 2 else (72, 96)
+                (root / split / c / f"{i:03d}.jpg").write_bytes(photo_jpeg(rng, *size))
+    return root

@@ -24,7 +24,7 @@ def check_records(records):
         assert FIELDS <= set(r), FIELDS - set(r)
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["images_per_s"] == pytest.approx(r["batch_size"] * 1e3 / r["median_ms"])
-        if r["mode"] in ("paper", "eager") or r["kind"] == "train":
+        if r["mode"] in ("paper", "nchw") or r["kind"] == "train":
             assert r["max_rel_err"] is None
         else:
             deep_random = r["model"].startswith("resnet")  # 50 random layers: fp32 algorithms differ by ~1e-4
@@ -35,7 +35,7 @@ def test_cli_every_cpu_mode_json_table_and_plot(tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     cpu = torch.device("cpu")
     half = [m for m, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)) if dtype_supported(cpu, dt)]
-    modes = ",".join(["paper", "eager", "channels_last", *half, "compile", "onnxruntime"])
+    modes = ",".join(["paper", "nchw", "channels_last", *half, "compile", "onnxruntime"])
     assert main(["bench", "--model", "vanillanet_5", "--width-mult", "0.03125", "--img-size", "32", "--batch-size",
                  "2", "--modes", modes, "--repeats", "2", "--iters", "1", "--threads", "1", "--json", str(out),
                  "--plot", str(png)]) == 0

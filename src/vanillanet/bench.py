@@ -1,11 +1,12 @@
 """Latency and throughput of VanillaNet (and baselines) in named execution modes, measured side by side.
 
 Inference modes are the (backend, dtype, layout) combinations of ``deploy/backends.py``: ``paper`` (the published
-protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``eager`` (fp32 NCHW), ``channels_last``
-(fp32), ``fp16`` / ``bf16`` (channels_last eager in that dtype), and every backend of the table by name with an
-optional dtype suffix (``compile:bf16``, ``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs
-well. ``int8`` (onnxruntime static int8, ranges calibrated on noise) is measured only when named: its speed, not its
-accuracy, which ``vanillanet quantize`` measures on real images. Training modes (``--train``) time one optimiser
+protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``nchw`` (fp32 NCHW, the eager backend
+unsynchronised), ``channels_last`` (fp32: the eager backend's layout), ``fp16`` / ``bf16`` (channels_last eager in
+that dtype), and every backend of the table by name with an optional dtype suffix (``compile:bf16``,
+``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs well. ``int8`` (onnxruntime static int8,
+ranges calibrated on noise) is measured only when named: its speed, not its accuracy, which ``vanillanet quantize``
+measures on real images. Training modes (``--train``) time one optimiser
 step: ``train-fp32`` (fp32 NCHW), ``train-amp`` (the original recipe's autocast: fp16 + gradient scaler on CUDA,
 bf16 on the CPU, NCHW), ``train-best`` (channels_last + autocast, bf16 where supported, + torch.compile, fused
 kernels off) and, on request, ``train-fused`` (the same with the fused Triton activation kernels of ``kernels/``, a
@@ -278,7 +279,7 @@ def _run_bench(cfg: BenchConfig, device: torch.device, threads: int,
                 if mode.batch1_only and batch != 1:
                     continue
                 runner = _inference_runner(model, mode, x, device)
-                if mode.label not in ("paper", "eager"):
+                if mode.label not in ("paper", "nchw"):  # these run the reference itself
                     with torch.no_grad():
                         runner.max_rel_err = rel_err(runner.fn(runner.x), ref)
                 runners.append(runner)

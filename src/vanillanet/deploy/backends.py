@@ -5,8 +5,10 @@ entry declares what it supports (devices, dtypes, any batch size or only the sha
 approximation) and a builder ``build(request) -> runner`` that returns a callable images -> logits for one prepared
 model. ``fast_inference`` (``inference.py``) verifies every runner against the fp32 eager output and, for
 ``backend="auto"``, times the exact candidates side by side; ``vanillanet bench`` measures named **modes**, which
-are (backend, dtype, layout) combinations: ``paper`` (the published protocol), ``eager``, ``channels_last``,
-``fp16``, ``bf16``, or any backend name, optionally with a dtype suffix (``compile:bf16``).
+are (backend, dtype, layout) combinations: ``paper`` (the published protocol), ``nchw`` (the eager backend in fp32
+NCHW), ``channels_last``, ``fp16``, ``bf16``, or any backend name, optionally with a dtype suffix (``compile:bf16``).
+One word, one meaning: ``eager`` is the backend (plain PyTorch calls, channels_last like every backend that needs a
+layout), so the mode ``eager`` is the same as ``channels_last``; ``nchw`` is the mode that keeps the default layout.
 
 ``int8`` is the one approximate entry (``exact=False``): onnxruntime's static int8 (``int8.py``). It is never an
 ``auto`` candidate nor part of ``--modes best``; asked for by name it calibrates its activation ranges on the
@@ -217,7 +219,7 @@ class Mode:
 # The combinations that are not just "<backend>[:dtype]" in channels_last.
 MODES: dict[str, Mode] = {m.label: m for m in (
     Mode("paper", "eager", torch.float32, channels_last=False, sync_each=True, batch1_only=True),
-    Mode("eager", "eager", torch.float32, channels_last=False),
+    Mode("nchw", "eager", torch.float32, channels_last=False),
     Mode("channels_last", "eager", torch.float32),
     Mode("fp16", "eager", torch.float16),
     Mode("bf16", "eager", torch.bfloat16),

@@ -1,6 +1,7 @@
 """Where a command runs: the device (``choose_device``), the process group under torchrun (``process_group``,
 ``DistInfo``), the half-precision dtype of a device (``half_dtype``) and the CPU threads (``num_threads``). Every
 command and the training run choose them here, so ``--device`` and ``--threads`` mean the same everywhere.
+``kept_settings`` leaves torch's process-wide settings as it found them across a library call (``fast_inference``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch.distributed as tdist
 
 from .errors import ConfigError
 
-__all__ = ["DEVICES", "DistInfo", "as_device", "choose_device", "end_distributed", "half_dtype", "num_threads",
-           "process_group", "setup_distributed"]
+__all__ = ["DEVICES", "DistInfo", "as_device", "choose_device", "end_distributed", "global_settings", "half_dtype",
+           "kept_settings", "num_threads", "process_group", "setup_distributed"]
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device accepts; auto = cuda when one is visible
 
@@ -133,3 +134,42 @@ def num_threads(threads: int | None) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+# torch's process-wide settings a library call may touch: (name, getter, setter)
+_SETTINGS = (
+    ("cudnn.benchmark", lambda: torch.backends.cudnn.benchmark,
+     lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
+    ("cudnn.deterministic", lambda: torch.backends.cudnn.deterministic,
+     lambda v: setattr(torch.backends.cudnn, "deterministic", v)),
+    ("cudnn.allow_tf32", lambda: torch.backends.cudnn.allow_tf32,
+     lambda v: setattr(torch.backends.cudnn, "allow_tf32", v)),
+    ("cuda.matmul.allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32,
+     lambda v: setattr(torch.backends.cuda.matmul, "allow_tf32", v)),
+    ("float32_matmul_precision", torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+    ("mkldnn.enabled", lambda: torch.backends.mkldnn.enabled, lambda v: setattr(torch.backends.mkldnn, "enabled", v)),
+    ("num_threads", torch.get_num_threads, torch.set_num_threads),
+    ("default_dtype", torch.get_default_dtype, torch.set_default_dtype),
+    ("deterministic_algorithms", torch.are_deterministic_algorithms_enabled, torch.use_deterministic_algorithms),
+    ("grad_enabled", torch.is_grad_enabled, torch.set_grad_enabled),
+)
+
+
+def global_settings() -> dict[str, object]:
+    """torch's process-wide settings that a library call could leave changed (cuDNN's autotuner and TF32 flags,
+    the fp32 matmul precision, oneDNN, the intra-op threads, the default dtype, deterministic algorithms, grad mode)
+    and the CPU random generator's state, by name."""
+    return {**{name: get() for name, get, _ in _SETTINGS}, "cpu_rng_state": torch.random.get_rng_state()}
+
+
+@contextlib.contextmanager
+def kept_settings() -> Iterator[None]:
+    """Every setting of ``global_settings`` restored after the block to what it was before (changed ones only)."""
+    before = global_settings()
+    try:
+        yield
+    finally:
+        for name, get, put in _SETTINGS:
+            if get() != before[name]:
+                put(before[name])
+        torch.random.set_rng_state(before["cpu_rng_state"])
