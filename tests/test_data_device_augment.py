@@ -51,3 +51,18 @@ def test_on_cuda_matches_cpu():
     x = torch.randint(0, 256, (4, 3, 16, 12), dtype=torch.uint8)
     out = DeviceAugment(MEAN, STD, "cuda").normalize(x.cuda())
     assert torch.allclose(out.cpu(), DeviceAugment(MEAN, STD).normalize(x), atol=1e-5)
+
+
+def test_place_moves_tensors_and_decodes_encoded_batches():
+    from conftest import photo_jpeg
+
+    from vanillanet.data.gpu_decode import GpuCropSample, collate_encoded
+
+    aug = DeviceAugment(MEAN, STD)
+    x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    assert torch.allclose(aug.place(x)[:, 0], torch.full((2, 4, 4), (1 - 0.485) / 0.229))
+    rng = __import__("numpy").random.default_rng(0)
+    samples = [(GpuCropSample(16)(photo_jpeg(rng, 40, 30)), i) for i in range(3)]
+    batch, _ = collate_encoded(samples, (16, 16), 3)
+    out = aug.place(batch)
+    assert out.shape == (3, 3, 16, 16) and out.dtype == torch.float32 and -3 < float(out.mean()) < 3

@@ -108,24 +108,28 @@ def _batches(root, transform, augment, epochs=4):
     return torch.cat(out)
 
 
-def _both_paths(root, monkeypatch, reprob, epochs=4):
+def _both_paths(root, monkeypatch, reprob, epochs=4, aa_on_device=False):
     """(reference batches, fast batches, reference crops, fast crops) on the same seeds."""
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     settings = dict(in_chans=3, mean=mean, interpolation="bicubic", auto_augment="rand-m7-mstd0.5-inc1", hflip=0.5)
     crops = _record_crops(monkeypatch)
     ref = _batches(root, build_transform(True, 32, std=std, reprob=reprob, **settings), None, epochs)
     crops.append([])
-    fast = _batches(root, build_fast_transform(True, 32, **settings), DeviceAugment(mean, std, "cpu", reprob=reprob),
-                    epochs)
+    aug = DeviceAugment(mean, std, "cpu", reprob=reprob)
+    fast = _batches(root, build_fast_transform(True, 32, aa_on_device=aa_on_device, **settings),
+                    lambda x: aug.erase(aug.place(x)), epochs)  # what training.step.to_device does
     assert ref.shape == fast.shape and fast.dtype == ref.dtype == torch.float32
     assert len(crops[0]) == len(crops[1]) == ref.shape[0]
     return ref, fast, np.array(crops[0]), np.array(crops[1])
 
 
-def test_same_draws_give_the_same_images(jpeg_folder, monkeypatch):
-    """Without RandomErasing both paths make the same random calls per sample (crop, flip, RandAugment): the same
-    boxes, and images that differ only by the resampling (PIL's bicubic vs torch's, DCT scaling)."""
-    ref, fast, ref_crops, fast_crops = _both_paths(jpeg_folder, monkeypatch, reprob=0.0, epochs=2)
+@pytest.mark.parametrize("aa_on_device", [False, True])
+def test_same_draws_give_the_same_images(jpeg_folder, monkeypatch, aa_on_device):
+    """Without RandomErasing both paths make the same random calls per sample (crop, flip, RandAugment, whether its
+    pixels are done in the worker or on the device): the same boxes, and images that differ only by the
+    resampling (PIL's bicubic vs torch's, DCT scaling)."""
+    ref, fast, ref_crops, fast_crops = _both_paths(jpeg_folder, monkeypatch, reprob=0.0, epochs=2,
+                                                   aa_on_device=aa_on_device)
     assert np.array_equal(ref_crops, fast_crops)
     per_sample = (ref - fast).abs().mean((1, 2, 3))
     assert per_sample.median() < 0.1 and (ref.mean((0, 2, 3)) - fast.mean((0, 2, 3))).abs().max() < 0.02

@@ -10,9 +10,12 @@ RNGs, which every checkpoint holds, so a resumed run draws the same boxes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.data.random_erasing import RandomErasing
+
+from .device_randaugment import apply_ops
 
 __all__ = ["DeviceAugment"]
 
@@ -24,10 +27,24 @@ class DeviceAugment:
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu", *,
                  reprob: float = 0.0, remode: str = "pixel", recount: int = 1):
         self.device = torch.device(device)
+        self.fill = tuple(min(255, round(255 * m)) for m in mean)  # timm's RandAugment fill (its img_mean)
         self.mean = torch.tensor([255.0 * m for m in mean], device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor([255.0 * s for s in std], device=self.device).view(1, -1, 1, 1)
         self.random_erasing = (RandomErasing(reprob, mode=remode, max_count=recount, device=str(self.device))
                                if reprob > 0 else None)
+
+    def place(self, x: Any) -> torch.Tensor:
+        """A loader batch on the device, normalised: a tensor is moved; (images, RandAugment tables) are moved and
+        the tables applied (``device_randaugment``); an encoded batch (``--decoder gpu``'s
+        ``gpu_decode.EncodedBatch``) is decoded there (and its tables applied)."""
+        if isinstance(x, (list, tuple)):  # (uint8 images, RandAugment tables): --aa-on-device
+            images, tables = x
+            x = apply_ops(images.to(self.device, non_blocking=True), tables.to(self.device), self.fill)
+        elif isinstance(x, torch.Tensor):
+            x = x.to(self.device, non_blocking=True)
+        else:
+            x = x.decode(self.device, self.fill)
+        return self.normalize(x)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) on the device -> float32 ``(x - 255 mean) / (255 std)``; float input unchanged (the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -105,10 +105,12 @@ def build_loader(
     seed: int = 0,
     drop_last: bool | None = None,
     pin_memory: bool = False,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` driven by an ``EpochBatchSampler`` (shuffled, padded and, by default,
     dropping the last partial batch when training; in order and complete for eval). ``distributed`` splits the data
-    by the process group's rank. Call ``set_epoch(loader, epoch, start_batch)`` before each epoch."""
+    by the process group's rank; ``collate_fn`` replaces torch's default collation (``--decoder gpu``'s encoded
+    batches). Call ``set_epoch(loader, epoch, start_batch)`` before each epoch."""
     num_replicas, rank = 1, 0
     if distributed:
         num_replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
@@ -116,7 +118,7 @@ def build_loader(
                                 drop_last=is_training if drop_last is None else drop_last, seed=seed,
                                 num_replicas=num_replicas, rank=rank)
     return DataLoader(_SeededBatches(dataset), batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, collate_fn=collate_fn,
                       generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
 
 

@@ -151,10 +151,11 @@ def build_fast_transform(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     color_jitter: float = 0.4,
     allow_large: bool = False,
+    aa_on_device: bool = False,
 ) -> Callable:
     """``build_transform``'s counterpart for ``--decoder fast``: encoded image -> uint8 tensor, the normalisation
-    and RandomErasing left to ``device_augment.DeviceAugment`` (see ``uint8_transforms``). The ``light`` augmentation
-    (padded random crop) exists on the reference path only."""
+    and RandomErasing left to ``device_augment.DeviceAugment`` (see ``uint8_transforms``), RandAugment's pixels too
+    with ``aa_on_device``. The ``light`` augmentation (padded random crop) exists on the reference path only."""
     if augment not in ("timm", "none"):
         raise ConfigError(f"--decoder fast implements the timm and none augmentations, not {augment!r}; use "
                           "--augment timm, or --decoder pil for the light one")
@@ -164,4 +165,5 @@ def build_fast_transform(
     secondary = timm_secondary(img_size, mean=fit_channels(mean, in_chans, "mean"), interpolation=interpolation,
                                auto_augment=auto_augment, color_jitter=color_jitter)
     return FastTrainTransform(img_size, in_chans=in_chans, scale=scale, ratio=ratio, hflip=hflip,
-                              interpolation=interpolation, secondary=secondary, allow_large=allow_large)
+                              interpolation=interpolation, secondary=secondary, allow_large=allow_large,
+                              aa_on_device=aa_on_device)

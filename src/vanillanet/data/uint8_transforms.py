@@ -10,7 +10,9 @@ from the same distributions with the same random calls:
    interpolation) on the uint8 tensor.
 2. Horizontal flip with torchvision's draw (``torch.rand(1) < p``).
 3. timm's secondary transforms as timm builds them (RandAugment ``rand-m7-mstd0.5-inc1``, or colour jitter), on a
-   PIL view of the 224 px crop: the same ops, magnitudes and fill.
+   PIL view of the 224 px crop: the same ops, magnitudes and fill. With ``aa_on_device`` RandAugment's draws are
+   made here by timm's code and its pixels are left to the device (``device_randaugment``); the sample is then
+   (crop, table of operations).
 
 Normalisation and RandomErasing are not here: they run on the training device over the whole batch
 (``device_augment.DeviceAugment``), as Mixup/CutMix do, so batches cross the process boundary as uint8 (a quarter of
@@ -34,8 +36,9 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision.transforms import InterpolationMode
 
 from .decode import Probe, decode, probe
+from .device_randaugment import record_ops
 
-__all__ = ["FastEvalTransform", "FastTrainTransform", "crop_box", "resize_crop", "timm_secondary"]
+__all__ = ["FastEvalTransform", "FastTrainTransform", "crop_box", "device_draws", "resize_crop", "timm_secondary"]
 
 
 def crop_box(width: int, height: int, scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:
@@ -86,12 +89,24 @@ _TORCH_MODES = {InterpolationMode.BICUBIC: "bicubic", InterpolationMode.BILINEAR
 def timm_secondary(img_size: int, *, mean: Sequence[float], interpolation: str, auto_augment: str | None,
                    color_jitter: float) -> Callable | None:
     """timm's secondary training transforms (RandAugment or colour jitter) exactly as ``create_transform`` builds
-    them for these settings, or None when there are none."""
+    them for these settings, or None when there are none (a colour jitter of 0 is none: timm would add an identity
+    ColorJitter)."""
     _, secondary, _ = create_transform(img_size, is_training=True, auto_augment=auto_augment or None,
-                                       color_jitter=color_jitter, interpolation=interpolation,
+                                       color_jitter=color_jitter or None, interpolation=interpolation,
                                        mean=tuple(mean), separate=True,
                                        use_prefetcher=True)
     return secondary if secondary.transforms else None
+
+
+def device_draws(secondary: Callable | None) -> Callable[[], torch.Tensor] | None:
+    """For ``aa_on_device``: the draw function of the RandAugment in timm's ``secondary`` transforms
+    (``device_randaugment.record_ops``), or None when they hold no RandAugment (nothing to move)."""
+    from timm.data.auto_augment import RandAugment
+
+    steps = getattr(secondary, "transforms", [secondary] if secondary is not None else [])
+    if len(steps) != 1 or not isinstance(steps[0], RandAugment):
+        return None
+    return record_ops(steps[0])
 
 
 class FastTrainTransform:
@@ -101,21 +116,27 @@ class FastTrainTransform:
 
     def __init__(self, img_size: int, *, in_chans: int = 3, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5, interpolation: str = "bicubic",
-                 secondary: Callable | None = None, allow_large: bool = False):
+                 secondary: Callable | None = None, allow_large: bool = False, aa_on_device: bool = False):
         self.size = (img_size, img_size)
         self.mode = "L" if in_chans == 1 else "RGB"
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
         self.interpolation = InterpolationMode(interpolation)
         self.secondary, self.limit = secondary, not allow_large
+        self.draw_ops = device_draws(secondary) if aa_on_device else None
+        if self.draw_ops is not None:
+            self.secondary = None
 
     def _box(self, info: Probe) -> tuple[int, int, int, int]:
         return crop_box(info.width, info.height, self.scale, self.ratio)
 
-    def __call__(self, sample: Any) -> torch.Tensor:
+    def __call__(self, sample: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 crop; with ``aa_on_device`` (crop, RandAugment's draws) for the device to apply."""
         pixels, box = _as_pixels(sample, self.mode, self.size[::-1], self.limit, self._box)
         out = resize_crop(pixels, box, self.size, self.interpolation)
         if self.hflip > 0 and torch.rand(1) < self.hflip:
             out = out.flip(-1)
+        if self.draw_ops is not None:
+            return out, self.draw_ops()
         if self.secondary is not None:
             hwc = out.permute(1, 2, 0).contiguous().numpy()
             img = self.secondary(Image.fromarray(hwc[..., 0] if hwc.shape[2] == 1 else hwc))

@@ -8,6 +8,7 @@ schedule, ModelEmaV3).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -64,7 +65,14 @@ def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accu
                           "batch x accumulation x processes); lower --batch-size")
     workers = dict(num_workers=inputs.workers, distributed=dist.enabled, seed=seed,
                    pin_memory=inputs.pin_mem and device.type == "cuda")
-    train_loader = build_loader(train_ds, batch_size, is_training=True, **workers)
+    collate = None
+    if inputs.decoder == "gpu":
+        from ..data.gpu_decode import check_gpu_settings, collate_encoded
+
+        check_gpu_settings(device, inputs.augment)
+        collate = functools.partial(collate_encoded, size=(pre.img_size, pre.img_size), channels=arch.in_chans,
+                                    interpolation=pre.interpolation)
+    train_loader = build_loader(train_ds, batch_size, is_training=True, collate_fn=collate, **workers)
     val_loader = build_loader(val_ds, val_batch or 2 * batch_size, is_training=False, **workers)
     for loader in (train_loader, val_loader):
         loader.worker_init_fn = ignore_stop_signals  # Ctrl-C reaches the whole process group
@@ -83,10 +91,20 @@ def build_train_transform(inputs: InputConfig, in_chans: int, pre: Any) -> Calla
     if inputs.decoder == "pil":
         return build_transform(True, pre.img_size, std=pre.std, reprob=inputs.reprob, remode=inputs.remode,
                                padding=inputs.padding, **common)
-    if inputs.decoder == "gpu":
-        raise ConfigError("--decoder gpu is not available in this build yet; use --decoder fast")
     allow_large = bool(inputs.data_options.get("allow_large", False))
-    return build_fast_transform(True, pre.img_size, allow_large=allow_large, **common)
+    if inputs.decoder == "gpu":
+        from ..data.gpu_decode import GpuCropSample
+        from ..data.transforms import fit_channels
+        from ..data.uint8_transforms import timm_secondary
+
+        secondary = timm_secondary(pre.img_size, mean=fit_channels(pre.mean, in_chans, "mean"),
+                                   interpolation=pre.interpolation, auto_augment=inputs.aa,
+                                   color_jitter=inputs.color_jitter if not inputs.aa else 0.0)
+        return GpuCropSample(pre.img_size, in_chans=in_chans, scale=inputs.scale, ratio=inputs.ratio,
+                             hflip=inputs.hflip, interpolation=pre.interpolation, allow_large=allow_large,
+                             secondary=secondary)
+    return build_fast_transform(True, pre.img_size, allow_large=allow_large, aa_on_device=inputs.aa_on_device,
+                                **common)
 
 
 def build_device_augment(inputs: InputConfig, in_chans: int, pre: Any, device: torch.device) -> Any:

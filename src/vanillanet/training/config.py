@@ -88,6 +88,8 @@ class InputConfig:
                           "transform in the workers), fast (libjpeg-turbo with DCT-scaled decoding, uint8 crops "
                           "across the process boundary, normalise/erase on the device) or gpu (nvJPEG on the "
                           "training GPU; CUDA only); see docs/feeding-gpus.md", choices=DECODERS)
+    aa_on_device: bool = option(False, "--decoder fast: apply RandAugment's operations on the training device "
+                                "(the draws stay timm's, in the workers); --decoder gpu always does")
     workers: int = option(4, "data-loading worker processes per training process", ge=0, aliases=("-j",))
     pin_mem: bool = option(True, "pin host memory of batches (GPU only)")
 

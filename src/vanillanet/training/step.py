@@ -46,14 +46,12 @@ class BatchPrep:
     mixup: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     augment: DeviceAugment | None = None
 
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.augment is not None:
-            x = self.augment.normalize(x)
+    def images(self, x: Any) -> torch.Tensor:
+        x = self.augment.place(x) if self.augment is not None else x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def to_device(images: torch.Tensor, targets: torch.Tensor, prep: BatchPrep) -> DeviceBatch:
+def to_device(images: Any, targets: torch.Tensor, prep: BatchPrep) -> DeviceBatch:
     """The one place a loader batch becomes a device batch: moved (and laid out) as ``prep`` says, normalised and
     erased on the device when the loader sends uint8 (``prep.augment``), then mixed."""
     x, y = prep.images(images), targets.to(prep.device, non_blocking=True)
