@@ -113,6 +113,14 @@ def test_out_of_memory_is_one_line_naming_the_fix(capsys, monkeypatch, error):
     assert "use a smaller --batch-size or --img-size, fewer --workers, or leave out --allow-large" in err
 
 
+def test_an_environment_switch_that_is_not_one_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("VANILLANET_FUSED_KERNELS", "garbage")
+    assert main(["bench", "--modes", "paper"]) == 2
+    assert capsys.readouterr().err == ("vanillanet: error: environment variable VANILLANET_FUSED_KERNELS='garbage' is "
+                                       "not a switch: set it to one of 1, true, yes, on, 0, false, no, off, or unset "
+                                       "it\n")
+
+
 def test_ctrl_c_exits_130(capsys, monkeypatch):
     import vanillanet.complexity
 
