@@ -27,19 +27,27 @@ def test_cpu_speed_script(tmp_path, capsys):
 
 def test_cpu_fastpath_script(tmp_path, capsys, monkeypatch):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
     import cpu_fastpath
 
     import vanillanet.deploy.inference as inf
 
     monkeypatch.setattr(inf, "auto_candidates", lambda device, dtype: ["eager", "onnxruntime"])  # no compile: quick
     assert cpu_fastpath.main(["--img-size", "32", "--width-mult", "0.0625", "--rounds", "1", "--round-s", "0.01",
-                              "--backends", "int8", "--out", str(tmp_path)]) == 0
+                              "--batches", "1,2", "--backends", "openvino", "--bf16-backends", "openvino",
+                              "--int8-backends", "int8", "--out", str(tmp_path)]) == 0
     records = json.loads((tmp_path / "cpu_fastpath.json").read_text())
-    paths = [r["path"] for r in records if "path" in r]
-    assert paths[0].startswith("plain onnxruntime session") and "fast_inference(backend='int8')" in paths
-    assert any(p.startswith("fast_inference(backend='auto') -> ") for p in paths)
-    assert "int8: plain onnxruntime session of the same graph" in paths
-    assert records[-1]["auto_picks"] and "| path |" in capsys.readouterr().out
+    rows = [r for r in records if "path" in r]
+    assert {r["batch_size"] for r in rows} == {1, 2}
+    paths = [r["path"] for r in rows if r["batch_size"] == 1]
+    assert paths[:3] == [cpu_fastpath.PEER_ORT, cpu_fastpath.PEER_OV32, cpu_fastpath.PEER_OV]
+    assert "ours: fast_inference(backend='openvino')" in paths and "ours: fast_inference(backend='int8')" in paths
+    assert any(p.startswith("ours: fast_inference(backend='auto') -> ") for p in paths)
+    fp32 = [r for r in rows if r["kind"] == "fp32"]
+    assert all(r["max_rel_err"] < 1e-4 for r in fp32)  # the peers' export of the original's module equals ours
+    assert "cpu_flags" in records[-1] and records[-1]["openvino"]
+    text = capsys.readouterr().out
+    assert "| batch | path |" in text and "batch 1, fp32: our fastest" in text and "batch 2, int8" in text
 
 
 def test_int8_options_script(tmp_path):
@@ -61,6 +69,37 @@ def test_int8_options_script(tmp_path):
     assert report["rounds_ms"]["fp32 (all)"]
     assert set(report["accuracy"]) == {"fp32", *int8_options.OPTIONS}
     assert all(a["images"] == report["accuracy"]["fp32"]["images"] > 0 for a in report["accuracy"].values())
+
+
+def test_bf16_accuracy_script(tmp_path, capsys, monkeypatch):
+    """The accuracy gate on real images (sklearn's digits) with a small seeded model: the reference agrees with
+    itself, each approximate path gets top-1, agreement and the gate's verdict computed from its predictions."""
+    pytest.importorskip("onnxruntime")
+    import bf16_accuracy
+    from conftest import build_variant, give_realistic_bn_stats
+
+    from vanillanet.model.checkpoint_files import save_weights
+
+    torch.manual_seed(0)
+    model = build_variant("vanillanet_5", width_mult=1 / 32, num_classes=10, in_chans=1)
+    give_realistic_bn_stats(model, (4, 1, 32, 32))
+    ckpt = save_weights(model.eval(), tmp_path / "d.safetensors", extra_meta={"img_size": 32})
+    monkeypatch.setattr(bf16_accuracy, "dtype_supported", lambda device, dtype: True)  # eager bf16 runs anywhere
+    real_fast = bf16_accuracy.fast_inference
+    monkeypatch.setattr(bf16_accuracy, "fast_inference",  # compile is slow to build: the test swaps in eager
+                        lambda m, backend, **kw: real_fast(m, backend=backend.replace("compile", "eager"), **kw))
+    assert bf16_accuracy.main(["--checkpoint", str(ckpt), "--data", "digits", "--calib-images", "32",
+                               "--batch-size", "100", "--out", str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "bf16_accuracy.json").read_text())
+    ref = records[0]
+    assert ref["path"].startswith("fp32") and ref["agreement"] == 100 and ref["top1_vs_fp32"] == 0
+    assert {r["computes_in"] for r in records} >= {"fp32", "bf16", "int8"} and ref["images"] > 300
+    for r in records:
+        assert 0 <= r["top1"] <= 100 and 0 <= r["agreement"] <= 100 and r["images"] == ref["images"]
+        assert r["gate"] == (r["agreement"] >= 99.5 and abs(r["top1_vs_fp32"]) <= 0.2)
+    bf16 = [r for r in records if r["computes_in"] == "bf16"]
+    assert bf16 and all(r["agreement"] > 90 for r in bf16)
+    assert "identical predictions" in capsys.readouterr().out
 
 
 def test_gpu_check_dry_run_quick(tmp_path, capsys, monkeypatch):

@@ -12,11 +12,22 @@ and, for batch 1 fp16, tuned (the tuning cache file).
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_variant, give_realistic_bn_stats, rel_err
+from conftest import (
+    BF16,
+    F16,
+    F32,
+    KERNEL_TOL,
+    build_variant,
+    channels_last_tensor,
+    depthwise_taps,
+    give_realistic_bn_stats,
+    rel_err,
+)
 from torch import nn
 
 import vanillanet.kernels as K
@@ -30,8 +41,7 @@ pytestmark = [
     pytest.mark.skipif(not K.available() or K.interpreted(), reason="needs compiled Triton kernels"),
 ]
 
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
-TOL = {F32: 1e-5, F16: 1e-2, BF16: 1e-2}
+TOL = KERNEL_TOL
 DEV = "cuda"
 
 
@@ -45,15 +55,8 @@ def _exact_fp32_untuned(monkeypatch):
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _cl(*shape: int, dtype=F32, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(DEV, dtype).contiguous(memory_format=torch.channels_last)
-
-
-def _taps(c: int, act_num: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    k = 2 * act_num + 1
-    return (torch.randn(c, 1, k, k, generator=gen) / k).to(DEV), torch.randn(c, generator=gen).to(DEV)
+_cl = functools.partial(channels_last_tensor, device=DEV)
+_taps = functools.partial(depthwise_taps, device=DEV)
 
 
 def _ops():

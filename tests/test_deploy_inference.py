@@ -1,4 +1,5 @@
-"""fast_inference: every CPU backend reproduces the fp32 eager output; shape fallback; errors; GPU paths on CUDA."""
+"""``deploy.inference``: ``fast_inference``: every CPU backend reproduces the fp32 eager output; auto picks a
+verified backend; shape fallback; one-line errors; GPU paths on CUDA."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet.deploy import inference
 from vanillanet.deploy.inference import fast_inference
-from vanillanet.model.geometry import min_input_size
 from vanillanet.util.devices import global_settings
 from vanillanet.util.errors import ConfigError, ConversionError
 
@@ -142,12 +142,6 @@ def test_fast_inference_parts_are_short():
 
     for fn in (fast_inference, inference.build_verified, inference.choose_fastest, inference._reference):
         assert len(inspect.getsource(fn).splitlines()) <= 80, fn.__name__
-
-
-def test_min_input_size():
-    assert min_input_size(build_variant("vanillanet_5")) == 32
-    assert min_input_size(build_variant("vanillanet_13")) == 32
-    assert min_input_size(build_variant("vanillanet_13_x1_5_ada_pool")) == 2
 
 
 @pytest.mark.gpu
