@@ -39,7 +39,7 @@ def test_t_quantile_closed_forms(quantile):
     assert quantile(0.025, 4) == pytest.approx(-T975_DF4, rel=1e-9)
     assert quantile(0.975, 1e9) == pytest.approx(1.959963984540054, rel=1e-6)
     assert t_quantile_own(0.975, math.inf) == pytest.approx(1.959963984540054, rel=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"p must lie in \(0, 1\), got 1.0"):
         quantile(1.0, 3)
 
 

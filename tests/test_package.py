@@ -67,3 +67,15 @@ def test_the_mirror_rule_maps_paths_as_documented():
     assert test_module(PACKAGE / "model" / "network.py") == TESTS / "test_model_network.py"
     assert test_module(PACKAGE / "train.py") == TESTS / "test_train.py"
     assert len(MODULES) > 50 and PACKAGE / "cli.py" in MODULES
+
+
+def test_every_pytest_raises_has_a_match():
+    """A raises without match= passes on any error of that type, the wrong one included."""
+    bare = []
+    for path in sorted(TESTS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "raises"
+                    and getattr(node.func.value, "id", None) == "pytest"
+                    and not any(k.arg == "match" for k in node.keywords)):
+                bare.append(f"{path.name}:{node.lineno}")
+    assert not bare, "pytest.raises without match=: " + ", ".join(bare)

@@ -151,7 +151,7 @@ def test_cli_one_run_report_and_refusal(trained, tmp_path, capsys, monkeypatch):
     before = ckpt.read_bytes()
     assert main([*args, "--output", str(ckpt)]) == 2  # never an output onto an input (nor a non-ONNX name)
     assert "must end in .onnx" in capsys.readouterr().err and ckpt.read_bytes() == before
-    with pytest.raises(SystemExit) as bad:  # flags are checked like config keys
+    with pytest.raises(SystemExit, match="^2$") as bad:  # flags are checked like config keys
         main([*args, "--output", str(out), "--calib-images", "0"])
     assert bad.value.code == 2 and "--calib-images: must be at least 1" in capsys.readouterr().err
 
@@ -210,7 +210,8 @@ def test_fast_inference_int8_is_opt_in(trained):
     assert "int8" in BACKENDS and "int8" not in EXACT_BACKENDS and "int8" not in best_modes(torch.device("cpu"))
     with pytest.raises(ConfigError, match="runs in fp32 only"):
         fast_inference(trained, dtype=torch.bfloat16, image_size=IMG, backend="int8")
-    with pytest.raises(SystemExit):  # eval and predict do not offer it: calibrated on noise, its top-1 means nothing
+    # eval and predict do not offer it: calibrated on noise, its top-1 means nothing
+    with pytest.raises(SystemExit, match="^2$"):
         main(["eval", "--checkpoint", "x.safetensors", "--data", "digits", "--backend", "int8"])
     used: list[int] = []
 
