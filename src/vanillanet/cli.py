@@ -1,5 +1,5 @@
 """The ``vanillanet`` command line: ``vanillanet {list,info,convert,train,eval,predict,export,quantize,bench,
-ablate} ...``.
+shards,ablate} ...``.
 
 Each command lives in the module that does the work; that module's ``add_cli(parser)`` declares its options and
 sets ``func``. Only the chosen command's module is imported, so start-up stays fast.
@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "export to ONNX / TorchScript with a parity check"),
     "quantize": ("quantize", "static int8 ONNX for CPUs: fp32 vs int8 top-1 and speed in one run"),
     "bench": ("bench", "latency and throughput of models in several execution modes"),
+    "shards": ("shards", "write WebDataset tar shards (with indexes and a manifest) from an image folder or dataset"),
     "ablate": ("ablate", "train variations of a recipe over several seeds and summarise them (ablation studies)"),
 }
 

@@ -202,7 +202,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
                              img_size=args.img_size, crop_pct=args.crop_pct, allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
     dataset = build_dataset(args.data, "val", pre.transform(in_chans), in_chans=in_chans,
-                            **({"folder.allow_large": True} if args.allow_large else {}))
+                            **({"folder.allow_large": True, "shards.allow_large": True} if args.allow_large else {}))
     num_classes = getattr(model, "num_classes", None)
     if num_classes and len(dataset.classes) != num_classes:
         raise DataError(f"the dataset has {len(dataset.classes)} classes but the model predicts {num_classes}; "
