@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from vanillanet.train import state_hash
+from vanillanet.util.integrity import state_hash
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -22,7 +22,9 @@ import torch
 
 import vanillanet  # noqa: F401
 from vanillanet import cli
-from vanillanet.train import build_optimizer, build_scheduler, train
+from vanillanet.train import train
+from vanillanet.training.builders import build_optimizer, build_scheduler
+from vanillanet.training.checkpointing import Checkpointing
 from vanillanet.training.config import resolve_config
 from vanillanet.training.run_folder import RunFolder
 from vanillanet.util.errors import NonFiniteLossError, OutputError
@@ -325,17 +327,15 @@ def test_a_stop_at_the_last_batch_still_evaluates_that_epoch(tmp_path, straight)
 def test_a_kill_between_an_epochs_metrics_row_and_its_checkpoint(tmp_path, straight, monkeypatch):
     """Found by the soak: the epoch's row was logged and the step checkpoint of its last batch written, but not the
     epoch-end checkpoint; the resume evaluates the epoch again and must not log its row twice."""
-    import vanillanet.train as t
+    real = Checkpointing.save
 
-    real = t.save_checkpoint
-
-    def killed_before_the_epoch_checkpoint(state, loop, epoch, batch, epoch_done=False):
+    def killed_before_the_epoch_checkpoint(self, state, epoch, batch, epoch_done=False):
         if epoch_done:
             raise KeyboardInterrupt  # the process dies here
-        return real(state, loop, epoch, batch, epoch_done)
+        return real(self, state, epoch, batch, epoch_done)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(t, "save_checkpoint", killed_before_the_epoch_checkpoint)
+    monkeypatch.setattr(Checkpointing, "save", killed_before_the_epoch_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train(cfg(out, "checkpoint_every=1"))
     monkeypatch.undo()

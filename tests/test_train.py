@@ -21,9 +21,12 @@ from vanillanet import cli
 from vanillanet.model.checkpoint_files import read_class_names
 from vanillanet.model.network import VanillaNet
 from vanillanet.model.variants import VARIANTS
-from vanillanet.train import NonFiniteLossError, build_optimizer, state_hash, train
+from vanillanet.train import train
+from vanillanet.training.builders import build_optimizer
 from vanillanet.training.config import resolve_config
 from vanillanet.training.deep_training import act_learn_schedule
+from vanillanet.util.errors import NonFiniteLossError
+from vanillanet.util.integrity import state_hash
 
 VENV_BIN = Path(sys.executable).parent
 # Tiny but complete: RandAugment + erasing, mixup/cutmix, BCE, dropout, LAMB, EMA, per-epoch act_learn.

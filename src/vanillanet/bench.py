@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .arguments import STDOUT, add_output_arguments, check_json_path, emit_json
 from .deploy.backends import (
     BACKENDS,
     DTYPE_NAMES,
@@ -49,6 +50,7 @@ from .model.geometry import check_input_size
 from .model.registry import create_model
 from .model.reparam import calibrate_bn, rel_err, reparameterize_model
 from .util import validation
+from .util.devices import DEVICES, choose_device, half_dtype, num_threads
 from .util.errors import ConfigError
 from .util.timing import time_interleaved
 from .util.validation import option
@@ -77,7 +79,7 @@ class BenchConfig:
     iters: int | None = option(None, "calls per round (default: about --round-s seconds' worth)", ge=1)
     round_s: float = option(0.5, "target seconds per round", gt=0)
     threads: int | None = option(None, "CPU threads (torch and onnxruntime; default: torch's)", ge=1, le=1024)
-    device: str | None = option(None, "where to run (default: cuda when available)", choices=("cpu", "cuda"))
+    device: str = option("auto", "where to run (auto: cuda when available)", choices=DEVICES)
     baselines: bool = option(False, "also the train form and torchvision resnet50/resnet18 (random weights)")
     train: bool = option(False, "also training-step throughput")
     train_batch_size: int | None = option(None, "batch for --train (default --batch-size)", ge=1)
@@ -87,6 +89,7 @@ class BenchConfig:
     width_mult: float = option(1.0, "scale the widths (quick tests)", gt=0, le=16)
     num_classes: int = option(1000, "classes of the head", ge=1)
     allow_large: bool = option(False, "lift the model-size limit (1e9 parameters, see docs/faults.md)")
+    ema: bool = option(True, "--checkpoint: its EMA weights when it has them (--no-ema: the live weights)")
 
     def __post_init__(self) -> None:
         validation.check_instance(self)
@@ -127,7 +130,7 @@ def _train_runner(model: nn.Module, mode: str, batch: int, device: torch.device,
     x = torch.randn(batch, in_chans, img_size, img_size, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
     bf16 = dtype_supported(device, torch.bfloat16)
-    amp = {"train-fp32": None, "train-amp": torch.float16 if device.type == "cuda" else torch.bfloat16,
+    amp = {"train-fp32": None, "train-amp": half_dtype(device),
            "train-best": torch.bfloat16 if bf16 else torch.float16, "train-fused": torch.bfloat16 if bf16
            else torch.float16}[mode]
     best = mode in ("train-best", "train-fused")
@@ -185,7 +188,8 @@ def _entries(cfg: BenchConfig) -> tuple[list[tuple[str, str, nn.Module]], list[t
             add_resnet(name)
             continue
         extra = {} if cfg.checkpoint else {"num_classes": cfg.num_classes, "width_mult": cfg.width_mult}
-        model = create_model(name, cfg.checkpoint, allow_large=cfg.allow_large, **extra).eval().float()
+        model = create_model(name, cfg.checkpoint, use_ema=cfg.ema, allow_large=cfg.allow_large, **extra)
+        model = model.eval().float()
         check_input_size(model, cfg.img_size)
         if cfg.checkpoint is None:
             calibrate_bn(model, (2, model.in_chans, cfg.img_size, cfg.img_size))
@@ -200,15 +204,6 @@ def _entries(cfg: BenchConfig) -> tuple[list[tuple[str, str, nn.Module]], list[t
 
 
 # ---------------------------------------------------------------------------------------------- running
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was given but CUDA is not available; use --device cpu")
-    return device
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name from /proc/cpuinfo (platform.processor() as a fallback)."""
     if device.type == "cuda":
@@ -246,12 +241,15 @@ def _measure(runners: list[_Runner], device: torch.device, cfg: BenchConfig) -> 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure every (model, form) x mode x {1, batch_size}, then (``train``) training steps; returns records."""
+    device = choose_device(cfg.device)
+    with num_threads(cfg.threads) as threads:
+        return _run_bench(cfg, device, threads, log)
+
+
+def _run_bench(cfg: BenchConfig, device: torch.device, threads: int,
+               log: Callable[[str], None]) -> list[dict[str, Any]]:
     from .complexity import count_macs, count_params
 
-    device = _device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    threads = torch.get_num_threads()
     modes = parse_modes(cfg.modes, device)
     with torch.random.fork_rng(devices=[]):  # random weights, the same in every run; the caller's RNG untouched
         torch.manual_seed(0)
@@ -334,8 +332,8 @@ def plot_records(records: list[dict[str, Any]], path: str | Path) -> None:
 
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     validation.add_arguments(parser, BenchConfig, prefix="bench_")
-    parser.add_argument("--json", help="write the records to this JSON file")
     parser.add_argument("--plot", help="write a bar chart (PNG) of images/s")
+    add_output_arguments(parser, progress=False)
     parser.set_defaults(func=_main)
 
 
@@ -349,15 +347,13 @@ def _split(value: Any) -> Any:
 def _main(args: argparse.Namespace) -> int:
     values = {k: _split(v) for k, v in validation.overrides_from_args(args, BenchConfig, prefix="bench_").items()}
     cfg = validation.build(BenchConfig, values, "vanillanet bench")
-    records = run_bench(cfg)
-    if records:
-        r = records[0]
-        print(f"device: {r['device_name']} ({r['device']}), {r['threads']} threads, torch {r['torch']}")
-    print(format_table(records))
-    if args.json:
-        from .util.fileio import write_json
-
-        write_json(args.json, records)
+    check_json_path(args.json)
+    records = run_bench(cfg, log=(lambda line: None) if args.json == STDOUT else print)
+    if not emit_json(args.json, records):
+        if records:
+            r = records[0]
+            print(f"device: {r['device_name']} ({r['device']}), {r['threads']} threads, torch {r['torch']}")
+        print(format_table(records))
     if args.plot:
         plot_records(records, args.plot)
     return 0

@@ -9,13 +9,13 @@ Models are built on the ``meta`` device, so even the 237M-parameter variants are
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .arguments import add_input_arguments, add_output_arguments, check_json_path, emit_json
 from .model.registry import create_model
 from .model.variants import PUBLISHED, VARIANTS, check_model_name
 from .util.errors import ConfigError, first_line
@@ -91,9 +91,9 @@ def _list_command(args: argparse.Namespace) -> int:
 def _info_command(args: argparse.Namespace) -> int:
     kwargs = {k: v for k, v in (("width_mult", args.width_mult), ("num_classes", args.num_classes),
                                 ("act_num", args.act_num), ("in_chans", args.in_chans)) if v is not None}
+    check_json_path(args.json)
     c = model_complexity(args.model, args.img_size, **kwargs)
-    if args.json:
-        print(json.dumps(c, indent=2))
+    if emit_json(args.json, c):
         return 0
     extra = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     print(f"{args.model} at {args.img_size}x{args.img_size}{' (' + extra + ')' if extra else ''}")
@@ -116,8 +116,7 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
         parser.set_defaults(func=_list_command)
         return
     parser.add_argument("model", metavar="MODEL", help="variant name (see `vanillanet list`)")
-    parser.add_argument("--img-size", type=value_type(int, ge=1), default=224,
-                        help="square input size in pixels (default 224)")
+    add_input_arguments(parser, crop=False, img_size=224, img_help="square input size in pixels (default 224)")
     parser.add_argument("--width-mult", type=field_type(ArchConfig, "width_mult"), default=None,
                         help="scale every width (narrow models)")
     parser.add_argument("--num-classes", type=field_type(ArchConfig, "num_classes"), default=None,
@@ -125,5 +124,5 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--act-num", type=field_type(ArchConfig, "act_num"), default=None,
                         help="activation kernel 2n+1 (default 3)")
     parser.add_argument("--in-chans", type=value_type(int, ge=1), default=None, help="input channels (default 3)")
-    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    add_output_arguments(parser, progress=False)
     parser.set_defaults(func=_info_command)

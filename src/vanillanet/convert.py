@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
+from .arguments import add_input_arguments, add_model_arguments
 from .model.checkpoint_files import model_meta, save_weights
 from .model.geometry import check_input_size
 from .model.registry import create_model
 from .model.reparam import conversion_error, reparameterize_model
 from .util.errors import CheckpointError, ConversionError
 from .util.fileio import refuse_inputs
-from .util.validation import value_type
 
 __all__ = ["convert_checkpoint"]
 
@@ -75,10 +75,6 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     """``vanillanet convert IN OUT [--model NAME]``."""
     parser.add_argument("input", help="checkpoint: original (.pth), OpenMixup, ours (.pth/.safetensors), any form")
     parser.add_argument("output", help="deploy-form .safetensors file to write")
-    parser.add_argument("--model", default=None, help="variant name (default: inferred from the file)")
-    parser.add_argument("--no-ema", action="store_true", help="use the 'model' weights, not 'model_ema'")
-    parser.add_argument("--img-size", type=value_type(int, ge=1), default=224,
-                        help="input size of the output check (default 224)")
-    parser.add_argument("--allow-large", action="store_true",
-                        help="lift the size limits (input size 4096 px; models 1e9 parameters)")
+    add_model_arguments(parser, checkpoint=None)
+    add_input_arguments(parser, crop=False, img_size=224, img_help="input size of the output check (default 224)")
     parser.set_defaults(func=_main)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .arguments import add_input_arguments, add_model_arguments
 from .deploy.onnx_graph import DEFAULT_OPSET, EXPORTERS, make_exportable, onnx_bytes, onnx_session, quiet
 from .model.geometry import check_input_size
 from .model.registry import create_model
@@ -134,16 +135,15 @@ def export_torchscript(model: nn.Module, output: str | Path, *, img_size: int = 
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--model", help="variant name (default: from the checkpoint's metadata)")
-    parser.add_argument("--checkpoint", help="weights to export (train or deploy form); random weights if omitted")
+    add_model_arguments(parser, checkpoint="optional",
+                        what="weights to export (train or deploy form); random weights if omitted")
     parser.add_argument("--output", required=True, help="file to write (.onnx, or .pt/.ts for TorchScript), or a "
                         "new folder for --format hf")
     parser.add_argument("--format", choices=("onnx", "torchscript", "hf"),
                         help="default: from the output's suffix; hf = a Hugging Face / timm model folder")
     parser.add_argument("--opset", type=value_type(int, ge=1), default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--img-size", type=value_type(int, ge=1), default=224,
-                        help="input height = width (default 224)")
+    add_input_arguments(parser, crop=False, img_size=224, img_help="input height = width (default 224)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                         help="ONNX exporter: dynamo (torch.export + onnxscript, default) or legacy (TorchScript)")
     parser.add_argument("--num-classes", type=value_type(int, ge=1),
@@ -153,8 +153,6 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
                              "--img-size only)")
     parser.add_argument("--tol", type=value_type(float, ge=0), default=1e-4,
                         help="max relative error allowed (default 1e-4)")
-    parser.add_argument("--allow-large", action="store_true",
-                        help="lift the size limits (input size 4096 px; models 1e9 parameters)")
     parser.set_defaults(func=_main)
 
 
@@ -170,7 +168,7 @@ def _main(args: argparse.Namespace) -> int:
     refuse_inputs(args.output, args.checkpoint)
     check_img_size(args.img_size, allow_large=args.allow_large, what="--img-size")
     extra = {"num_classes": args.num_classes} if args.num_classes and args.checkpoint is None else {}
-    model = create_model(args.model, args.checkpoint, allow_large=args.allow_large, **extra)
+    model = create_model(args.model, args.checkpoint, use_ema=not args.no_ema, allow_large=args.allow_large, **extra)
     if fmt == "hf":
         from .hub import export_hf
 

@@ -9,7 +9,6 @@ and skipped; the command fails only when none could be read. Images above the si
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,10 +18,21 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .deploy.backends import EXACT_BACKENDS
+from .arguments import (
+    STDOUT,
+    add_backend_arguments,
+    add_device_arguments,
+    add_input_arguments,
+    add_model_arguments,
+    add_output_arguments,
+    check_json_path,
+    emit_json,
+)
 from .deploy.inference import fast_inference
 from .model.registry import create_model
+from .util.devices import choose_device, num_threads
 from .util.errors import DataError, first_line
+from .util.fileio import refuse_inputs
 from .util.validation import value_type
 
 __all__ = ["Prediction", "class_names_for", "collect_images", "predict_images"]
@@ -105,48 +115,42 @@ def predict_images(predict: Any, paths: list[Path], transform: Any, names: list[
 
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    parser.add_argument("--checkpoint", required=True, help="weights (train or deploy form, any layout)")
-    parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
+    add_model_arguments(parser)
+    add_input_arguments(parser)
     parser.add_argument("--topk", type=value_type(int, ge=1), default=5, help="classes to show per image (default 5)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--img-size", type=value_type(int, ge=1),
-                        help="input size (default: from the checkpoint / model config)")
-    parser.add_argument("--crop-pct", type=value_type(float, gt=0, le=1),
-                        help="centre-crop fraction (default: from the model config)")
-    parser.add_argument("--batch-size", type=value_type(int, ge=1), default=16)
-    parser.add_argument("--allow-large", action="store_true",
-                        help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
-                        "parameters)")
-    parser.add_argument("--backend", default="eager", choices=("auto", *EXACT_BACKENDS),
-                        help="fast_inference backend (default eager; for int8 see vanillanet quantize)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch-size", type=value_type(int, ge=1), default=16, help="images per batch (default 16)")
+    add_backend_arguments(parser)
+    add_device_arguments(parser)
+    add_output_arguments(parser, progress=False)
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     from .data.transforms import resolve_preprocess
 
+    check_json_path(args.json)
     files, errors = collect_images(args.images)
     if not files:
         for r in errors:
             print(f"vanillanet predict: {r.path}: {r.error}", file=sys.stderr)
         raise DataError(f"none of the {len(errors)} inputs is an image file; check the paths")
-    model = create_model(args.model, args.checkpoint, allow_large=args.allow_large).eval()
+    refuse_inputs(args.json if args.json != STDOUT else None, args.checkpoint, *args.images, flag="--json")
+    model = create_model(args.model, args.checkpoint, use_ema=not args.no_ema, allow_large=args.allow_large).eval()
     meta = model.checkpoint_meta
     pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), meta=meta, img_size=args.img_size,
                              crop_pct=args.crop_pct, allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
     names = class_names_for(int(model.num_classes), meta.get("class_names"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = choose_device(args.device)
     batch = max(1, min(args.batch_size, len(files)))
-    fast = fast_inference(model, device, batch_size=batch, image_size=pre.img_size, backend=args.backend)
-    results = errors + predict_images(fast, files, pre.transform(in_chans), names, in_chans=in_chans,
-                                      topk=args.topk, batch_size=batch, allow_large=args.allow_large)
+    with num_threads(args.threads):
+        fast = fast_inference(model, device, batch_size=batch, image_size=pre.img_size, backend=args.backend)
+        results = errors + predict_images(fast, files, pre.transform(in_chans), names, in_chans=in_chans,
+                                          topk=args.topk, batch_size=batch, allow_large=args.allow_large)
     good = [r for r in results if r.error is None]
-    if args.json:
-        print(json.dumps([{"path": r.path, "predictions": r.top} if r.error is None else
-                          {"path": r.path, "error": r.error} for r in results], indent=1))
-    else:
+    rows = [{"path": r.path, "predictions": r.top} if r.error is None else {"path": r.path, "error": r.error}
+            for r in results]
+    if not emit_json(args.json, rows):
         for r in good:
             print(f"{r.path}: " + ", ".join(f"{t['name']} ({100 * t['prob']:.1f}%)" for t in r.top))
     for r in results:

@@ -4,10 +4,10 @@
 The deploy form is exported (``onnx_graph.onnx_bytes``) and quantized (``int8.quantize_bytes``: what runs in int8,
 the exact graph rewrite it needs and why 7-bit weights are the default) with activation ranges calibrated on
 training images, never the evaluation images. Both graphs are then evaluated on the evaluation split with the
-preprocessing of ``vanillanet eval`` (``evaluate.evaluate``: fp32 as the predictor, int8 as the second one, so the
-top-1 of both and their agreement come from the same images), and both onnxruntime sessions are timed side by side
-(``timing.time_interleaved``) at batch 1 and at the evaluation batch size. The file is written only when int8
-loses at most ``max_drop`` points of top-1.
+preprocessing of ``vanillanet eval`` (``training.evaluation.evaluate``: fp32 as the predictor, int8 as the second
+one, so the top-1 of both and their agreement come from the same images), and both onnxruntime sessions are timed
+side by side (``timing.time_interleaved``) at batch 1 and at the evaluation batch size. The file is written only
+when int8 loses at most ``max_drop`` points of top-1.
 """
 
 from __future__ import annotations
@@ -22,13 +22,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from .arguments import (
+    STDOUT,
+    add_data_arguments,
+    add_device_arguments,
+    add_input_arguments,
+    add_model_arguments,
+    add_output_arguments,
+    check_json_path,
+    check_num_classes,
+    emit_json,
+)
 from .deploy.int8 import CALIB_BATCH, Int8Config, quantize_bytes
 from .deploy.onnx_graph import onnx_bytes, onnx_runner, onnx_session
-from .evaluate import evaluate
 from .model.registry import create_model
+from .training.evaluation import evaluate
 from .util import validation
-from .util.errors import ConfigError, ConversionError, DataError
-from .util.fileio import refuse_inputs, write_atomic, write_json
+from .util.devices import num_threads
+from .util.errors import ConfigError, ConversionError
+from .util.fileio import refuse_inputs, write_atomic
 from .util.tables import render
 from .util.timing import time_interleaved
 from .util.validation import value_type
@@ -142,58 +154,52 @@ def quantize_onnx(model: nn.Module, calibration: Iterable[Any], output: str | Pa
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
-    from .data.sources import DATA_HELP, add_loading_arguments
-
-    parser.add_argument("--checkpoint", required=True, help="weights to quantize (train or deploy form, any layout)")
-    parser.add_argument("--data", required=True, help=DATA_HELP + " (its training split calibrates, its validation "
-                        "split evaluates)")
+    add_model_arguments(parser, what="weights to quantize (train or deploy form, any layout)")
     parser.add_argument("--output", required=True, help="int8 .onnx file to write (only when within --max-drop)")
-    parser.add_argument("--model", help="variant name (default: inferred from the checkpoint)")
+    add_data_arguments(parser, data="its training split calibrates, its validation split evaluates", batch_size=64,
+                       batch_help="evaluation batch, also timed")
+    add_input_arguments(parser)
     parser.add_argument("--calib-images", type=value_type(int, ge=1), default=512,
                         help="training images that calibrate the activation ranges (default 512, spread evenly)")
     parser.add_argument("--eval-images", type=value_type(int, ge=1),
                         help="evaluation images (default: the whole evaluation split)")
     parser.add_argument("--max-drop", type=value_type(float), default=1.0,
                         help="largest top-1 loss (percentage points) that still writes the file (default 1.0)")
-    parser.add_argument("--threads", type=value_type(int, ge=1, le=1024),
-                        help="intra-op threads of both sessions (default: torch's)")
-    parser.add_argument("--json", help="write the measurements to this JSON file")
-    parser.add_argument("--img-size", type=value_type(int, ge=1),
-                        help="input size (default: from the checkpoint / model config)")
-    parser.add_argument("--batch-size", type=value_type(int, ge=1), default=64,
-                        help="evaluation batch (also timed; default 64)")
     parser.add_argument("--rounds", type=value_type(int, ge=1), default=7,
                         help="interleaved timing rounds (median; default 7)")
-    add_loading_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_arguments(parser, device=False)  # onnxruntime on the CPU
+    add_output_arguments(parser)
     validation.add_arguments(parser, Int8Config, skip=("relu_before_pool",), prefix="int8_")
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    overrides = validation.overrides_from_args(args, Int8Config, prefix="int8_")
+    cfg = validation.build(Int8Config, overrides, "vanillanet quantize")
+    refuse_inputs(args.output, args.checkpoint)
+    check_json_path(args.json)
+    if args.json != STDOUT:
+        refuse_inputs(args.json, args.checkpoint, flag="--json")
+    with num_threads(args.threads):
+        return _quantize(args, cfg)
+
+
+def _quantize(args: argparse.Namespace, cfg: Int8Config) -> int:
     from .data.datasets import spread_subset
     from .data.loaders import build_loader
     from .data.sources import build_dataset
     from .data.transforms import resolve_preprocess
 
-    overrides = validation.overrides_from_args(args, Int8Config, prefix="int8_")
-    cfg = validation.build(Int8Config, overrides, "vanillanet quantize")
-    refuse_inputs(args.output, args.checkpoint)
-    refuse_inputs(args.json, args.checkpoint, flag="--json")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = create_model(args.model, args.checkpoint, allow_large=args.allow_large).eval()
+    model = create_model(args.model, args.checkpoint, use_ema=not args.no_ema, allow_large=args.allow_large).eval()
     pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), data=args.data,
-                             meta=model.checkpoint_meta, img_size=args.img_size, allow_large=args.allow_large)
+                             meta=model.checkpoint_meta, img_size=args.img_size, crop_pct=args.crop_pct,
+                             allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
     transform = pre.transform(in_chans)
     large = {"folder.allow_large": True, "shards.allow_large": True} if args.allow_large else {}
     calib = spread_subset(build_dataset(args.data, "train", transform, in_chans=in_chans, **large), args.calib_images)
     evals = spread_subset(build_dataset(args.data, "val", transform, in_chans=in_chans, **large), args.eval_images)
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes and len(evals.classes) != num_classes:
-        raise DataError(f"the dataset has {len(evals.classes)} classes but the model predicts {num_classes}; quantize "
-                        "with the dataset the checkpoint was trained for")
+    check_num_classes(model, evals.classes, doing="quantize")
 
     def loader(ds: Any, batch: int) -> Any:
         return build_loader(ds, batch, is_training=False, num_workers=min(args.workers, 1 + len(ds) // batch))
@@ -202,13 +208,18 @@ def _main(args: argparse.Namespace) -> int:
                            loader(evals, args.batch_size), img_size=pre.img_size, in_chans=in_chans, cfg=cfg,
                            max_drop=args.max_drop, threads=args.threads, batch_size=args.batch_size,
                            rounds=args.rounds, progress=not args.no_progress)
+    report = {**asdict(result), "drop": result.drop, "checkpoint": args.checkpoint, "data": args.data,
+              "onnxruntime": _onnxruntime_version()}
+    if emit_json(args.json, report):
+        return 0
     print(result.table())
     print(f"wrote {result.output} ({result.int8_bytes / 2**20:.1f} MiB int8, fp32 {result.fp32_bytes / 2**20:.1f} "
           f"MiB); {cfg.format}, per-{'channel' if cfg.per_channel else 'tensor'} weights, {cfg.calibration} "
           "calibration" + (f", fp32: {', '.join(cfg.exclude)}" if cfg.exclude else ""))
-    if args.json:
-        import onnxruntime
-
-        write_json(args.json, {**asdict(result), "drop": result.drop, "checkpoint": args.checkpoint,
-                               "data": args.data, "onnxruntime": onnxruntime.__version__})
     return 0
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__

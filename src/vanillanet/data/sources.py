@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
 from ..util.errors import ConfigError, DataError
-from ..util.validation import coerce, value_type
+from ..util.validation import coerce
 from .datasets import (
     FASHION_MNIST_CLASSES,
     SPLITS,
@@ -147,15 +146,6 @@ SOURCES: dict[str, DataSource] = {s.name: s for s in (
 DATA_HELP = ("the dataset: an ImageFolder root (train/ and val/, one subfolder per class), shards written by "
              "`vanillanet shards` (folder, manifest or s3:// gs:// http(s):// URL), a folder of Fashion-MNIST "
              f"IDX files, or one of {', '.join(n for n in SOURCES if n not in ('folder', 'shards'))}")
-
-
-def add_loading_arguments(parser: Any) -> None:
-    """The options of a command that reads a dataset (eval, quantize): loader processes and the size limits."""
-    parser.add_argument("--workers", type=value_type(int, ge=0), default=min(4, os.cpu_count() or 1),
-                        help="data-loading processes (default: 4, or the number of CPUs if fewer)")
-    parser.add_argument("--allow-large", action="store_true",
-                        help="lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 "
-                        "parameters)")
 
 
 def find_source(data: str | Path) -> DataSource:

@@ -46,6 +46,8 @@ class ArchConfig:
     act_num: int = option(3, "series activation kernel is 2*act_num+1", ge=0, le=16)
     width_mult: float = option(1.0, "scale every width (e.g. 0.125 for CPU-sized models)", gt=0, le=16)
     pretrained: str | None = option(None, "fine-tune from this checkpoint (any layout the package loads)")
+    pretrained_ema: bool = option(True, "take the EMA weights of a --pretrained training checkpoint that has them "
+                                  "(--no-ema: its live weights)", aliases=("--ema",))
     freeze_stages: int = option(0, "freeze the first K stages, counting the stem as the first", ge=0)
     deep_training: bool = option(True, "ablation: false trains each layer as one conv + BN from the start (no "
                                  "act_learn)")

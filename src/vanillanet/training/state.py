@@ -5,8 +5,9 @@ accepts. (The checks that nothing unsound is saved and the weight hash live in `
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,11 +37,16 @@ class TrainState:
     epoch_loss: tuple[float, int] = (0.0, 0)  # loss sum and steps of the current epoch so far
     last_checkpoint: Any = None  # Path of the newest checkpoint written or resumed from
     good_checkpoint: Any = None  # the newest verified one: the next step computed a finite loss from its weights
+    started: float = field(default_factory=time.perf_counter, repr=False)  # when this process began to train
 
     @property
     def eval_model(self) -> nn.Module:
         """The model that is evaluated, exported and kept as best: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.model
+
+    def elapsed(self) -> float:
+        """Seconds of training in all: before this process (a resumed run) and since it began."""
+        return self.seconds + time.perf_counter() - self.started
 
     def lr(self) -> float:
         return max(g["lr"] for g in self.optimizer.param_groups)
