@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .util.errors import VanillaNetError, first_line
+from .util.errors import VanillaNetError, first_line, user_message
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VanillaNetError as err:
-        print(f"vanillanet {args.command}: error: {err}", file=sys.stderr)
+        print(f"vanillanet {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vanillanet {args.command}: interrupted", file=sys.stderr)

@@ -39,7 +39,7 @@ from ..util.errors import DataError, OutputError, first_line
 from ..util.fileio import remove_stale_temporaries, write_atomic, write_json
 from . import remote
 from .datasets import SPLITS, SafeImageFolder
-from .images import _UNREADABLE, _eight_bit, check_pixels
+from .images import _UNREADABLE, _eight_bit, check_pixels, open_bytes
 from .shard_format import (
     MANIFEST,
     Manifest,
@@ -133,11 +133,13 @@ def _manifest_splits(src: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ encoding
+JPEG_MAX_SIDE = 65_500  # libjpeg's largest width or height
+
 def encode_image(item: bytes | Image.Image, settings: WriteSettings) -> bytes:
     """The JPEG bytes stored for one image: the source bytes themselves when they are a JPEG (RGB or grayscale)
     that needs no shrinking, else the decoded image (16-bit scaled, other modes to RGB), shrunk to ``max_side``
     and encoded at ``quality``. Raises the loaders' unreadable-image errors."""
-    img = Image.open(io.BytesIO(item)) if isinstance(item, bytes) else item
+    img = open_bytes(item) if isinstance(item, bytes) else item
     if not settings.allow_large:
         check_pixels(*img.size)
     big = settings.max_side is not None and max(img.size) > settings.max_side
@@ -147,10 +149,15 @@ def encode_image(item: bytes | Image.Image, settings: WriteSettings) -> bytes:
     if big:
         img.draft(img.mode, (settings.max_side, settings.max_side))  # DCT-scaled JPEG decoding when it is enough
     img = _eight_bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA")  # as the loaders' convert("RGB") does, without PIL's transparency warning
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
     if big:
         img.thumbnail((settings.max_side, settings.max_side), Image.Resampling.BICUBIC)
+    if max(img.size) > JPEG_MAX_SIDE:
+        raise ValueError(f"{img.size[0]}x{img.size[1]} px is above JPEG's {JPEG_MAX_SIDE} px limit; pass --max-side "
+                         "to shrink it")
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=settings.quality)
     return out.getvalue()
@@ -295,6 +302,12 @@ def _check_output(src: str, out: str) -> None:
     if src_path.is_dir() and (path.resolve() == src_path.resolve() or src_path.resolve() in path.resolve().parents):
         raise OutputError(f"OUT {out} is inside SRC {src}: the shards would be read back as images on the next run; "
                           "choose a folder outside SRC")
+
+
+def _make_output(out: str) -> None:
+    if remote.is_remote(out):
+        return
+    path = remote.local_path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -313,6 +326,7 @@ def write_shards(src: str, out: str, settings: WriteSettings = WriteSettings(), 
     _check_output(src, out)
     source = open_source(src, split=split, allow_large=settings.allow_large)
     jobs = plan_jobs(source, settings)
+    _make_output(out)  # only once the source is known to be good
     started = time.time()
     results: dict[str, tuple[ShardInfo, list[dict[str, str]]]] = {}
     kept = 0
@@ -375,4 +389,5 @@ def _finish(source: ShardSource, settings: WriteSettings, out: str, jobs: list[S
         write_atomic(where, lambda tmp: Path(tmp).write_text(text))
     return {"manifest": where, "samples": {s: manifest.count(s) for s in splits},
             "shards": len(jobs), "written": len(jobs) - kept, "kept": kept,
-            "skipped": {s: v["count"] for s, v in skipped.items()}, "seconds": seconds, "classes": len(source.classes)}
+            "skipped": {s: v["count"] for s, v in skipped.items() if v["count"]}, "seconds": seconds,
+            "classes": len(source.classes)}

@@ -15,7 +15,6 @@ that cannot be decoded is skipped and counted as folders do (the next readable s
 from __future__ import annotations
 
 import bisect
-import io
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..util.errors import ConfigError, DataError, first_line
 from . import remote
-from .images import _UNREADABLE, open_image
+from .images import _UNREADABLE, open_bytes, open_image
 from .shard_format import Manifest, ShardIndex, check_member_name, load_manifest, parse_index
 
 _log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ class ShardDataset(Dataset):
     def _decode(self, data: bytes) -> Any:
         if getattr(self.transform, "decodes", False):
             return self.transform(data)
-        img = open_image(io.BytesIO(data), self.mode, limit=not self.allow_large)
+        img = open_image(open_bytes(data), self.mode, limit=not self.allow_large)
         return self.transform(img) if self.transform is not None else img
 
     def _sample(self, index: int, fetched: tuple[bytes, int, str] | None) -> tuple[Any, int]:
