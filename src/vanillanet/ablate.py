@@ -52,7 +52,7 @@ import yaml
 
 from .training.config import TrainConfig, config_to_dict, resolve_config
 from .training.runtime import StopSignal, ignore_stop_signals
-from .util.errors import ConfigError, DataError, VanillaNetError
+from .util.errors import ConfigError, DataError, VanillaNetError, first_line
 from .util.fileio import write_text
 from .util.stats import T_QUANTILE_SOURCE, mean_std, welch_interval
 from .util.tables import render
@@ -113,7 +113,7 @@ def load_study(path: str | Path) -> Study:
     try:
         data = _mapping(yaml.safe_load(path.read_text()), "the study", path)
     except yaml.YAMLError as err:
-        raise ConfigError(f"study file {path} is not valid YAML ({str(err).splitlines()[0]}); fix the file") from None
+        raise ConfigError(f"study file {path} is not valid YAML ({first_line(err)}); fix the file") from None
     unknown = set(data) - _STUDY_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown study key(s) {', '.join(sorted(unknown))}; use "
@@ -217,8 +217,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_not_changed(run: Run, rows: list[dict[str, Any]], root: Path) -> bool:
-    """True when ``run`` already has a finished row; refuses when its row or its folder holds another config."""
+def _already_finished(run: Run, rows: list[dict[str, Any]], root: Path) -> bool:
+    """Whether ``run`` already has a finished row (then it is skipped); ConfigError when its row or its folder
+    holds another config than the study's now."""
     where = run_folder(root, run.variation.name, run.seed)
     fix = (f"the study file or --set changed since; use another --output, or remove its row from {root / ROWS_FILE} "
            f"and the folder {where} to re-run it")
@@ -306,7 +307,7 @@ def run_study(study: Study, root: str | Path, *, jobs: int = 1, threads: int | N
     root = Path(root)
     runs = plan_runs(study, root, sets=sets, threads=threads, only=only, seeds=seeds)
     rows = read_rows(root / ROWS_FILE)
-    pending = [r for r in runs if not _check_not_changed(r, rows, root)]
+    pending = [r for r in runs if not _already_finished(r, rows, root)]
     skipped = len(runs) - len(pending)
     log(f"study {study.name}: {len(runs)} runs ({len({r.variation.name for r in runs})} variations x "
         f"{len({r.seed for r in runs})} seeds), {skipped} already finished, {len(pending)} to run "
@@ -436,12 +437,13 @@ def _f(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return format(value, spec) + suffix
 
 
-def _scaled(value: float | None, unit: float) -> float | None:
+def _in_units(value: float | None, unit: float) -> float | None:
+    """``value`` counted in ``unit`` (None stays None: no deploy form)."""
     return None if value is None else value / unit
 
 
 def _pair(train: float | None, deploy: float | None, unit: float, spec: str, suffix: str) -> str:
-    return f"{_f(_scaled(train, unit), spec, suffix)} / {_f(_scaled(deploy, unit), spec, suffix)}"
+    return f"{_f(_in_units(train, unit), spec, suffix)} / {_f(_in_units(deploy, unit), spec, suffix)}"
 
 
 def summary_markdown(records: list[dict[str, Any]], study: Study, confidence: float = 0.95) -> str:
@@ -473,7 +475,7 @@ def summary_markdown(records: list[dict[str, Any]], study: Study, confidence: fl
             sig = "n/a" if r["significant"] is None else "yes" if r["significant"] else "no"
         top1 = _f(r["mean"]) + (f" +- {r['std']:.2f}" if r["n"] > 1 else "")
         table.append([r["variation"], r["group"], str(r["n"]), top1, diff, sig, _f(r["deploy_mean"]),
-                      _f(_scaled(r["agreement_min"], 0.01), ".2f", " %"),
+                      _f(_in_units(r["agreement_min"], 0.01), ".2f", " %"),
                       _pair(r["params_train"], r["params_deploy"], 1e3, ".1f", " k"),
                       _pair(r["macs_train"], r["macs_deploy"], 1e6, ".2f", " M"),
                       f"{_f(r['seconds'], '.0f', ' s')} ({_f(r['cpu_seconds'], '.0f')})", r["paper"] or "-"])
@@ -576,7 +578,7 @@ def _ablate_command(args: argparse.Namespace) -> int:
         runs = plan_runs(study, root, sets=args.set, threads=args.threads, only=args.only, seeds=args.seeds)
         rows = read_rows(root / ROWS_FILE)
         for run in runs:
-            state = "finished" if _check_not_changed(run, rows, root) else "to run"
+            state = "finished" if _already_finished(run, rows, root) else "to run"
             delta = ", ".join(f"{k}={v}" for k, v in run.variation.delta.items()) or "(base)"
             print(f"{run.label:<32} {state:<9} {run.hash}  {delta}")
         return 0

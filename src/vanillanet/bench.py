@@ -46,7 +46,7 @@ from .deploy.backends import (
     prepare_input,
     prepare_model,
 )
-from .model.geometry import check_input_size
+from .model.geometry import check_min_input_size
 from .model.registry import create_model
 from .model.reparam import calibrate_bn, rel_err, reparameterize_model
 from .util import validation
@@ -190,7 +190,7 @@ def _entries(cfg: BenchConfig) -> tuple[list[tuple[str, str, nn.Module]], list[t
         extra = {} if cfg.checkpoint else {"num_classes": cfg.num_classes, "width_mult": cfg.width_mult}
         model = create_model(name, cfg.checkpoint, use_ema=cfg.ema, allow_large=cfg.allow_large, **extra)
         model = model.eval().float()
-        check_input_size(model, cfg.img_size)
+        check_min_input_size(model, cfg.img_size)
         if cfg.checkpoint is None:
             calibrate_bn(model, (2, model.in_chans, cfg.img_size, cfg.img_size))
         infer.append((name, "deploy", reparameterize_model(model)))
@@ -259,7 +259,7 @@ def _run_bench(cfg: BenchConfig, device: torch.device, threads: int,
     for name, form, model in infer if cfg.inference else ():
         model = model.to(device)
         in_chans = getattr(model, "in_chans", 3)
-        check_input_size(model, cfg.img_size)
+        check_min_input_size(model, cfg.img_size)
         size = (in_chans, cfg.img_size, cfg.img_size)
         params, macs = count_params(model), count_macs(model, size)
         log(f"{name} ({form}): {params / 1e6:.2f} M params, {macs / 1e9:.3f} GMACs at {cfg.img_size} px")

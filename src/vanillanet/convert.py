@@ -11,7 +11,7 @@ import torch
 
 from .arguments import add_input_arguments, add_model_arguments
 from .model.checkpoint_files import model_meta, save_weights
-from .model.geometry import check_input_size
+from .model.geometry import check_min_input_size
 from .model.registry import create_model
 from .model.reparam import conversion_error, reparameterize_model
 from .util.errors import CheckpointError, ConversionError
@@ -27,15 +27,15 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, model_name: str | No
     """Any supported checkpoint -> a deploy-form ``.safetensors`` file, written only if the fp32 outputs of the
     train and deploy forms agree (eval mode, random input, max relative error <= ``tol``). ``allow_large`` lifts
     the size limits (``registry.MAX_PARAMS``, ``data.MAX_IMG_SIZE``)."""
-    from .data.images import check_img_size
+    from .data.images import check_img_size_limit
 
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"the output {dst} must end in .safetensors (the deploy format)")
     refuse_inputs(dst, src)
-    check_img_size(img_size, allow_large=allow_large, what="--img-size")
+    check_img_size_limit(img_size, allow_large=allow_large, what="--img-size")
     model = create_model(model_name, src, use_ema=use_ema, allow_large=allow_large).float().eval()
-    check_input_size(model, img_size)
+    check_min_input_size(model, img_size)
     meta = model.checkpoint_meta
     form = "deploy" if model.deploy else "train"
     if model.deploy:

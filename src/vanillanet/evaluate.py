@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
         except ConversionError as err:
             if getattr(model, "act_learn", 1.0) == 1.0:
                 raise
-            _log.warning("evaluating the train form as it is: %s", str(err).split(":")[0])
+            _log.warning("evaluating the train form as it is: %s", first_line(err))
             predict, backend = _plain(model, device, args.amp, args.channels_last), "none"
     result = evaluate(predict, loader, device=device, real_labels=real, rank=rank, world_size=world_size,
                       progress=not args.no_progress)

@@ -28,7 +28,7 @@ from torch import nn
 
 from .arguments import add_input_arguments, add_model_arguments
 from .deploy.onnx_graph import DEFAULT_OPSET, EXPORTERS, make_exportable, onnx_bytes, onnx_session, quiet
-from .model.geometry import check_input_size
+from .model.geometry import check_min_input_size
 from .model.registry import create_model
 from .model.reparam import rel_err, reparameterize_model
 from .util.errors import ConfigError, ConversionError
@@ -117,7 +117,7 @@ def export_torchscript(model: nn.Module, output: str | Path, *, img_size: int = 
     in_chans = in_chans or getattr(model, "in_chans", 3)
     with quiet():
         if method == "script":
-            check_input_size(model, img_size)
+            check_min_input_size(model, img_size)
             module = torch.jit.script(reparameterize_model(model).float().cpu())
         else:
             module = torch.jit.trace(make_exportable(model, img_size, in_chans),
@@ -163,10 +163,10 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot tell the format from {args.output!r}; name it .onnx or .pt, or pass --format")
     if args.checkpoint is None and args.model is None:
         raise ConfigError("nothing to export; pass --model NAME (random weights) and/or --checkpoint PATH")
-    from .data.images import check_img_size
+    from .data.images import check_img_size_limit
 
     refuse_inputs(args.output, args.checkpoint)
-    check_img_size(args.img_size, allow_large=args.allow_large, what="--img-size")
+    check_img_size_limit(args.img_size, allow_large=args.allow_large, what="--img-size")
     extra = {"num_classes": args.num_classes} if args.num_classes and args.checkpoint is None else {}
     model = create_model(args.model, args.checkpoint, use_ema=not args.no_ema, allow_large=args.allow_large, **extra)
     if fmt == "hf":

@@ -33,6 +33,7 @@ from .model.registry import create_model
 from .util.devices import choose_device, num_threads
 from .util.errors import DataError, first_line
 from .util.fileio import refuse_inputs
+from .util.safe_open import special_kind
 from .util.validation import value_type
 
 __all__ = ["Prediction", "class_names_for", "collect_images", "predict_images"]
@@ -62,6 +63,8 @@ def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Predi
             files += found
         elif p.is_file():
             files.append(p)
+        elif special_kind(p):
+            missing.append(Prediction(str(p), error=f"{special_kind(p)}, not an image file (it is not read)"))
         else:
             missing.append(Prediction(str(p), error="no such file or folder"))
     return files, missing
@@ -106,6 +109,9 @@ def predict_images(predict: Any, paths: list[Path], transform: Any, names: list[
             pending.append((pred, transform(open_image(path, mode, limit=not allow_large))))
         except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             pred.error = f"cannot read image ({first_line(err)})"
+            continue
+        except MemoryError:
+            pred.error = "cannot read image (not enough memory to decode and resize it; crop or shrink it)"
             continue
         if len(pending) == batch_size:
             flush()

@@ -123,8 +123,8 @@ def _write_outputs(final: torch.nn.Module, deploy: torch.nn.Module | None, ev: d
                     metrics=str(folder.metrics_path), config=str(folder.path / "config.yaml"))
 
 
-def _scaled(value: float | None, scale: float, spec: str) -> str:
-    """``value * scale`` formatted, or n/a (no deploy form)."""
+def _format_scaled(value: float | None, scale: float, spec: str) -> str:
+    """``value * scale`` formatted as ``spec``, or the text n/a for None (no deploy form)."""
     return "n/a" if value is None else format(value * scale, spec)
 
 
@@ -132,10 +132,11 @@ def _summary_table(s: dict[str, Any]) -> str:
     rows = [
         ("best top-1 (epoch)", f"{100 * s['best_top1']:.2f}% ({s['best_epoch']})"),
         ("final top-1, train form", f"{100 * s['test_top1']:.2f}%"),
-        ("final top-1, deploy form", f"{_scaled(s['deploy_test_top1'], 100, '.2f')}%"),
-        ("identical predictions", f"{_scaled(s['deploy_agreement'], 100, '.2f')}% of {s['test_images']}"),
-        ("params train / deploy", f"{s['params_train'] / 1e6:.3f} M / {_scaled(s['params_deploy'], 1e-6, '.3f')} M"),
-        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {_scaled(s['macs_deploy'], 1e-6, '.2f')} M "
+        ("final top-1, deploy form", f"{_format_scaled(s['deploy_test_top1'], 100, '.2f')}%"),
+        ("identical predictions", f"{_format_scaled(s['deploy_agreement'], 100, '.2f')}% of {s['test_images']}"),
+        ("params train / deploy",
+         f"{s['params_train'] / 1e6:.3f} M / {_format_scaled(s['params_deploy'], 1e-6, '.3f')} M"),
+        ("MACs train / deploy", f"{s['macs_train'] / 1e6:.2f} M / {_format_scaled(s['macs_deploy'], 1e-6, '.2f')} M "
                                 f"({s['img_size']} px)"),
         ("time", f"{s['seconds']:.0f} s"),
         ("deploy weights", s["deploy_weights"] or "-"),

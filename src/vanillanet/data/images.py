@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..util.errors import ConfigError
+from ..util.safe_open import special_kind
 
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -24,7 +25,7 @@ MAX_IMAGE_PIXELS = 89_478_485  # PIL's own bomb threshold (a 0.25 GB RGB image)
 MAX_ASPECT = 100  # long side / short side
 
 
-def check_img_size(img_size: int, *, allow_large: bool = False, what: str = "img_size") -> int:
+def check_img_size_limit(img_size: int, *, allow_large: bool = False, what: str = "img_size") -> int:
     """``img_size`` if it is at least 1 and, unless ``allow_large``, at most ``MAX_IMG_SIZE``; else ConfigError."""
     if img_size < 1:
         raise ConfigError(f"{what} must be at least 1, got {img_size}")
@@ -61,7 +62,14 @@ def open_image(path: str | Path | Image.Image, mode: str, *, limit: bool = True)
     """A decoded image in ``mode`` ("L" or "RGB"); size limits checked before decoding (unless ``limit`` is False).
     16-bit images are scaled from 0..65535 and float images from 0..1 (PIL would clip them to white or black);
     float images outside [0, 1] are refused (their range is unknown)."""
-    with path if isinstance(path, Image.Image) else Image.open(path) as img:
+    if isinstance(path, Image.Image):
+        img = path
+    else:
+        kind = special_kind(path)
+        if kind is not None:  # PIL would block on a FIFO or read a device without end
+            raise ValueError(f"{path} is {kind}, not an image file")
+        img = Image.open(path)
+    with img:
         if limit:
             check_pixels(*img.size)
         return _eight_bit(img).convert(mode)  # convert() forces the full decode inside the caller's try

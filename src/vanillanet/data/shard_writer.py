@@ -37,6 +37,7 @@ from PIL import Image
 
 from ..util.errors import DataError, OutputError, first_line
 from ..util.fileio import remove_stale_temporaries, write_atomic, write_json
+from ..util.safe_open import special_kind
 from . import remote
 from .datasets import SPLITS, SafeImageFolder
 from .images import _UNREADABLE, _eight_bit, check_pixels, open_bytes
@@ -80,6 +81,9 @@ class ShardSource:
         ds = self.splits[split]
         if isinstance(ds, SafeImageFolder):
             path, target = ds.samples[i]
+            kind = special_kind(path)
+            if kind is not None:  # reading a FIFO or a device would block or never end
+                raise ValueError(f"{path} is {kind}, not an image file")
             with open(path, "rb") as f:
                 return f.read(), self.remap[split][target], Path(path).stem
         if isinstance(ds, ShardDataset):

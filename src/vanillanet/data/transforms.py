@@ -12,7 +12,7 @@ from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
 from ..util.errors import ConfigError
-from .images import check_img_size
+from .images import check_img_size_limit
 from .sources import dataset_defaults
 
 
@@ -65,7 +65,7 @@ def resolve_preprocess(*, model_cfg: Mapping[str, Any] | None = None, data: str 
         if key in values:
             values[key] = tuple(float(v) for v in values[key])
     if "img_size" in values:
-        values["img_size"] = check_img_size(int(values["img_size"]), allow_large=allow_large)
+        values["img_size"] = check_img_size_limit(int(values["img_size"]), allow_large=allow_large)
     if any(v <= 0 for v in values.get("std", ())):
         raise ConfigError(f"the normalisation std must be positive, got {list(values['std'])} (from the checkpoint "
                           "or the settings): fix the std setting")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from ..model.geometry import check_input_size
+from ..model.geometry import check_min_input_size
 from ..model.reparam import rel_err, reparameterize_model
 from ..util.errors import ConfigError, ConversionError, VanillaNetError, first_line
 from ..util.timing import time_interleaved
@@ -157,7 +157,7 @@ def fast_inference(
     base = reparameterize_model(model) if deploy else copy.deepcopy(model).eval()
     base = base.to(device=device, dtype=torch.float32)
     in_chans = int(getattr(base, "in_chans", 3))
-    check_input_size(base, image_size)
+    check_min_input_size(base, image_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, in_chans, image_size, image_size, generator=gen).to(device)
     with exact_fp32():

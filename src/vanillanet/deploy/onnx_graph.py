@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.geometry import check_input_size
+from ..model.geometry import check_min_input_size
 from ..model.layers import StridedAdaptiveMaxPool2d
 from ..model.reparam import reparameterize_model
 from ..util.errors import ConfigError, ConversionError, first_line
@@ -71,7 +71,7 @@ def make_exportable(model: nn.Module, img_size: int, in_chans: int | None = None
     are fixed for ``img_size``."""
     model = (reparameterize_model(model) if deploy else copy.deepcopy(model).eval()).float().cpu()
     in_chans = in_chans or getattr(model, "in_chans", 3)
-    check_input_size(model, img_size)
+    check_min_input_size(model, img_size)
     pools = {name: m for name, m in model.named_modules()
              if isinstance(m, (nn.AdaptiveMaxPool2d, StridedAdaptiveMaxPool2d))}
     if not pools:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.fx._symbolic_trace as _fx
 
+from ..util.errors import first_line
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -54,7 +56,7 @@ try:  # the kernels need Triton; everything else in the package does not
     from . import ops as _ops
 except Exception as err:  # ImportError where Triton is missing; anything else from a Triton that does not fit
     _ops = None
-    _REASON = f"Triton kernels unavailable ({type(err).__name__}: {str(err).strip().splitlines()[0][:160]})"
+    _REASON = f"Triton kernels unavailable ({type(err).__name__}: {first_line(err, 160)})"
     _log.debug(_REASON)
 else:
     _REASON = ""

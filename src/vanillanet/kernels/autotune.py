@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from ..util.errors import first_line
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["Config", "best_ms", "cache_key", "clear", "launch_tuned", "pick", "time_ms", "timings"]
@@ -172,7 +174,7 @@ def pick(key: str, candidates: list[Any], launch: Callable[[Any], Any], device: 
         try:
             t = time_ms(lambda c=cand: launch(c), device)
         except Exception as err:  # compile failures (shared memory, registers) rule a candidate out
-            _log.debug("tuning %s: candidate %s failed (%s)", key, _describe(cand), str(err).splitlines()[:1])
+            _log.debug("tuning %s: candidate %s failed (%s)", key, _describe(cand), first_line(err))
             continue
         measured[_describe(cand)] = t
         if t < best_t:

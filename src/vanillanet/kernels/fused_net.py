@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..util.cudagraph import capture
-from ..util.errors import ConversionError
+from ..util.errors import ConversionError, first_line
 from . import act, autotune, ops
 from .references import pack_taps
 
@@ -230,7 +230,7 @@ def build_fused(model: nn.Module, example: torch.Tensor, plan: str | None = None
         try:
             net(example)  # tunes on CUDA, checks every stage runs on this shape
         except Exception as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            first = first_line(err)
             raise ConversionError(f"the fused kernels cannot run this model on input {tuple(example.shape)} "
                                   f"({first}); use another backend") from err
     if example.device.type != "cuda":

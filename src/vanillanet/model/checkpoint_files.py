@@ -38,6 +38,7 @@ from ..util import validation
 from ..util.errors import CheckpointError, ConfigError, first_line
 from ..util.fileio import save_atomic, write_atomic
 from ..util.integrity import describe, digest, expanded, unsound
+from ..util.safe_open import read_head, read_text, refuse_special
 from ..util.validation import option
 from .ablation import MODEL_OPTIONS
 from .variants import VARIANTS, variant_of
@@ -77,9 +78,8 @@ def read_raw(path: Path) -> tuple[Any, str, dict[str, str]]:
         raise CheckpointError(f"checkpoint not found: {path}: check the path")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint: pass the .pth or .safetensors file inside it")
+    head = read_head(path, 16, "checkpoint", CheckpointError)  # a FIFO or a device is refused, never read
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(16)
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was truncated; copy or download it again")
     if head[8:9] == b"{":  # safetensors: 8-byte little-endian header length, then a JSON header
@@ -298,7 +298,7 @@ def _read_hub_folder(path: Path) -> tuple[Any, str, dict[str, Any]]:
         raise CheckpointError(f"{path} is a folder, not a checkpoint: pass the .pth or .safetensors file inside it, "
                               "or a Hugging Face model folder (config.json + model.safetensors)")
     try:
-        config = json.loads((path / "config.json").read_text())
+        config = json.loads(read_text(path / "config.json", "the Hub config", CheckpointError))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path / 'config.json'} is unreadable ({_reason(err)}); export the folder "
                               "again") from None
@@ -333,8 +333,7 @@ def load_checkpoint_file(path: str | Path, *, use_ema: bool = True) -> dict[str,
 
 def file_meta(path: Path) -> dict[str, Any]:
     """What a checkpoint file records besides its weights, without reading the tensors into memory."""
-    with open(path, "rb") as f:
-        head = f.read(16)
+    head = read_head(path, 16, "checkpoint", CheckpointError)
     if head[8:9] == b"{":  # by content, not by the suffix
         from safetensors import safe_open
 
@@ -357,6 +356,7 @@ def file_meta(path: Path) -> dict[str, Any]:
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint written by ``vanillanet train`` (safe loading), or CheckpointError naming the problem."""
     path = Path(path)
+    refuse_special(path, "checkpoint", CheckpointError)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a file written by `vanillanet train` or "
                               "--resume auto")

@@ -69,7 +69,7 @@ def min_input_size(model: nn.Module) -> int:
     return min_input_side(model.strides, model.ada_pool)
 
 
-def check_input_size(model: nn.Module, img_size: int) -> None:
+def check_min_input_size(model: nn.Module, img_size: int) -> None:
     """Raise ConfigError (one line) when ``img_size`` is too small for ``model``."""
     need = min_input_size(model)
     if img_size < need:

@@ -211,12 +211,12 @@ class Run:
 
 def _check_model(model: nn.Module, cfg: TrainConfig, img_size: int, log: Callable[[str], None]) -> None:
     """Settings that must fit the built model (a baseline keeps timm's own layer grouping)."""
-    from ..model.geometry import check_input_size
+    from ..model.geometry import check_min_input_size
     from ..model.network import VanillaNet
 
     if not isinstance(model, VanillaNet):
         return
-    check_input_size(model, img_size)
+    check_min_input_size(model, img_size)
     blocks = len(model.stages)
     if cfg.layer_decay is not None and cfg.layer_decay_layers not in (None, blocks):
         raise ConfigError(f"layer_decay_layers is {cfg.layer_decay_layers} but {cfg.model} has {blocks} "

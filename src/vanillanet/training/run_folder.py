@@ -7,7 +7,9 @@ Layout of ``OUT/``: ``checkpoint-<step>.pth`` (the last ``keep_last``), ``best.p
 - **One run at a time**: ``lock()`` takes an exclusive ``flock`` on ``OUT/.lock`` holding the owner's PID, host and
   start time; a second run into the same folder (or a ``--resume auto`` while the first is going) stops with a
   one-line error naming the owner. The kernel releases the lock when the owner dies, so a crash never leaves the
-  folder locked.
+  folder locked: forked children (data-loading workers) close their copy of it at once, so none outlives a
+  killed owner holding it. ``.lock`` is opened without following links (a symbolic link planted there is refused,
+  never written through) and must be a regular file.
 - **Never overwrite a run**: starting afresh is refused when the folder holds any output of an earlier run
   (checkpoints, metrics, best.pth, summary.json, deploy weights), not only when it holds checkpoints.
 - **Stale temporaries** of interrupted writes (``.NAME.<pid>.<random>.tmp``) are removed when a run starts.
@@ -47,8 +49,25 @@ from ..util.fileio import (
     write_json,
     write_text,
 )
+from ..util.safe_open import open_output
 
 __all__ = ["RunFolder"]
+
+# Descriptors of the run-folder locks this process holds. A forked child (a DataLoader worker) closes its copies at
+# once: a flock belongs to the open file, so a worker keeping a copy would keep the folder locked after its parent
+# died (kill -9), until the worker noticed. Closing a copy leaves the parent's lock in place (no LOCK_UN).
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)\.pth$")
 OUTPUTS = ("metrics.jsonl", "best.pth", "summary.json", "model_deploy.safetensors", "training.png")
@@ -75,7 +94,7 @@ class RunFolder:
                               "folder") from None
         lock = self.path / ".lock"
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_output(lock, os.O_RDWR | os.O_CREAT, "the lock file", ConfigError)
         except OSError as err:
             raise ConfigError(f"cannot write to --output {self.path} ({err.strerror}); choose a writable "
                               "folder") from None
@@ -90,10 +109,12 @@ class RunFolder:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
                      .encode())
         self._lock_fd = fd
+        _HELD_LOCKS.add(fd)
         try:
             yield
         finally:
             self._lock_fd = None
+            _HELD_LOCKS.discard(fd)
             with contextlib.suppress(OSError):
                 lock.unlink()
             os.close(fd)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..util.errors import CheckpointError
+from ..util.errors import CheckpointError, first_line
 
 __all__ = ["TrainState", "get_rng_state", "set_rng_state"]
 
@@ -89,7 +89,7 @@ class TrainState:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"the optimizer state of the checkpoint does not fit this run's optimizer "
-                                  f"({str(err).splitlines()[0][:120]}); resume with the same --opt and "
+                                  f"({first_line(err, 120)}); resume with the same --opt and "
                                   "--layer-decay") from None
         for group, own in zip(self.optimizer.param_groups, settings):
             group.update(own)

@@ -5,7 +5,8 @@ POSIX): readers see the old file or the new one, a crash leaves the old one, and
 (``.NAME.<pid>.<random>.tmp``) is recognisable so that stale ones can be cleaned up (``remove_stale_temporaries``).
 A write that fails because the disk is full, the path is a folder or the folder is read-only raises a one-line
 ``OutputError`` naming the path and the cause, and leaves nothing behind; ``refuse_inputs`` stops a command from
-writing its output onto one of its inputs.
+writing its output onto one of its inputs. A special file (FIFO, device, socket) is never an output, and a line is
+appended to a log only through ``O_NOFOLLOW`` (``safe_open``): a planted symbolic link is refused, not followed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError, VanillaNetError
+from .safe_open import open_output, refuse_special
 
 __all__ = ["append_line", "json_safe", "link_or_copy", "refuse_inputs", "remove_stale_temporaries", "save_atomic",
            "temporary_name", "write_atomic", "write_json", "write_text"]
@@ -39,6 +41,7 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder; give a file name")
+    refuse_special(path, "the output", OutputError, reading=False)
     tmp = temporary_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +135,8 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
 def append_line(path: str | Path, line: str) -> None:
     """Append one line (a log row); a crash can leave at most this line partial, which readers skip."""
     try:
-        with open(path, "a") as f:
+        fd = open_output(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "the log")
+        with os.fdopen(fd, "a") as f:
             f.write(line.rstrip("\n") + "\n")
     except OSError as err:
         raise OutputError(f"cannot append to {path} ({err.strerror}); nothing was written: "
