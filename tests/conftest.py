@@ -89,6 +89,7 @@ def s3_store():
 
     server_mod = pytest.importorskip("moto.server", reason="moto[server] is a test dependency: pip install -e '.[dev]'")
     boto3 = pytest.importorskip("boto3")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log record per request otherwise
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
