@@ -16,7 +16,7 @@ from vanillanet.model.checkpoint_files import save_weights
 from vanillanet.model.network import VanillaNet
 from vanillanet.model.registry import create_model
 from vanillanet.model.reparam import reparameterize_model
-from vanillanet.util.errors import ConfigError, ConversionError
+from vanillanet.util.errors import CheckpointError, ConfigError, ConversionError
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -78,3 +78,79 @@ def test_refusals(trained, tmp_path):
     with pytest.raises(ConversionError, match="only registered variants"):
         export_hf(odd, tmp_path / "odd")
     assert not (tmp_path / "odd").exists() and not list(tmp_path.glob(".odd*"))
+
+
+# ---- the digest of a Hub folder ---------------------------------------------------------------------------------
+@pytest.fixture
+def hub_folder(trained, tmp_path):
+    out = tmp_path / "hub"
+    export_hf(create_model(None, trained[1]), out)
+    return out
+
+
+def _flip_middle(path, n=8):
+    data = bytearray(path.read_bytes())
+    mid = len(data) - len(data) // 3  # inside the tensor data (the JSON header is at the start)
+    for i in range(mid, mid + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_the_folder_carries_a_digest_and_the_weights_file_mode_of_its_neighbours(hub_folder):
+    from safetensors import safe_open
+
+    with safe_open(str(hub_folder / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert len(meta["sha256"]) == 64 and len(meta["config_sha256"]) == 64
+    modes = {p.name: p.stat().st_mode & 0o777 for p in hub_folder.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == modes["README.md"]
+    assert create_model(None, hub_folder).checkpoint_meta["verified"] is True
+
+
+def test_flipped_bytes_in_the_weights_are_refused_by_every_loader(hub_folder, tmp_path, capsys):
+    from PIL import Image
+
+    _flip_middle(hub_folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="does not match the SHA-256 digest it was written with"):
+        create_model(None, hub_folder)
+    with pytest.raises(CheckpointError, match="does not match the SHA-256 digest"):
+        timm.create_model(f"local-dir:{hub_folder}", pretrained=True)
+    Image.new("L", (40, 40), 128).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(hub_folder)]) == 2
+    assert "SHA-256" in capsys.readouterr().err
+    assert main(["convert", str(hub_folder), str(tmp_path / "re-signed.safetensors")]) == 2
+    assert "SHA-256" in capsys.readouterr().err and not (tmp_path / "re-signed.safetensors").exists()
+
+
+def test_an_edited_config_or_a_stripped_digest_is_refused(hub_folder):
+    config = json.loads((hub_folder / "config.json").read_text())
+    config["label_names"] = ["a", "b", "c"]
+    (hub_folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json was changed or damaged"):
+        create_model(None, hub_folder)
+    with pytest.raises(CheckpointError, match="config.json was changed or damaged"):
+        timm.create_model(f"local-dir:{hub_folder}", pretrained=True)
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(hub_folder / "model.safetensors")), str(hub_folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="carries no SHA-256 digest although vanillanet wrote the folder"):
+        create_model(None, hub_folder)
+
+
+def test_a_folder_from_elsewhere_loads_unverified_and_its_config_is_checked(hub_folder):
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((hub_folder / "config.json").read_text())
+    del config["vanillanet"]  # as timm's own save_for_hf writes it
+    (hub_folder / "config.json").write_text(json.dumps(config))
+    save_file(load_file(str(hub_folder / "model.safetensors")), str(hub_folder / "model.safetensors"))
+    assert create_model(None, hub_folder).checkpoint_meta["verified"] is False
+    timm.create_model(f"local-dir:{hub_folder}", pretrained=True)
+    config["pretrained_cfg"]["mean"] = "0.5"
+    (hub_folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json records a malformed mean \('0.5', not a list\)"):
+        create_model(None, hub_folder)
+    config["pretrained_cfg"] = "oops"
+    (hub_folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="malformed pretrained_cfg"):
+        create_model(None, hub_folder)

@@ -4,7 +4,9 @@
 the arguments that rebuild it, the class names and a ``pretrained_cfg`` with the preprocessing), ``model.safetensors``
 and a ``README.md`` model card (parameters and MACs as measured, accuracy and classes when the checkpoint records
 them). The folder is written under a temporary name, reloaded through ``timm.create_model("local-dir:...")`` and
-compared with the model before it is moved into place. It then loads with
+compared with the model before it is moved into place. Like every file we write, ``model.safetensors`` carries a
+SHA-256 digest (of its tensors and of ``config.json``'s bytes) that every loader verifies, timm's ``local-dir:``
+route included: a changed byte in either file is a one-line error, never different predictions. It then loads with
 
 - ``timm.create_model("local-dir:FOLDER", pretrained=True)`` (after ``import vanillanet``),
 - ``vanillanet.create_model(None, FOLDER)`` and ``vanillanet eval/predict --checkpoint FOLDER``.
@@ -26,7 +28,7 @@ from torch import nn
 
 from .complexity import count_macs, count_params
 from .data.transforms import Preprocess, resolve_preprocess
-from .model.checkpoint_files import model_meta
+from .model.checkpoint_files import model_meta, sign_hub_folder
 from .model.reparam import rel_err, reparameterize_model
 from .model.variants import PUBLISHED, variant_of
 from .util.errors import ConfigError, ConversionError
@@ -112,6 +114,7 @@ def export_hf(model: nn.Module, folder: str | Path, *, tol: float = 1e-5) -> Hub
     try:
         save_for_hf(deploy, str(tmp), model_config={"label_names": class_names, "vanillanet": ours},
                     model_args=model_args, safe_serialization=True, data_config=data_config)
+        sign_hub_folder(tmp)  # the SHA-256 digest of the weights and config.json, as every file we write carries
         size = (deploy.in_chans, pre.img_size, pre.img_size)
         params, macs = count_params(deploy), count_macs(deploy, size)
         (tmp / "README.md").write_text(_model_card(name, meta, pre, params, macs, class_names))

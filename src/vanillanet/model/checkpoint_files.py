@@ -23,6 +23,7 @@ a top-level key of ``.pth`` files), verified whenever the file is read: changed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pickle
 import typing
@@ -43,7 +44,8 @@ from ..util.validation import option
 from .ablation import MODEL_OPTIONS
 from .variants import VARIANTS, variant_of
 
-__all__ = ["FORMAT_NAME", "FileMeta", "file_meta", "load_checkpoint_file", "model_meta", "read_class_names",
+__all__ = ["FORMAT_NAME", "FileMeta", "sign_hub_folder", "verify_hub_folder",
+           "file_meta", "load_checkpoint_file", "model_meta", "read_class_names",
            "read_raw", "read_training_checkpoint", "save_weights", "select_state_dict", "normalise_keys", "with_digest"]
 
 FORMAT_NAME = "vanillanet"
@@ -277,35 +279,113 @@ def _collect_meta(obj: Any, fmt: str, st_meta: dict[str, str]) -> dict[str, Any]
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what timm's Hugging Face folders hold, preferred first
 
 
-def hub_folder_meta(config: Mapping[str, Any]) -> dict[str, Any]:
+def hub_folder_meta(config: Mapping[str, Any], where: str = "config.json") -> dict[str, Any]:
     """Our metadata from a Hugging Face / timm folder's ``config.json``: architecture, class names, the
-    preprocessing of its ``pretrained_cfg``, and what ``vanillanet export --format hf`` recorded."""
-    cfg = config.get("pretrained_cfg") or {}
-    meta: dict[str, Any] = dict(config.get("vanillanet") or {})
+    preprocessing of its ``pretrained_cfg``, and what ``vanillanet export --format hf`` recorded. Entries of the
+    wrong kind are one-line CheckpointErrors (the values are then checked by ``check_meta``)."""
+    def mapping(value: Any, key: str) -> Mapping[str, Any]:
+        if value is None or isinstance(value, Mapping):
+            return value or {}
+        raise CheckpointError(f"{where} records a malformed {key} ({value!r:.60}, not a mapping); the folder was "
+                              "edited or not written by timm or vanillanet: export it again")
+
+    cfg = mapping(config.get("pretrained_cfg"), "pretrained_cfg")
+    meta: dict[str, Any] = dict(mapping(config.get("vanillanet"), "vanillanet"))
     meta["architecture"] = config.get("architecture")
     if config.get("label_names"):
-        meta["class_names"] = list(config["label_names"])
-    if cfg.get("input_size"):
-        meta["img_size"] = int(cfg["input_size"][-1])
+        meta["class_names"] = config["label_names"]
+    size = cfg.get("input_size")
+    if size:
+        if not isinstance(size, (list, tuple)) or len(size) != 3:
+            raise CheckpointError(f"{where} records a malformed pretrained_cfg.input_size ({size!r:.60}, not "
+                                  "[channels, height, width]); export the folder again")
+        meta["img_size"] = size[-1]
     meta.update({k: cfg[k] for k in ("crop_pct", "mean", "std", "interpolation") if cfg.get(k) is not None})
     return meta
 
 
-def _read_hub_folder(path: Path) -> tuple[Any, str, dict[str, Any]]:
-    """(weights, format, metadata) of a folder in timm's Hugging Face layout (config.json + model.safetensors)."""
-    weights = next((path / name for name in HUB_WEIGHTS if (path / name).is_file()), None)
+def _hub_weights(path: Path) -> Path | None:
+    return next((path / name for name in HUB_WEIGHTS if (path / name).is_file()), None)
+
+
+def _config_bytes(path: Path) -> bytes:
+    try:
+        return read_text(path / "config.json", "the Hub config", CheckpointError).encode()
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / 'config.json'} is unreadable ({_reason(err)}); export the folder "
+                              "again") from None
+
+
+def sign_hub_folder(path: Path) -> None:
+    """Rewrite ``path/model.safetensors`` (as timm's ``save_for_hf`` wrote it) with the digest every file we write
+    carries: ``config_sha256`` (SHA-256 of ``config.json``'s bytes) in its metadata, and ``sha256`` over the tensors
+    and that metadata, as in every ``.safetensors`` file we write. Mode as any file we write (umask), not 0600."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    weights = path / HUB_WEIGHTS[0]
+    tensors = load_file(str(weights))
+    meta = {"format": "pt", "config_sha256": hashlib.sha256(_config_bytes(path)).hexdigest()}
+    meta["sha256"] = digest({"tensors": tensors, "meta": meta})
+    write_atomic(weights, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def verify_hub_folder(path: Path, tensors: Mapping[str, torch.Tensor] | None = None) -> bool:
+    """Check a Hub folder's ``config.json`` (and ``tensors``, what a loader read from its ``model.safetensors``,
+    e.g. timm's ``local-dir:`` route) against the digest in ``model.safetensors``. True when verified, False for a
+    folder from elsewhere (no digest, no vanillanet record); CheckpointError when anything changed, or when a folder
+    vanillanet wrote lost its digest."""
+    import hashlib
+
+    weights = _hub_weights(path)
+    config = _config_bytes(path)
+    meta: dict[str, str] = {}
+    if weights is not None and weights.name == HUB_WEIGHTS[0]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+        except Exception:  # damaged: read_raw names the problem
+            read_raw(weights)
+            raise
+    expected = meta.pop("sha256", None)
+    if expected is None:
+        with contextlib.suppress(ValueError):
+            ours = json.loads(config)
+            if isinstance(ours, dict) and "vanillanet" in ours:
+                raise CheckpointError(f"{weights or path} carries no SHA-256 digest although vanillanet wrote the "
+                                      "folder (its config.json says so): it was re-saved or damaged; export it again")
+        return False
+    changed = meta.get("config_sha256") != hashlib.sha256(config).hexdigest()
+    if not changed and tensors is not None:
+        changed = digest({"tensors": dict(tensors), "meta": meta}) != expected
+    if changed:
+        raise CheckpointError(f"the Hub folder {path} does not match the SHA-256 digest it was written with: "
+                              "model.safetensors or config.json was changed or damaged after writing; export or "
+                              "download it again")
+    return True
+
+
+def _read_hub_folder(path: Path) -> tuple[Any, str, dict[str, Any], bool]:
+    """(weights, format, metadata, verified) of a folder in timm's Hugging Face layout (config.json +
+    model.safetensors); the weights and config.json are checked against the folder's digest."""
+    weights = _hub_weights(path)
     if not (path / "config.json").is_file() or weights is None:
         raise CheckpointError(f"{path} is a folder, not a checkpoint: pass the .pth or .safetensors file inside it, "
                               "or a Hugging Face model folder (config.json + model.safetensors)")
     try:
-        config = json.loads(read_text(path / "config.json", "the Hub config", CheckpointError))
-    except (OSError, ValueError) as err:
+        config = json.loads(_config_bytes(path))
+    except ValueError as err:
         raise CheckpointError(f"{path / 'config.json'} is unreadable ({_reason(err)}); export the folder "
                               "again") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path / 'config.json'} is not a JSON object; export the folder again")
+    verified = verify_hub_folder(path)  # config.json; read_raw checks the tensors against the same digest
     obj, fmt, _ = read_raw(weights)
-    return obj, fmt, hub_folder_meta(config)
+    meta = check_meta(hub_folder_meta(config, str(path / "config.json")), str(path / "config.json"))
+    return obj, fmt, meta, verified
 
 
 def load_checkpoint_file(path: str | Path, *, use_ema: bool = True) -> dict[str, Any]:
@@ -317,10 +397,10 @@ def load_checkpoint_file(path: str | Path, *, use_ema: bool = True) -> dict[str,
     """
     path = Path(path)
     if path.is_dir():
-        obj, fmt, hub_meta = _read_hub_folder(path)
+        obj, fmt, hub_meta, verified = _read_hub_folder(path)
         state_dict, _ = normalise_keys(select_state_dict(obj, use_ema, str(path))[0])
         return {"state_dict": state_dict, "meta": {**hub_meta, "path": str(path), "format": fmt, "source": None,
-                                                   "layout": "hf-folder"}}
+                                                   "layout": "hf-folder", "verified": verified}}
     obj, fmt, st_meta = read_raw(path)
     state_dict, source = select_state_dict(obj, use_ema, str(path))
     state_dict, openmixup = normalise_keys(state_dict)

@@ -20,7 +20,14 @@ import torch
 from ..util.errors import CheckpointError, ConversionError
 from ..util.integrity import describe, unsound
 from .ablation import SHORTCUT_REFUSAL
-from .checkpoint_files import file_meta, load_checkpoint_file, meta_from, normalise_keys, select_state_dict
+from .checkpoint_files import (
+    file_meta,
+    load_checkpoint_file,
+    meta_from,
+    normalise_keys,
+    select_state_dict,
+    verify_hub_folder,
+)
 from .network import VanillaNet
 from .variants import VARIANTS, describe_dims, match_variants, variant_of
 
@@ -278,6 +285,14 @@ def _pretrained_file(model: VanillaNet) -> Path | None:
     return path if path.is_file() else None
 
 
+def _verify_local_dir(model: VanillaNet, obj: Mapping[str, Any]) -> None:
+    """timm's ``local-dir:FOLDER`` route read the folder's weights itself: check them and config.json against the
+    folder's digest (the rule every loader of our files follows)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("source") == "local-dir" and cfg.get("file") and Path(cfg["file"]).is_dir():
+        verify_hub_folder(Path(cfg["file"]), obj)
+
+
 def filter_state_dict(obj: Mapping[str, Any], model: VanillaNet, *,
                       use_ema: bool = True) -> dict[str, torch.Tensor]:
     """timm's pretrained hook: any supported layout (already unpacked by timm, or a whole checkpoint dict) mapped
@@ -289,6 +304,7 @@ def filter_state_dict(obj: Mapping[str, Any], model: VanillaNet, *,
     passes only the unpacked weights, so the file's metadata is read again (header / memory-mapped, cheap). For
     Hugging Face hub weights timm passes bare tensors and no file name: no act_learn is known and 1 is assumed.
     """
+    _verify_local_dir(model, obj)
     state_dict, source = select_state_dict(obj, use_ema, "the pretrained weights")
     state_dict, openmixup = normalise_keys(state_dict)
     path = None if source else _pretrained_file(model)
