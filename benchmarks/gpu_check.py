@@ -10,6 +10,9 @@
 3. Training images/s at ``--train-batch-size`` (128) for vanillanet_5 and _13: ``train-amp`` (the original recipe:
    fp16 autocast NCHW + GradScaler) vs ``train-best`` (bf16 channels_last + torch.compile) and ``train-fused``
    (the same with the fused activation op).
+4. The loader (``--decoder gpu``, issue 16): decoded images/s per GPU at batch ``--batch-size`` (256 photo-like
+   500x375 / 375x500 JPEGs of ~100 KB: nvJPEG or DALI decode + per-sample crop, resize, flip), and vanillanet_5
+   training images/s (bf16 channels_last, eager) with batches already on the GPU vs decoded on the GPU each step.
 
 Sections run in priority order (tests, vanillanet_5, its training, vanillanet_13, its training, vanillanet_9,
 resnet50); a section starts only when its estimated cost fits in what is left of ``--budget-s`` (default 420 s;
@@ -58,7 +61,8 @@ MAX_REL_ERR = 1e-2
 # Guessed seconds per section on an H100/H200, most of it compiling (inductor for compile/train-best/train-fused,
 # Triton for the fused kernels and their tuning); a section starts only if it should end within the budget.
 ESTIMATES_S = {"infer": 100, "infer-vanillanet_13": 150, "infer-vanillanet_9": 120, "infer-resnet50": 70,
-               "train": 110, "train-vanillanet_13": 160}
+               "train": 110, "train-vanillanet_13": 160, "loader": 40}
+TARGET_DECODE = 7000.0  # decoded img/s per GPU
 
 
 @dataclass
@@ -93,7 +97,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     infer_models=[m for m in models if m in ("vanillanet_5", "resnet50")],
                     train_models=train_models[:1], train_modes=("train-fp32", "train-amp"), half="fp32",
                     pytest_args=["--collect-only", "-q", "-m", "gpu", "tests/test_kernels_gpu.py"],
-                    pytest_timeout_s=60, budget_s=args.budget_s, estimates_s={"pytest": 0, "infer": 0, "train": 0})
+                    pytest_timeout_s=60, budget_s=args.budget_s,
+                    estimates_s={"pytest": 0, "infer": 0, "train": 0, "loader": 0})
     return Plan(device="cuda", img_size=224, width_mult=1.0, batch_size=args.batch_size,
                 train_batch_size=args.train_batch_size, repeats=args.repeats, round_s=0.2, iters=None,
                 num_classes=1000, infer_models=models, train_models=train_models,
@@ -185,6 +190,14 @@ class Check:
                            width_mult=self.plan.width_mult)
         self.records += run_bench(cfg, log=self.log)
 
+    def loader(self) -> None:
+        """Section 4: GPU decoding of a batch, and training with and without it (see the module docstring)."""
+        from loader_gpu import measure_gpu_loader
+
+        rec = measure_gpu_loader(self.plan.device, batch=self.plan.batch_size, train_batch=self.plan.train_batch_size,
+                                 tiny=self.plan.device == "cpu", log=self.log)
+        self.records.append(rec)
+
     def run(self, skip: set[str]) -> None:
         if "pytest" not in skip:
             self.section("pytest", "pytest", self.pytest)
@@ -194,6 +207,8 @@ class Check:
                 self.section(f"inference {model}", f"infer-{model}", lambda m=model: self.inference(m))
             if model in trains:
                 self.section(f"training {model}", f"train-{model}", lambda m=model: self.training(m))
+            if model == "vanillanet_5" and "loader" not in skip:
+                self.section("loader", "loader", self.loader)
 
     # ---- output -----------------------------------------------------------------------------------------------
     def summary(self) -> list[str]:
@@ -233,6 +248,12 @@ class Check:
                     lines.append(f"- {model} training {mode}: {ips:.0f} img/s = {ips / base['images_per_s']:.2f}x "
                                  f"the original recipe ({base['images_per_s']:.0f} img/s); target >= {target} and "
                                  f">= 3x: {'met' if ok else 'NOT met'}")
+        for r in (r for r in recs if r["kind"] == "loader"):
+            lines.append(f"- loader ({r['decoder']}): {r['decoded_img_per_s']:.0f} decoded img/s per GPU at batch "
+                         f"{r['batch_size']} (target >= {TARGET_DECODE:.0f}: "
+                         f"{'met' if r['decoded_img_per_s'] >= TARGET_DECODE else 'NOT met'}); vanillanet_5 training "
+                         f"{r['train_img_per_s_predecoded']:.0f} img/s with batches on the GPU, "
+                         f"{r['train_img_per_s_gpu_decode']:.0f} img/s decoding each batch on the GPU")
         errs = [r for r in recs if r["kind"] == "inference" and r["max_rel_err"] is not None
                 and r["model"].startswith("vanillanet") and r["mode"] != "paper"]
         if errs:
@@ -250,7 +271,8 @@ class Check:
         head = (f"# GPU check\n\n{device_name(dev)}, torch {torch.__version__}, "
                 f"triton {_triton_version()}, {self.plan.img_size}x{self.plan.img_size}, {self.elapsed():.0f} s in all."
                 f"\n\nGPU tests: {self.pytest_summary}.\n")
-        parts = [head, markdown_table(self.records) if self.records else "(no records)", "", "Targets:",
+        table = [r for r in self.records if r["kind"] != "loader"]
+        parts = [head, markdown_table(table) if table else "(no records)", "", "Targets:",
                  *(self.summary() or ["- nothing measured"])]
         if self.notes:
             parts += ["", "Notes:", *(f"- {n}" for n in self.notes)]
@@ -260,7 +282,7 @@ class Check:
         (self.out / f"{STEM}_tuning.json").write_text(json.dumps(autotune.timings(), indent=1, sort_keys=True))
         if chart and self.records:
             try:
-                plot_records(self.records, self.out / f"{STEM}.png")
+                plot_records([r for r in self.records if r["kind"] != "loader"], self.out / f"{STEM}.png")
             except Exception as err:  # matplotlib missing or broken: the table still counts
                 self.notes.append(f"chart not drawn: {type(err).__name__}: {err}")
 
@@ -280,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny models on the CPU: checks the script, not speed")
     p.add_argument("--models", default="vanillanet_5,vanillanet_13,vanillanet_9,resnet50",
                    help="inference models in priority order (vanillanet_5/_13 also train)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: pytest, infer, train")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: pytest, infer, train, loader")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--train-batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)

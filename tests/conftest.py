@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 if not torch.cuda.is_available():
@@ -16,8 +19,10 @@ if not torch.cuda.is_available():
 
 import vanillanet  # noqa: E402, F401  (registers the models with timm)
 from vanillanet.model.network import VanillaNet  # noqa: E402
-from vanillanet.model.reparam import calibrate_bn, rel_err  # noqa: E402, F401  (re-exported for the tests)
+from vanillanet.model.registry import create_model  # noqa: E402
+from vanillanet.model.reparam import calibrate_bn, rel_err, reparameterize_model  # noqa: E402, F401  (re-exported)
 from vanillanet.model.variants import VARIANTS  # noqa: E402
+from vanillanet.util.errors import CheckpointError  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -56,6 +61,239 @@ def one_thread():
 def seeded():
     torch.manual_seed(0)
     yield
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def save_image(path: Path, color: int = 128, size: int = 12) -> None:
+    """A small RGB image of one colour (its channels differ) at ``path``, parents created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), (color, color // 2, 255 - color)).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """An ImageFolder root: train/{cat,dog} with 3 images each, val/{cat,dog} with 1 each."""
+    for split, n in (("train", 3), ("val", 1)):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(n):
+                save_image(tmp_path / split / name / f"{i}.png", 40 + 100 * c + i)
+    return tmp_path
+
+
+def one_line_dataset_error(match: str, *args, **kwargs) -> str:
+    """The DataError of ``build_dataset(*args, **kwargs)``: it matches ``match`` and is one line."""
+    from vanillanet.data.sources import build_dataset
+    from vanillanet.util.errors import DataError
+
+    with pytest.raises(DataError, match=match) as info:
+        build_dataset(*args, **kwargs)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+# ---- checkpoints: a narrow vanillanet_5 and its files in every layout ----------------------------------------------
+CKPT_WIDTH = 0.125  # vanillanet_5 at width 0.125: dims 64, 128, 256, 512
+CKPT_CLASSES = [f"class_{i}" for i in range(10)]
+
+
+def narrow_model(name="vanillanet_5", **kwargs):
+    """``name`` at ``CKPT_WIDTH`` of its widths (the checkpoint tests' model)."""
+    return build_variant(name, width_mult=CKPT_WIDTH, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ckpt_source():
+    """A narrow train-form vanillanet_5 (10 classes) with realistic BN statistics, and an 'EMA' that differs."""
+    torch.manual_seed(0)
+    model = narrow_model(num_classes=10)
+    give_realistic_bn_stats(model, (4, 3, 32, 32))
+    model.eval()
+    ema = {k: (v + 0.01 if v.is_floating_point() else v.clone()) for k, v in model.state_dict().items()}
+    return model, ema
+
+
+@pytest.fixture(scope="module")
+def ckpt_input():
+    """A fixed batch of two 32 px images."""
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def original_args():
+    """The ``args`` namespace the original training script pickles into its checkpoints."""
+    return argparse.Namespace(model="vanillanet_5", lr=3.5e-3, decay_epochs=100, model_ema=True)
+
+
+def layouts(model, ema):
+    """Checkpoint dicts in every supported layout, built here (released files cannot be downloaded)."""
+    sd = model.state_dict()
+    deploy_sd = reparameterize_model(model).state_dict()
+    return {
+        "original": {"model": sd, "model_ema": ema, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]},
+                     "epoch": 299, "scaler": {"scale": 65536.0}, "args": original_args()},
+        "original_ddp": {"model": {f"module.{k}": v for k, v in sd.items()}, "args": original_args()},
+        "original_deploy": {"model": deploy_sd},
+        "bare": dict(sd),
+        "compiled_ddp": {f"_orig_mod.module.{k}": v for k, v in sd.items()},
+        "openmixup": {"state_dict": {("head." if k.startswith("cls") else "backbone.") + k: v for k, v in sd.items()},
+                      "meta": {"epoch": 300, "mmcv_version": "1.7.0"}},
+        "ours_training": {"model": sd, "model_ema": ema, "optimizer": {"state": {}}, "epoch": 3, "scaler": None,
+                          "config": {"model": "vanillanet_5", "lr": 0.001}, "act_learn": 1.0, "step": 30,
+                          "rng": torch.get_rng_state(), "class_names": CKPT_CLASSES,
+                          "arch": {"name": "vanillanet_5", "kwargs": {"width_mult": CKPT_WIDTH, "num_classes": 10}}},
+    }
+
+
+def assert_same_weights(model, reference_sd, skip=()):
+    """``model`` holds exactly ``reference_sd`` (keys starting with ``skip`` excepted)."""
+    got = model.state_dict()
+    assert list(got) == list(reference_sd) or set(got) == set(reference_sd)
+    for key, value in reference_sd.items():
+        if not key.startswith(skip):
+            assert torch.equal(got[key], value), key
+
+
+def checkpoint_error(path, match, **kwargs):
+    """The CheckpointError of ``create_model("vanillanet_5", path, **kwargs)``: it matches ``match``, one line."""
+    with pytest.raises(CheckpointError, match=match) as info:
+        create_model("vanillanet_5", path, **kwargs)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+# ---- kernels ------------------------------------------------------------------------------------------------------
+# Without a GPU the kernels run in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1 is set above, before triton
+# is imported); with one they run compiled on CUDA. The interpreter's cost is per program and per op, not per
+# element, so the kernel tests use tiny shapes.
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+KERNEL_TOL = {F32: 1e-5, F16: 1e-2, BF16: 1e-2}
+
+
+def kernel_device() -> str:
+    """Where the kernel tests of a module run, called at its top: the module is skipped without Triton and fails
+    when Triton cannot define the kernels; "cpu" in Triton's interpreter, else "cuda"."""
+    pytest.importorskip("triton", reason="the kernels need Triton (CUDA builds of torch ship it)")
+    import vanillanet.kernels as K
+
+    if not K.available():
+        pytest.fail(f"Triton is installed but the kernels could not be defined: {K.unavailable_reason()}",
+                    pytrace=False)
+    device = "cpu" if K.interpreted() else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.fail("triton runs compiled here but there is no GPU: set TRITON_INTERPRET=1 before triton is imported "
+                    "(tests/conftest.py does this)", pytrace=False)
+    return device
+
+
+def channels_last_tensor(*shape: int, device: str, dtype: torch.dtype = F32, seed: int = 0,
+                         scale: float = 1.0) -> torch.Tensor:
+    """A seeded normal tensor of ``shape`` in channels_last on ``device`` (the kernels' input layout)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=gen) * scale
+    return x.to(device, dtype).contiguous(memory_format=torch.channels_last)
+
+
+def depthwise_taps(c: int, act_num: int = 3, *, device: str, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded depthwise weights (c, 1, k, k), k = 2 act_num + 1, scaled by 1/k, and a bias (c,)."""
+    gen = torch.Generator().manual_seed(seed)
+    k = 2 * act_num + 1
+    w = torch.randn(c, 1, k, k, generator=gen) / k
+    return w.to(device), torch.randn(c, generator=gen).to(device)
+
+
+def photo_jpeg(rng, width: int, height: int, quality: int = 90, mode: str = "RGB") -> bytes:
+    """A seeded photo-like JPEG: a smooth colour field with a per-image colour cast (channels differ, so a swapped
+    channel order shows), shapes and grain, as ``mode`` (RGB, L or CMYK)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    coarse = rng.uniform(0, 255, (4, 4, 3)) * np.array([1.0, 0.7, 0.4]) + rng.uniform(0, 60, 3)
+    base = np.asarray(Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize((width, height),
+                                                                                        Image.BICUBIC), np.float32)
+    noise = rng.normal(0, 12, (height, width, 1))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).convert(mode).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def jpeg_folder(tmp_path_factory):
+    """An ImageFolder root of photo-like JPEGs (train: 2 classes x 24, val: 2 x 8; 96x72 and 72x96 px)."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 24), ("val", 8)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                size = (96, 72) if i % 2 else (72, 96)
+                (root / split / c / f"{i:03d}.jpg").write_bytes(photo_jpeg(rng, *size))
+    return root
+
+
+# ---- training: a small TrainState ---------------------------------------------------------------------------------
+STEPS_PER_EPOCH = 4
+
+
+def make_state(lr: float = 1e-3, opt: str = "adamw", ema: bool = True, seed: int = 0, epochs: int = 3, **optim):
+    """A ``TrainState`` of a narrow vanillanet_5 (4 classes): ``opt`` at ``lr``, the run's cosine schedule with one
+    warm-up epoch of ``STEPS_PER_EPOCH`` steps, an EMA (decay 0.9) unless ``ema`` is False, no gradient scaler;
+    ``optim``: other ``OptimConfig`` fields."""
+    from timm.utils import ModelEmaV3
+
+    from vanillanet.training.builders import build_optimizer, build_scheduler
+    from vanillanet.training.config import OptimConfig
+    from vanillanet.training.state import TrainState
+
+    torch.manual_seed(seed)
+    model = build_variant("vanillanet_5", num_classes=4, width_mult=1 / 32)
+    optim = OptimConfig(opt=opt, lr=lr, warmup_epochs=1.0, **optim)
+    optimizer = build_optimizer(model, optim, lr)
+    return TrainState(model=model, ema=ModelEmaV3(model, decay=0.9) if ema else None, optimizer=optimizer,
+                      scheduler=build_scheduler(optimizer, optim, STEPS_PER_EPOCH, epochs),
+                      scaler=torch.amp.GradScaler("cpu", enabled=False))
+
+
+# ---- training: the tiny training config, written once -----------------------------------------------------------
+# 16 synthetic 32 px images, batch 4: 4 steps per epoch, 2 epochs, at 1/16 of the widths; mixup/cutmix, LAMB, the
+# EMA and per-epoch act_learn on as in the recipe. ``tiny_config`` takes ``key=value`` overrides.
+TINY_TRAIN = {"data": "synthetic", "synthetic_size": 16, "width_mult": 0.0625, "epochs": 2, "decay_epochs": 1,
+              "batch_size": 4, "workers": 0, "warmup_epochs": 1, "img_size": 32, "progress": False, "seed": 5,
+              "log_every": 1}
+
+
+def tiny_sets(**changes) -> list[str]:
+    """``TINY_TRAIN`` with ``changes`` as ``--set`` strings (``key=value``)."""
+    values = {**TINY_TRAIN, **changes}
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+
+
+def tiny_config(out: Path, *extra: str, **changes):
+    """The resolved ``TrainConfig`` of the tiny run into ``out``; ``extra``: further ``key=value`` overrides."""
+    from vanillanet.training.config import resolve_config
+
+    return resolve_config(None, {}, [*tiny_sets(**changes), f"output={out}", *extra])
+
+
+def built_run(out: Path, *extra: str, **changes):
+    """``(state, run, log lines)`` of ``build_run`` for the tiny config into ``out`` (one CPU process)."""
+    from vanillanet.training.builders import build_run
+    from vanillanet.training.loop import Log
+    from vanillanet.training.run_folder import RunFolder
+    from vanillanet.util.devices import DistInfo
+
+    said: list[str] = []
+
+    class Said(Log):  # the loop's log, its lines kept
+        def __call__(self, msg: str) -> None:
+            said.append(msg)
+
+    log = Said(True)
+    state, run = build_run(tiny_config(out, *extra, **changes), DistInfo(), torch.device("cpu"),
+                           RunFolder(out, log), log)
+    return state, run, said
 
 
 # ---- shards: small image folders and an S3-compatible object store on the loopback ---------------------------------

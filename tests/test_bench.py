@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ def check_records(records):
         assert FIELDS <= set(r), FIELDS - set(r)
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["images_per_s"] == pytest.approx(r["batch_size"] * 1e3 / r["median_ms"])
-        if r["mode"] in ("paper", "eager") or r["kind"] == "train":
+        if r["mode"] in ("paper", "nchw") or r["kind"] == "train":
             assert r["max_rel_err"] is None
         else:
             deep_random = r["model"].startswith("resnet")  # 50 random layers: fp32 algorithms differ by ~1e-4
@@ -34,7 +35,7 @@ def test_cli_every_cpu_mode_json_table_and_plot(tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     cpu = torch.device("cpu")
     half = [m for m, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)) if dtype_supported(cpu, dt)]
-    modes = ",".join(["paper", "eager", "channels_last", *half, "compile", "onnxruntime"])
+    modes = ",".join(["paper", "nchw", "channels_last", *half, "compile", "onnxruntime"])
     assert main(["bench", "--model", "vanillanet_5", "--width-mult", "0.03125", "--img-size", "32", "--batch-size",
                  "2", "--modes", modes, "--repeats", "2", "--iters", "1", "--threads", "1", "--json", str(out),
                  "--plot", str(png)]) == 0
@@ -73,6 +74,26 @@ def test_compiled_training_step():
                                     **TINY), log=lambda s: None)
     check_records(records)
     assert [r["mode"] for r in records if r["kind"] == "train"] == ["train-best"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--batch-size", "4096", "--img-size", "4096"], r"--batch-size/--train-batch-size and --img-size \(4096 x 3 x "
+                                                     r"4096 x 4096\) make a 824.6 GB input batch, above the 4.3 GB"),
+    (["--train", "--train-batch-size", "2048", "--img-size", "2048"], "make a 103.1 GB input batch"),
+    (["--iters", "1000000000000"], "error: iters must be at most 100000, got 1000000000000"),
+    (["--repeats", "100000"], "error: repeats must be at most 1000, got 100000"),
+])
+def test_cli_sizes_and_counts_refused_before_any_work(capsys, monkeypatch, argv, message):
+    import vanillanet.bench as bench
+
+    monkeypatch.setattr(bench, "create_model", lambda *a, **k: pytest.fail("built a model before refusing"))
+    try:
+        code = main(["bench", *argv, "--modes", "paper"])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert bench.check_batch_limit(4096, 4096, allow_large=True) is None  # --allow-large lifts it
 
 
 def test_bad_modes_and_sizes():

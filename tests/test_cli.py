@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from vanillanet import __version__
 from vanillanet.cli import COMMANDS, main
@@ -95,6 +96,21 @@ def test_an_unexpected_exception_is_one_line_with_a_traceback_log(capsys, tmp_pa
     assert log.parent == tmp_path / "logs" and log.name.startswith("traceback-info-")
     text = log.read_text()
     assert text.startswith("vanillanet ") and "Traceback (most recent call last)" in text and "second line" in text
+
+
+@pytest.mark.parametrize("error", [MemoryError(), torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate "
+                                                                              "824.00 GiB\nmore")])
+def test_out_of_memory_is_one_line_naming_the_fix(capsys, monkeypatch, error):
+    import vanillanet.complexity
+
+    def exhausted(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vanillanet.complexity, "model_complexity", exhausted)
+    assert main(["info", "vanillanet_5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vanillanet info: error: out of memory (") and err.count("\n") == 1
+    assert "use a smaller --batch-size or --img-size, fewer --workers, or leave out --allow-large" in err
 
 
 def test_ctrl_c_exits_130(capsys, monkeypatch):
@@ -194,7 +210,7 @@ OTHER = [
     (["export", "--checkpoint", "FILES/good.safetensors", "--output", "FILES", "--format", "onnx", "--img-size",
       "32"], "it is a folder; give a file name"),
     (["export", "--model", "vanillanet_5", "--num-classes", "2000000", "--output", "OUT/x.onnx"],
-     "above the 1,000M limit"),
+     "above the limit of 1.0 billion: refusing to allocate it"),
     (["export", "--model", "vanillanet_5", "--opset", "0", "--output", "OUT/x.onnx"],
      "argument --opset: must be at least 1, got 0"),
 ]

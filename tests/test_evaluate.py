@@ -100,6 +100,10 @@ def test_bad_inputs_one_line(folder, tmp_path, capsys):
         (["--checkpoint", str(ckpt), "--data", str(tmp_path / "nodata")], "does not exist"),
         (["--checkpoint", str(ckpt), "--data", str(folder), "--real-labels", str(bad_real)], "2 entries"),
         (["--checkpoint", str(ckpt), "--data", str(folder), "--img-size", "8"], "too small"),
+        (["--checkpoint", str(ckpt), "--data", str(folder), "--img-size", "7", "--backend", "none"],
+         "input size 7 px is too small for this model (its stem and pooling need at least 32 px)"),
+        (["--checkpoint", str(ckpt), "--data", str(folder), "--img-size", "4096", "--batch-size", "4096"],
+         "--batch-size and --img-size (4096 x 3 x 4096 x 4096) make a 824.6 GB input batch, above the 4.3 GB limit"),
         (["--checkpoint", str(ckpt), "--data", str(folder), "--crop-pct", "1.5"], "crop-pct"),
     ]
     for args, needle in cases:

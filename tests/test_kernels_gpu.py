@@ -12,11 +12,22 @@ and, for batch 1 fp16, tuned (the tuning cache file).
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_variant, give_realistic_bn_stats, rel_err
+from conftest import (
+    BF16,
+    F16,
+    F32,
+    KERNEL_TOL,
+    build_variant,
+    channels_last_tensor,
+    depthwise_taps,
+    give_realistic_bn_stats,
+    rel_err,
+)
 from torch import nn
 
 import vanillanet.kernels as K
@@ -30,8 +41,7 @@ pytestmark = [
     pytest.mark.skipif(not K.available() or K.interpreted(), reason="needs compiled Triton kernels"),
 ]
 
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
-TOL = {F32: 1e-5, F16: 1e-2, BF16: 1e-2}
+TOL = KERNEL_TOL
 DEV = "cuda"
 
 
@@ -45,15 +55,8 @@ def _exact_fp32_untuned(monkeypatch):
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _cl(*shape: int, dtype=F32, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(DEV, dtype).contiguous(memory_format=torch.channels_last)
-
-
-def _taps(c: int, act_num: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    k = 2 * act_num + 1
-    return (torch.randn(c, 1, k, k, generator=gen) / k).to(DEV), torch.randn(c, generator=gen).to(DEV)
+_cl = functools.partial(channels_last_tensor, device=DEV)
+_taps = functools.partial(depthwise_taps, device=DEV)
 
 
 def _ops():
@@ -261,15 +264,16 @@ def test_every_activation_candidate_is_correct():
 @pytest.mark.parametrize("pool", [1, 2])
 def test_every_gemm_candidate_is_correct(pool):
     _, gemm, _, ref = _ops()
-    x = _cl(2, 512, 28, 28, dtype=F16)
-    gen = torch.Generator().manual_seed(4)
-    w2d = (torch.randn(1024, 512, generator=gen) / 512 ** 0.5).to(DEV, F16)
-    bias = torch.randn(1024, generator=gen).to(DEV)
-    want = ref.conv_gemm(x, w2d, bias, 1, pool).float()
-    m = 2 * (28 // pool) ** 2
-    for cfg in gemm.gemm_candidates(m, 512, 1024, pool, interpreted=False):
-        out = gemm.conv_gemm(x, w2d, bias, 1, pool, interpreted=False, config=cfg)
-        assert rel_err(out.float(), want) <= 1e-2, cfg
+    for dtype, tol in ((F16, 1e-2), (torch.float32, 1e-5)):  # fp32 has its own (non-spilling) first candidate
+        x = _cl(2, 512, 28, 28, dtype=dtype)
+        gen = torch.Generator().manual_seed(4)
+        w2d = (torch.randn(1024, 512, generator=gen) / 512 ** 0.5).to(DEV, dtype)
+        bias = torch.randn(1024, generator=gen).to(DEV)
+        want = ref.conv_gemm(x, w2d, bias, 1, pool).float()
+        m = 2 * (28 // pool) ** 2
+        for cfg in gemm.gemm_candidates(m, 512, 1024, pool, interpreted=False, fp32=dtype == torch.float32):
+            out = gemm.conv_gemm(x, w2d, bias, 1, pool, interpreted=False, config=cfg)
+            assert rel_err(out.float(), want) <= tol, (dtype, cfg)
 
 
 def test_every_backward_candidate_is_correct():
@@ -277,7 +281,7 @@ def test_every_backward_candidate_is_correct():
     x, g = _cl(2, 512, 56, 56, dtype=BF16), _cl(2, 512, 56, 56, dtype=BF16, seed=5)
     w, _ = _taps(512)
     _, wgx, wgw = _grads(ref.dwconv_relu, x, w, g)
-    for cfg in act.act_candidates(56, 56, 512, False, interpreted=False):
+    for cfg in act.bwd_candidates(56, 56, 512, interpreted=False, half=True):
         gx, gtaps = act.dwconv_relu_backward(g, x, ref.pack_taps(w), interpreted=False, config=cfg)
         assert rel_err(gx.float(), wgx.float()) <= 1e-2 and rel_err(ref.unpack_taps(gtaps, 7), wgw) <= 1e-2, cfg
 

@@ -91,3 +91,31 @@ def test_predict_limits_and_sixteen_bit_images(tmp_path, capsys):
     assert g8["predictions"] == g16["predictions"] != white["predictions"]
     assert main([*argv, "--allow-large"]) == 0
     assert all("error" not in r for r in json.loads(capsys.readouterr().out))
+
+
+def test_a_huge_line_image_under_a_memory_limit_is_one_error_line(tmp_path):
+    """Issue 17, finding 5: ``--allow-large`` on a 1 x 600,000 image, whose resize needs gigabytes, in a process
+    with a memory limit: the image gets one error line (no MemoryError traceback) and a readable one still gets its
+    prediction."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt = constant_checkpoint(tmp_path / "m.safetensors")
+    Image.new("RGB", (600_000, 1)).save(tmp_path / "line.png")
+    Image.new("RGB", (40, 40), (9, 99, 199)).save(tmp_path / "ok.png")
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)); "
+              "from vanillanet.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = [sys.executable, "-c", script, "predict", "--checkpoint", str(ckpt), "--img-size", "32", "--allow-large",
+            "--threads", "1", str(tmp_path / "line.png")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    alone = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert alone.returncode == 2 and "Traceback" not in alone.stderr and "MemoryError" not in alone.stderr
+    assert alone.stderr.splitlines()[0] == (f"vanillanet predict: {tmp_path / 'line.png'}: cannot read image (not "
+                                            "enough memory to decode and resize it; crop or shrink it)")
+    both = subprocess.run([*argv, str(tmp_path / "ok.png"), "--json"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert both.returncode == 0, both.stderr
+    rows = {r["path"]: r for r in json.loads(both.stdout)}
+    assert "not enough memory" in rows[str(tmp_path / "line.png")]["error"]
+    assert rows[str(tmp_path / "ok.png")]["predictions"][0]["name"] == "b"  # the constant model's top class

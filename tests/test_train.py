@@ -175,6 +175,29 @@ def test_ctrl_c_to_cli_process_group_saves_and_resumes(tmp_path, straight):
     assert_same_state(weights(straight[0] / "checkpoint-00000024.pth"), weights(out / "checkpoint-00000024.pth"))
 
 
+@pytest.mark.parametrize("aa_on_device", [False, True])
+def test_fast_decoder_trains_a_jpeg_folder_and_resumes_bit_exactly(tmp_path, jpeg_folder, aa_on_device):
+    """--decoder fast: uint8 crops from the workers, normalisation, RandomErasing and mixup (and with
+    --aa-on-device RandAugment's operations) on the device; killed mid-epoch and resumed (with another worker
+    count) it ends with the same weights as a straight run."""
+    sets = ["decoder=fast", f"aa_on_device={str(aa_on_device).lower()}", f"data={jpeg_folder}", "img_size=32",
+            "workers=1"]
+    straight_out, out = tmp_path / "straight", tmp_path / "interrupted"
+    done = train(tiny_cfg(straight_out, *sets))
+    assert done["status"] == "completed"
+
+    def kill_at_step_8(info):
+        if info["step"] == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    res = train(tiny_cfg(out, *sets), on_step=kill_at_step_8)
+    assert res["status"] == "interrupted" and weights(res["checkpoint"])["batch"] == 3  # mid-epoch 2
+    summary = train(tiny_cfg(out, *sets[:-1], "workers=0", "resume=auto"))
+    last = "checkpoint-00000018.pth"  # 3 epochs x 48 images / 8
+    assert_same_state(weights(straight_out / last), weights(out / last))
+    assert summary["test_top1"] == done["test_top1"]
+
+
 # ---- failures -----------------------------------------------------------------------------------------------
 def test_non_finite_loss_stops_with_the_step(tmp_path):
     out = tmp_path / "nan"
@@ -216,6 +239,9 @@ def _image_folder(root: Path, train_classes: list[str], val_classes: list[str]) 
         (["--data", "synthetic", "--freeze-stages", "9"], "freeze_stages is 9 but the model has 4 stages"),
         (["--data", "synthetic", "--opt", "adamq"], "unknown optimiser 'adamq'"),
         (["--data", "synthetic", "--layer-decay", "0.8", "--layer-decay-layers", "4"], "layer_decay_layers is 4"),
+        (["--data", "FOLDER", "--decoder", "gpu"], "--decoder gpu decodes on the training GPU"),
+        (["--data", "FOLDER", "--decoder", "fast", "--augment", "light"], "--decoder fast implements the timm"),
+        (["--data", "synthetic", "--decoder", "nvjpeg"], "decoder"),
     ],
 )
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, args, message):

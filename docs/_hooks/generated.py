@@ -155,7 +155,7 @@ def gen_backends(_: str | None, __: str) -> str:
     for b in backends.BACKENDS.values():
         rows.append([f"`{b.name}`", b.summary, ", ".join(b.devices), _dtype_names(b.dtypes),
                      "any" if b.any_batch else "built shape only", "yes" if b.exact else "no (approximate)",
-                     "yes" if b.auto and b.exact else "no", f"`{b.requires}`" if b.requires else "-"])
+                     "yes" if b.auto and b.exact else "no", ", ".join(f"`{m}`" for m in b.requires) or "-"])
     return _table(["backend", "what it does", "devices", "dtypes", "batch sizes", "exact", "`auto` candidate",
                    "needs"], rows)
 

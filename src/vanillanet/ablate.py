@@ -297,6 +297,47 @@ def _duration(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {seconds % 60:02d} s"
 
 
+def _run_one_after_another(pending: list[Run], stop: _Stop, started: Callable[[Run], None],
+                           finished: Callable[..., bool]) -> None:
+    """The study's runs in this process, in order, until one is stopped by a signal."""
+    for run in pending:
+        if stop.signum is not None:
+            break
+        started(run)
+        try:
+            result = _execute(run.cfg)
+        except VanillaNetError as err:
+            raise _labelled(run, err) from None
+        if not finished(run, *result):
+            break
+
+
+def _run_in_workers(pending: list[Run], jobs: int, stop: _Stop, started: Callable[[Run], None],
+                    finished: Callable[..., bool]) -> None:
+    """The study's runs in ``jobs`` spawned worker processes (which leave signals to this one); the first error stops
+    the other runs cleanly (checkpointed) and is raised, labelled with its run."""
+    ctx = multiprocessing.get_context("spawn")
+    workers_ignore_signals = functools.partial(ignore_stop_signals, 0)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=workers_ignore_signals) as pool:
+        queue, running = list(pending), {}
+        while queue or running:
+            while queue and len(running) < jobs and stop.signum is None:
+                run = queue.pop(0)
+                started(run)
+                running[pool.submit(_execute, run.cfg)] = run
+            if not running:
+                break
+            done, _ = wait(list(running), timeout=2.0, return_when=FIRST_COMPLETED)
+            stop.forward_to_workers()  # again, for a worker that was still setting up at the first signal
+            for future in done:
+                run = running.pop(future)
+                err = future.exception()
+                if err is not None:
+                    stop.request(signal.SIGTERM)
+                    raise _labelled(run, err) from None
+                finished(run, *future.result())
+
+
 def run_study(study: Study, root: str | Path, *, jobs: int = 1, threads: int | None = None,
               only: Iterable[str] | None = None, seeds: Iterable[int] | None = None, sets: Sequence[str] = (),
               log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -341,37 +382,9 @@ def run_study(study: Study, root: str | Path, *, jobs: int = 1, threads: int | N
 
     with stop:
         if jobs == 1:
-            for run in pending:
-                if stop.signum is not None:
-                    break
-                started(run)
-                try:
-                    result = _execute(run.cfg)
-                except VanillaNetError as err:
-                    raise _labelled(run, err) from None
-                if not finished(run, *result):
-                    break
+            _run_one_after_another(pending, stop, started, finished)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            workers_ignore_signals = functools.partial(ignore_stop_signals, 0)
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=workers_ignore_signals) as pool:
-                queue, running = list(pending), {}
-                while queue or running:
-                    while queue and len(running) < jobs and stop.signum is None:
-                        run = queue.pop(0)
-                        started(run)
-                        running[pool.submit(_execute, run.cfg)] = run
-                    if not running:
-                        break
-                    done, _ = wait(list(running), timeout=2.0, return_when=FIRST_COMPLETED)
-                    stop.forward_to_workers()  # again, for a worker that was still setting up at the first signal
-                    for future in done:
-                        run = running.pop(future)
-                        err = future.exception()
-                        if err is not None:  # stop the other runs cleanly (checkpointed), then report this one
-                            stop.request(signal.SIGTERM)
-                            raise _labelled(run, err) from None
-                        finished(run, *future.result())
+            _run_in_workers(pending, jobs, stop, started, finished)
     status = "completed" if stop.signum is None else "interrupted"
     exit_code = 0 if stop.signum is None else 128 + stop.signum
     if len(read_rows(root / ROWS_FILE)):

@@ -24,13 +24,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .data.images import check_batch_limit
+from .model.geometry import check_min_input_size
 from .util.devices import DEVICES
 from .util.errors import DataError, OutputError
 from .util.fileio import json_safe, write_json
 from .util.validation import value_type
 
 __all__ = ["STDOUT", "add_backend_arguments", "add_data_arguments", "add_device_arguments", "add_input_arguments",
-           "add_model_arguments", "add_output_arguments", "check_json_path", "check_num_classes", "emit_json"]
+           "add_model_arguments", "add_output_arguments", "check_json_path", "check_model_input", "check_num_classes",
+           "emit_json"]
 
 STDOUT = "-"  # --json with no PATH (or "-"): print the JSON instead of the text
 LARGE_HELP = "lift the size limits (input size 4096 px; images 89 Mpx, aspect ratio 100:1; models 1e9 parameters)"
@@ -127,6 +130,14 @@ def emit_json(path: str | None, obj: Any) -> bool:
         return True
     write_json(path, obj)
     return False
+
+
+def check_model_input(model: Any, img_size: int, batch_size: int, *, allow_large: bool = False) -> None:
+    """ConfigError before any input is built when ``img_size`` is too small for ``model`` (its stem and pooling) or
+    a batch of ``batch_size`` such inputs is above the size limit (``data.images.check_batch_limit``), whichever
+    route runs the model (fast_inference or the plain module)."""
+    check_min_input_size(model, img_size)
+    check_batch_limit(batch_size, img_size, int(getattr(model, "in_chans", 3)), allow_large=allow_large)
 
 
 def check_num_classes(model: Any, classes: list[str], *, doing: str) -> None:

@@ -1,11 +1,12 @@
 """Latency and throughput of VanillaNet (and baselines) in named execution modes, measured side by side.
 
 Inference modes are the (backend, dtype, layout) combinations of ``deploy/backends.py``: ``paper`` (the published
-protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``eager`` (fp32 NCHW), ``channels_last``
-(fp32), ``fp16`` / ``bf16`` (channels_last eager in that dtype), and every backend of the table by name with an
-optional dtype suffix (``compile:bf16``, ``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs
-well. ``int8`` (onnxruntime static int8, ranges calibrated on noise) is measured only when named: its speed, not its
-accuracy, which ``vanillanet quantize`` measures on real images. Training modes (``--train``) time one optimiser
+protocol: fp32, NCHW, eager, batch 1, synchronised after every call), ``nchw`` (fp32 NCHW, the eager backend
+unsynchronised), ``channels_last`` (fp32: the eager backend's layout), ``fp16`` / ``bf16`` (channels_last eager in
+that dtype), and every backend of the table by name with an optional dtype suffix (``compile:bf16``,
+``cudagraph``, ``onnxruntime``...); ``best`` = every mode this machine runs well. ``int8`` (onnxruntime static int8,
+ranges calibrated on noise) is measured only when named: its speed, not its accuracy, which ``vanillanet quantize``
+measures on real images. Training modes (``--train``) time one optimiser
 step: ``train-fp32`` (fp32 NCHW), ``train-amp`` (the original recipe's autocast: fp16 + gradient scaler on CUDA,
 bf16 on the CPU, NCHW), ``train-best`` (channels_last + autocast, bf16 where supported, + torch.compile, fused
 kernels off) and, on request, ``train-fused`` (the same with the fused Triton activation kernels of ``kernels/``, a
@@ -35,6 +36,7 @@ from torch import nn
 
 from . import kernels
 from .arguments import STDOUT, add_output_arguments, check_json_path, emit_json
+from .data.images import check_batch_limit
 from .deploy.backends import (
     BACKENDS,
     DTYPE_NAMES,
@@ -75,9 +77,10 @@ class BenchConfig:
     modes: str = option("best", "comma-separated modes, or best (backends take :fp16/:bf16/:fp32; int8 only "
                         "by name)")
     img_size: int = option(224, "input height = width", ge=1, le=4096)
-    repeats: int = option(5, "timed rounds per mode (median, min, max)", ge=1)
-    iters: int | None = option(None, "calls per round (default: about --round-s seconds' worth)", ge=1)
-    round_s: float = option(0.5, "target seconds per round", gt=0)
+    repeats: int = option(5, "timed rounds per mode (median, min, max)", ge=1, le=1000)
+    iters: int | None = option(None, "calls per round (default: about --round-s seconds' worth)", ge=1,
+                               le=100_000)
+    round_s: float = option(0.5, "target seconds per round", gt=0, le=600)
     threads: int | None = option(None, "CPU threads (torch and onnxruntime; default: torch's)", ge=1, le=1024)
     device: str = option("auto", "where to run (auto: cuda when available)", choices=DEVICES)
     baselines: bool = option(False, "also the train form and torchvision resnet50/resnet18 (random weights)")
@@ -88,11 +91,15 @@ class BenchConfig:
     inference: bool = option(True, "measure inference")
     width_mult: float = option(1.0, "scale the widths (quick tests)", gt=0, le=16)
     num_classes: int = option(1000, "classes of the head", ge=1)
-    allow_large: bool = option(False, "lift the model-size limit (1e9 parameters, see docs/faults.md)")
+    allow_large: bool = option(False, "lift the size limits (models 1e9 parameters, input batches 4.3 GB, see "
+                               "docs/faults.md)")
     ema: bool = option(True, "--checkpoint: its EMA weights when it has them (--no-ema: the live weights)")
 
     def __post_init__(self) -> None:
         validation.check_instance(self)
+        for batch in {self.batch_size, self.train_batch_size or self.batch_size}:  # before any model or input
+            check_batch_limit(batch, self.img_size, allow_large=self.allow_large,
+                              what="--batch-size/--train-batch-size and --img-size")
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -272,7 +279,7 @@ def _run_bench(cfg: BenchConfig, device: torch.device, threads: int,
                 if mode.batch1_only and batch != 1:
                     continue
                 runner = _inference_runner(model, mode, x, device)
-                if mode.label not in ("paper", "eager"):
+                if mode.label not in ("paper", "nchw"):  # these run the reference itself
                     with torch.no_grad():
                         runner.max_rel_err = rel_err(runner.fn(runner.x), ref)
                 runners.append(runner)

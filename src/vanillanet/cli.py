@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vanillanet {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # the guard: nothing escapes as a bare traceback
+        if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # host RAM, or torch's CUDA
+            print(f"vanillanet {args.command}: error: out of memory ({first_line(err)}); use a smaller --batch-size "
+                  "or --img-size, fewer --workers, or leave out --allow-large", file=sys.stderr)
+            return 2
         log = write_traceback(args, err)
         what = first_line(err)
         what = what if what == type(err).__name__ else f"{type(err).__name__}: {what}"

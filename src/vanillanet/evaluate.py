@@ -34,6 +34,7 @@ from .arguments import (
     add_model_arguments,
     add_output_arguments,
     check_json_path,
+    check_model_input,
     check_num_classes,
     emit_json,
 )
@@ -122,6 +123,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     pre = resolve_preprocess(model_cfg=getattr(model, "pretrained_cfg", None), data=args.data, meta=meta,
                              img_size=args.img_size, crop_pct=args.crop_pct, allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
+    check_model_input(model, pre.img_size, args.batch_size, allow_large=args.allow_large)
     dataset = build_dataset(args.data, "val", pre.transform(in_chans), in_chans=in_chans,
                             **({"folder.allow_large": True, "shards.allow_large": True} if args.allow_large else {}))
     check_num_classes(model, dataset.classes, doing="evaluate")
@@ -139,7 +141,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     else:
         try:
             fast = fast_inference(model, device, dtype, batch_size=args.batch_size, image_size=pre.img_size,
-                                  backend=backend)
+                                  backend=backend, allow_large=args.allow_large)
             predict, backend, max_err = fast, fast.backend, fast.max_rel_err
         except ConversionError as err:
             if getattr(model, "act_learn", 1.0) == 1.0:

@@ -150,7 +150,8 @@ def _main(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
     batch = max(1, min(args.batch_size, len(files)))
     with num_threads(args.threads):
-        fast = fast_inference(model, device, batch_size=batch, image_size=pre.img_size, backend=args.backend)
+        fast = fast_inference(model, device, batch_size=batch, image_size=pre.img_size, backend=args.backend,
+                              allow_large=args.allow_large)
         results = errors + predict_images(fast, files, pre.transform(in_chans), names, in_chans=in_chans,
                                           topk=args.topk, batch_size=batch, allow_large=args.allow_large)
     good = [r for r in results if r.error is None]

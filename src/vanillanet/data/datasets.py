@@ -18,6 +18,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from ..util.errors import ConfigError, DataError, first_line
+from .decode import read_file
 from .images import _UNREADABLE, open_image
 
 _log = logging.getLogger(__name__)
@@ -73,9 +74,11 @@ class SafeImageFolder(ImageFolder):
         mode = {1: "L", 3: "RGB"}.get(in_chans)
         if mode is None:
             raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}; use 1 for grayscale or 3 for RGB input")
+        # a transform that decodes (``decodes = True``, --decoder fast) receives the file's bytes
+        self.decodes = bool(getattr(transform, "decodes", False))
         try:
             super().__init__(str(root), transform=transform,
-                             loader=lambda p: open_image(p, mode, limit=not allow_large))
+                             loader=read_file if self.decodes else lambda p: open_image(p, mode, limit=not allow_large))
         except FileNotFoundError as err:  # no class folders, or class folders without images
             raise DataError(f"{root}: {first_line(err, 500)}; put the images in one subfolder per class") from None
         self.strict = strict
@@ -94,6 +97,8 @@ class SafeImageFolder(ImageFolder):
             path, target = self.samples[i]
             try:
                 img = self.loader(path)
+                if self.decodes:  # decoding is the transform's, so its errors are the file's
+                    return self.transform(img), target
             except _UNREADABLE as err:
                 if self.strict:
                     raise DataError(f"cannot read image {path} ({first_line(err, 500)}); fix or delete it, or train "

@@ -19,6 +19,9 @@ _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 MAX_IMG_SIZE = 4096  # network input size; one 4096 px fp32 RGB image is 0.2 GB before the first layer
 
 
+MAX_BATCH_BYTES = 4 * 2**30  # one fp32 input batch (batch x channels x size^2 x 4 bytes); activations are ~10x it
+
+
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own bomb threshold (a 0.25 GB RGB image)
 
 
@@ -31,9 +34,22 @@ def check_img_size_limit(img_size: int, *, allow_large: bool = False, what: str 
         raise ConfigError(f"{what} must be at least 1, got {img_size}")
     if img_size > MAX_IMG_SIZE and not allow_large:
         raise ConfigError(f"{what} {img_size} px is above the {MAX_IMG_SIZE} px limit (one image would take "
-                          f"{3 * 4 * img_size**2 / 1e9:.1f} GB before the first layer); pass --allow-large if you "
-                          "mean it")
+                          f"{3 * 4 * img_size**2 / 1e9:.1f} GB before the first layer); pass --allow-large "
+                          "(allow_large=True) if you mean it")
     return img_size
+
+
+def check_batch_limit(batch_size: int, img_size: int, in_chans: int = 3, *, allow_large: bool = False,
+                      what: str = "--batch-size and --img-size") -> None:
+    """ConfigError when one fp32 input batch of ``batch_size`` x ``in_chans`` x ``img_size``^2 would exceed
+    ``MAX_BATCH_BYTES`` (unless ``allow_large``): checked before anything is allocated, on every route that builds an
+    input batch (bench, fast_inference, predict, eval)."""
+    size = 4 * batch_size * in_chans * img_size**2
+    if size > MAX_BATCH_BYTES and not allow_large:
+        raise ConfigError(f"{what} ({batch_size} x {in_chans} x {img_size} x {img_size}) make a {size / 1e9:,.1f} GB "
+                          f"input batch, above the {MAX_BATCH_BYTES / 1e9:.1f} GB limit (the activations take about "
+                          "ten times that); use a smaller batch or image size, or pass --allow-large "
+                          "(allow_large=True) if you mean it")
 
 
 def check_pixels(width: int, height: int) -> None:

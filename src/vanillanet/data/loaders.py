@@ -113,18 +113,20 @@ def build_loader(
     seed: int = 0,
     drop_last: bool | None = None,
     pin_memory: bool = False,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` driven by an ``EpochBatchSampler`` (shuffled, padded and, by default,
     dropping the last partial batch when training; in order and complete for eval). ``distributed`` splits the data
     by the process group's rank. Call ``set_epoch(loader, epoch, start_batch)`` before each epoch. The dataset's
-    ``epoch_order`` (if any) gives the shuffled order; its transform's ``collate`` (if any) makes the batches."""
+    ``epoch_order`` (if any) gives the shuffled order; ``collate_fn`` (else the dataset transform's ``collate``, if
+    any) replaces torch's default collation (``--decoder gpu``'s encoded batches)."""
     num_replicas, rank = 1, 0
     if distributed:
         num_replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=is_training,
                                 drop_last=is_training if drop_last is None else drop_last, seed=seed,
                                 num_replicas=num_replicas, rank=rank, order=getattr(dataset, "epoch_order", None))
-    collate = getattr(getattr(dataset, "transform", None), "collate", None)
+    collate = collate_fn or getattr(getattr(dataset, "transform", None), "collate", None)
     return DataLoader(_SeededBatches(dataset), batch_sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched

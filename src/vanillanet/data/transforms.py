@@ -14,6 +14,7 @@ from torchvision import transforms as T
 from ..util.errors import ConfigError
 from .images import check_img_size_limit
 from .sources import dataset_defaults
+from .uint8_transforms import FastEvalTransform, FastTrainTransform, timm_secondary
 
 
 # -------------------------------------------------------------------------------------------- preprocessing
@@ -78,7 +79,8 @@ def resolve_preprocess(*, model_cfg: Mapping[str, Any] | None = None, data: str 
     return Preprocess(**values)
 
 
-def _fit_channels(values: Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:
+def fit_channels(values: Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:
+    """``values`` (a mean or std) for ``in_chans`` channels: one value repeated, three averaged for grayscale."""
     values = tuple(float(v) for v in values)
     if len(values) == in_chans:
         return values
@@ -110,8 +112,8 @@ def build_transform(
 ) -> Callable:
     """A PIL image -> normalised tensor transform; see the module docstring. ``mean``/``std`` with one value are
     repeated for RGB, with three are averaged for grayscale. ``padding`` (light mode) defaults to img_size // 8."""
-    mean = _fit_channels(mean, in_chans, "mean")
-    std = _fit_channels(std, in_chans, "std")
+    mean = fit_channels(mean, in_chans, "mean")
+    std = fit_channels(std, in_chans, "std")
     if augment not in ("timm", "light", "none"):
         raise ConfigError(f"augment must be timm, light or none, got {augment!r}")
     if not is_training or augment == "none":
@@ -132,3 +134,36 @@ def build_transform(
     if reprob > 0:
         steps.append(RandomErasing(reprob, mode=remode, device="cpu"))
     return T.Compose(steps)
+
+
+def build_fast_transform(
+    is_training: bool,
+    img_size: int = 224,
+    *,
+    in_chans: int = 3,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
+    augment: str = "timm",
+    auto_augment: str | None = "rand-m7-mstd0.5-inc1",
+    hflip: float = 0.5,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    color_jitter: float = 0.4,
+    allow_large: bool = False,
+    aa_on_device: bool = False,
+) -> Callable:
+    """``build_transform``'s counterpart for ``--decoder fast``: encoded image -> uint8 tensor, the normalisation
+    and RandomErasing left to ``device_augment.DeviceAugment`` (see ``uint8_transforms``), RandAugment's pixels too
+    with ``aa_on_device``. The ``light`` augmentation (padded random crop) exists on the reference path only."""
+    if augment not in ("timm", "none"):
+        raise ConfigError(f"--decoder fast implements the timm and none augmentations, not {augment!r}; use "
+                          "--augment timm, or --decoder pil for the light one")
+    if not is_training or augment == "none":
+        return FastEvalTransform(img_size, in_chans=in_chans, crop_pct=crop_pct, interpolation=interpolation,
+                                 allow_large=allow_large)
+    secondary = timm_secondary(img_size, mean=fit_channels(mean, in_chans, "mean"), interpolation=interpolation,
+                               auto_augment=auto_augment, color_jitter=color_jitter)
+    return FastTrainTransform(img_size, in_chans=in_chans, scale=scale, ratio=ratio, hflip=hflip,
+                              interpolation=interpolation, secondary=secondary, allow_large=allow_large,
+                              aa_on_device=aa_on_device)

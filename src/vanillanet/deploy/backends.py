@@ -5,13 +5,17 @@ entry declares what it supports (devices, dtypes, any batch size or only the sha
 approximation) and a builder ``build(request) -> runner`` that returns a callable images -> logits for one prepared
 model. ``fast_inference`` (``inference.py``) verifies every runner against the fp32 eager output and, for
 ``backend="auto"``, times the exact candidates side by side; ``vanillanet bench`` measures named **modes**, which
-are (backend, dtype, layout) combinations: ``paper`` (the published protocol), ``eager``, ``channels_last``,
-``fp16``, ``bf16``, or any backend name, optionally with a dtype suffix (``compile:bf16``).
+are (backend, dtype, layout) combinations: ``paper`` (the published protocol), ``nchw`` (the eager backend in fp32
+NCHW), ``channels_last``, ``fp16``, ``bf16``, or any backend name, optionally with a dtype suffix (``compile:bf16``).
+One word, one meaning: ``eager`` is the backend (plain PyTorch calls, channels_last like every backend that needs a
+layout), so the mode ``eager`` is the same as ``channels_last``; ``nchw`` is the mode that keeps the default layout.
 
-``int8`` is the one approximate entry (``exact=False``): onnxruntime's static int8 (``int8.py``). It is never an
-``auto`` candidate nor part of ``--modes best``; asked for by name it calibrates its activation ranges on the
-``calibration`` batches it is given, or on noise (right for its speed, not for its accuracy: ``vanillanet
-quantize`` calibrates on real images and measures both).
+``int8`` and ``openvino_int8`` are the approximate entries (``exact=False``): onnxruntime's static int8
+(``int8.py``), and the same quantization (QDQ format) run by OpenVINO. They are never ``auto`` candidates nor part
+of ``--modes best``; asked for by name they calibrate their activation ranges on the ``calibration`` batches given,
+or on noise (right for speed, not for accuracy: ``vanillanet quantize`` calibrates on real images and measures
+both). bf16 is a dtype, not an entry: ``openvino`` (and ``compile``, ``eager``) in ``dtype=torch.bfloat16`` is
+chosen only when the caller asks for bf16 (docs/inference.md: bf16 on CPUs).
 
 Adding a backend is one entry in ``BACKENDS`` (and its test); it is then a ``fast_inference`` backend, an
 ``auto`` candidate (unless ``auto=False``) and a bench mode.
@@ -31,8 +35,9 @@ from torch import nn
 from .. import kernels
 from ..util.cudagraph import capture
 from ..util.errors import ConfigError
-from .int8 import noise_batches, quantize_bytes
+from .int8 import Int8Config, noise_batches, quantize_bytes
 from .onnx_graph import onnx_bytes, onnx_runner, onnx_session
+from .openvino_model import openvino_compiled, openvino_runner
 
 __all__ = ["BACKENDS", "DTYPES", "EXACT_BACKENDS", "MODES", "Backend", "BuildRequest", "Mode", "best_modes",
            "dtype_supported", "exact_fp32", "parse_modes", "prepare_input", "prepare_model"]
@@ -72,21 +77,24 @@ class Backend:
     tol: float | None = None  # fast_inference's default gate for this backend (None: by dtype)
     computes_in: str | None = None  # what it computes in, where that is not the requested dtype (bench records)
     auto: bool = True  # a candidate of ``backend="auto"``
-    requires: str | None = None  # a module that must be importable
-    check: Callable[[torch.device], str | None] | None = None  # more conditions: a reason it cannot run, or None
+    requires: tuple[str, ...] = ()  # modules that must be importable
+    extra: str = "export"  # the optional dependency set that installs them: pip install 'vanillanet[extra]'
+    check: Callable[[torch.device, torch.dtype], str | None] | None = None  # more conditions: why not, or None
     auto_devices: tuple[str, ...] = ("cpu", "cuda")  # where ``auto`` (and ``--modes best``) considers it
 
     def unavailable(self, device: torch.device, dtype: torch.dtype) -> str | None:
         """Why this backend cannot run here (a one-line reason with the fix), or None."""
-        if self.check is not None and self.check(device):
-            return self.check(device)
+        reason = self.check(device, dtype) if self.check is not None else None
+        if reason:
+            return reason
         if device.type not in self.devices:
             return f"the {self.name} backend runs on {' or '.join(self.devices)} only, not {device.type}"
         if dtype not in self.dtypes:
             names = ", ".join(DTYPE_NAMES[d] for d in self.dtypes)
             return f"the {self.name} backend runs in {names} only, not {DTYPE_NAMES.get(dtype, dtype)}"
-        if self.requires and importlib.util.find_spec(self.requires) is None:
-            return f"the {self.name} backend needs {self.requires}; run pip install 'vanillanet[export]'"
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"the {self.name} backend needs {' and '.join(missing)}; run pip install 'vanillanet[{self.extra}]'"
         return None
 
     def default_dtype(self, device: torch.device) -> torch.dtype:
@@ -137,7 +145,32 @@ def _int8(req: BuildRequest) -> Runner:
     return onnx_runner(onnx_session(quantize_bytes(_onnx_fp32(req), calibration)))
 
 
-def _fused_unavailable(device: torch.device) -> str | None:
+def _openvino(req: BuildRequest) -> Runner:
+    """The model exported to ONNX (fp32, dynamic batch) and compiled by OpenVINO for this CPU, computing in
+    ``req.dtype`` (fp32, or bf16 on CPUs with native bf16; fp32 in and out either way), called with no torch op
+    around it (``openvino_model.openvino_runner``)."""
+    fp32 = req.model if req.dtype == torch.float32 else copy.deepcopy(req.model).float()
+    onnx = onnx_bytes(fp32, req.example.shape[-1], in_chans=req.example.shape[1], deploy=getattr(fp32, "deploy", True))
+    return openvino_runner(openvino_compiled(onnx, req.dtype))
+
+
+def _openvino_int8(req: BuildRequest) -> Runner:
+    """The ONNX export quantized to static int8 like ``int8`` (``int8.quantize_bytes``, ranges from
+    ``req.calibration`` or noise) but in the QDQ format, which OpenVINO reads and runs with the CPU's int8
+    instructions (VNNI, AMX); fp32 in and out."""
+    calibration = req.calibration if req.calibration is not None else noise_batches(req.example.shape)
+    int8 = quantize_bytes(_onnx_fp32(req), calibration, Int8Config(format="qdq"))
+    return openvino_runner(openvino_compiled(int8, torch.float32))
+
+
+def _openvino_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    if device.type == "cpu" and dtype == torch.bfloat16 and not dtype_supported(device, dtype):
+        return ("the openvino backend runs bf16 only on CPUs with native bf16 (AVX512_BF16 or AMX), which this one "
+                "lacks; use dtype=torch.float32")
+    return None
+
+
+def _fused_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     if kernels.available_on(device):
         return None
     if not kernels.available():
@@ -153,13 +186,22 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("compile", "torch.compile with frozen weights (CUDA graphs on CUDA)", ("cpu", "cuda"), _ALL, _compile),
     Backend("cudagraph", "the forward pass captured in a CUDA graph", ("cuda",), _ALL, _cudagraph),
     Backend("onnxruntime", "onnxruntime CPU session of the ONNX export", ("cpu",), (torch.float32,), _onnxruntime,
-            any_batch=True, input_dtype=torch.float32, any_layout=True, fresh_output=True, requires="onnxruntime"),
+            any_batch=True, input_dtype=torch.float32, any_layout=True, fresh_output=True,
+            requires=("onnxruntime", "onnxscript")),
+    Backend("openvino", "OpenVINO compiled for this CPU from the ONNX export (fp32 exactly, INFERENCE_PRECISION_HINT "
+            "f32; or bf16 on CPUs with native bf16)", ("cpu",), (torch.float32, torch.bfloat16), _openvino,
+            any_batch=True, input_dtype=torch.float32, any_layout=True, fresh_output=True,
+            requires=("openvino", "onnxscript"), extra="openvino", check=_openvino_unavailable),
     Backend("fused", "vanillanet's fused Triton kernels in a CUDA graph (the CPU only under TRITON_INTERPRET=1)",
             ("cuda", "cpu"), _ALL, _fused, check=_fused_unavailable, auto_devices=("cuda",)),
     # tol 1.0: a gate against broken paths, not an accuracy claim (int8 is judged by its top-1 on real images)
     Backend("int8", "onnxruntime static int8 of the ONNX export (fp32 in and out; by name only)", ("cpu",),
             (torch.float32,), _int8, any_batch=True, input_dtype=torch.float32, any_layout=True, fresh_output=True,
-            exact=False, auto=False, tol=1.0, computes_in="int8", requires="onnxruntime"),
+            exact=False, auto=False, tol=1.0, computes_in="int8", requires=("onnxruntime", "onnxscript")),
+    Backend("openvino_int8", "OpenVINO running the same static int8 quantization in the QDQ format (fp32 in and out; "
+            "by name only)", ("cpu",), (torch.float32,), _openvino_int8, any_batch=True, input_dtype=torch.float32,
+            any_layout=True, fresh_output=True, exact=False, auto=False, tol=1.0, computes_in="int8",
+            requires=("openvino", "onnxruntime", "onnxscript"), extra="openvino,export"),
 )}
 # What ``eval`` and ``predict`` offer: an approximate backend calibrated on noise would report a wrong accuracy.
 EXACT_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.exact)
@@ -217,7 +259,7 @@ class Mode:
 # The combinations that are not just "<backend>[:dtype]" in channels_last.
 MODES: dict[str, Mode] = {m.label: m for m in (
     Mode("paper", "eager", torch.float32, channels_last=False, sync_each=True, batch1_only=True),
-    Mode("eager", "eager", torch.float32, channels_last=False),
+    Mode("nchw", "eager", torch.float32, channels_last=False),
     Mode("channels_last", "eager", torch.float32),
     Mode("fp16", "eager", torch.float16),
     Mode("bf16", "eager", torch.bfloat16),

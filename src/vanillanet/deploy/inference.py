@@ -18,19 +18,22 @@ torch's OpenMP threads, which then spin on the cores onnxruntime's threads need.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..model.geometry import check_min_input_size
 from ..model.reparam import rel_err, reparameterize_model
+from ..util.devices import kept_settings
 from ..util.errors import ConfigError, ConversionError, VanillaNetError, first_line
 from ..util.timing import time_interleaved
 from .backends import BACKENDS, BuildRequest, exact_fp32, prepare_input
+from .checks import check_fast_inference_args
 
 __all__ = ["FastClassifier", "fast_inference"]
 
@@ -84,6 +87,12 @@ class FastClassifier:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return self._run(x)
+        with _cudnn_benchmark(self.device):  # eager calls pick cuDNN's fastest kernels, the setting is restored
+            return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self._uses_fast(x):
             out = self._fast(self.prepare(x))
             return out.to(device=self.device, dtype=torch.float32, copy=not self._fresh_output)
@@ -95,25 +104,25 @@ class FastClassifier:
                 f"input_shape={self.input_shape}, max_rel_err={self.max_rel_err:.2e})")
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    """cuDNN's autotuner on for the block on CUDA (the shapes are fixed: let it pick its fastest kernels), restored
+    after; on the CPU nothing happens."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def auto_candidates(device: torch.device, dtype: torch.dtype) -> list[str]:
     """The backends ``backend="auto"`` builds, verifies and times: the exact ones that run here, simplest first."""
     return [b.name for b in BACKENDS.values()
             if b.auto and b.exact and device.type in b.auto_devices and b.unavailable(device, dtype) is None]
-
-
-def _check_arguments(device: torch.device, dtype: torch.dtype, batch_size: int, backend: str) -> None:
-    if backend != "auto" and backend not in BACKENDS:
-        raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested but is not available; use device='cpu'")
-    if backend in BACKENDS:
-        reason = BACKENDS[backend].unavailable(device, dtype)
-        if reason:
-            raise ConfigError(f"{reason}; use backend='auto' or another backend")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
 
 
 @torch.no_grad()
@@ -129,6 +138,7 @@ def fast_inference(
     seed: int = 0,
     deploy: bool = True,
     calibration: Iterable[torch.Tensor] | None = None,
+    allow_large: bool = False,
 ) -> FastClassifier:
     """Build a verified ``FastClassifier`` for ``model`` (any form; converted on a copy, the original untouched).
 
@@ -140,64 +150,92 @@ def fast_inference(
     backend's own gate, 1.0 for int8; else 1e-4 for fp32, 1e-1 for fp16/bf16 and for fp32 on CUDA while TF32
     convolutions are allowed) an explicitly chosen backend raises ConversionError and ``auto`` skips it.
     ``deploy=False`` keeps the train form (to benchmark it). ``calibration``: image batches for backends that
-    calibrate (``int8``, which ``auto`` never picks: without them its ranges come from noise, fine for its speed,
-    not for its accuracy).
+    calibrate (``int8``, ``openvino_int8``, which ``auto`` never picks: without them their ranges come from noise,
+    fine for speed, not for accuracy). ``allow_large`` lifts the input-size limits (``data.images``). Every
+    argument is checked before any work (``checks.check_fast_inference_args``): TypeError or ValueError naming it.
+    Global settings (cuDNN, TF32, matmul precision, threads, the RNG) are left as found.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = check_fast_inference_args(model, device, dtype, batch_size, image_size, backend, tol=tol, seed=seed,
+                                       deploy=deploy, calibration=calibration, allow_large=allow_large)
     choose = not isinstance(backend, str) or backend == "auto"
     candidates = (auto_candidates(device, dtype) if backend == "auto" else [backend] if isinstance(backend, str)
                   else list(backend))
-    for name in candidates or ["auto"]:
-        _check_arguments(device, dtype, batch_size, name)
+    if not candidates:
+        raise ConfigError(f"no exact backend runs on {device.type} in {dtype}; use dtype=torch.float32")
+    with kept_settings(), _cudnn_benchmark(device):
+        request = _reference(model, device, dtype, batch_size, image_size, seed, deploy, calibration)
+        built = build_verified(request, candidates, tol, skip_failures=choose)
+        return choose_fastest(built, request.x)
+
+
+@dataclass(frozen=True)
+class _Verification:
+    """What every candidate is built from and checked against: the eager model in ``dtype`` and channels_last,
+    the random batch ``x`` and the fp32 NCHW eager output ``ref`` on it; ``by_dtype``: the dtype's default gate."""
+
+    eager: nn.Module
+    x: torch.Tensor
+    ref: torch.Tensor
+    dtype: torch.dtype
+    image_size: int
+    in_chans: int
+    by_dtype: float
+    calibration: Iterable[torch.Tensor] | None
+
+
+def _reference(model: nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int, image_size: int,
+               seed: int, deploy: bool, calibration: Iterable[torch.Tensor] | None) -> _Verification:
     tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32  # PyTorch's default for CUDA convs
     by_dtype = FP32_TOL if dtype == torch.float32 and not tf32 else HALF_TOL
-
     base = reparameterize_model(model) if deploy else copy.deepcopy(model).eval()
     base = base.to(device=device, dtype=torch.float32)
     in_chans = int(getattr(base, "in_chans", 3))
-    check_min_input_size(base, image_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, in_chans, image_size, image_size, generator=gen).to(device)
     with exact_fp32():
         ref = base(x)
     eager = base.to(dtype=dtype, memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    return _Verification(eager, x, ref, dtype, image_size, in_chans, by_dtype, calibration)
 
-    example = prepare_input(torch.zeros_like(x), device, dtype, channels_last=True)
+
+def build_verified(req: _Verification, candidates: Sequence[str], tol: float | None, *,
+                   skip_failures: bool) -> list[FastClassifier]:
+    """Each candidate built and checked against ``req.ref``; one that fails to build or differs by more than its
+    tolerance raises ConversionError, or with ``skip_failures`` is logged and left out."""
     built: list[FastClassifier] = []
     for name in candidates:
         try:
-            clf = _build(name, eager, example, calibration, image_size, in_chans)
-            clf.max_rel_err = rel_err(clf(x), ref)
-        except VanillaNetError as err:
-            if not choose:
-                raise
-            _log.warning("fast_inference: skipping backend %s (%s)", name, err)
-            continue
+            built.append(_build_checked(name, req, tol))
         except Exception as err:  # compilers and runtimes raise many types; report one line
-            if not choose:
+            if not skip_failures:
+                if isinstance(err, VanillaNetError):
+                    raise
                 raise ConversionError(f"backend {name} failed here ({first_line(err)}); use backend='eager' or "
                                       "'auto'") from err
             _log.warning("fast_inference: skipping backend %s (%s)", name, first_line(err))
-            continue
-        limit = _tolerance(name, tol, by_dtype)
-        if not clf.max_rel_err <= limit:
-            msg = (f"backend {name} ({dtype}) differs from fp32 eager by {clf.max_rel_err:.3g} (relative), above "
-                   f"{limit:g}; use another backend or dtype")
-            if not choose:
-                raise ConversionError(msg)
-            _log.warning("fast_inference: %s", msg)
-            continue
-        built.append(clf)
     if not built:
         raise ConversionError(f"no inference backend reproduced the fp32 output within "
-                              f"{tol if tol is not None else by_dtype:g}; try dtype=float32")
+                              f"{tol if tol is not None else req.by_dtype:g}; try dtype=float32")
+    return built
+
+
+def _build_checked(name: str, req: _Verification, tol: float | None) -> FastClassifier:
+    example = prepare_input(torch.zeros_like(req.x), req.x.device, req.dtype, channels_last=True)
+    clf = _build(name, req.eager, example, req.calibration, req.image_size, req.in_chans)
+    clf.max_rel_err = rel_err(clf(req.x), req.ref)
+    limit = _tolerance(name, tol, req.by_dtype)
+    if not clf.max_rel_err <= limit:
+        raise ConversionError(f"backend {name} ({clf.dtype}) differs from fp32 eager by {clf.max_rel_err:.3g} "
+                              f"(relative), above {limit:g}; use another backend or dtype")
+    return clf
+
+
+def choose_fastest(built: Sequence[FastClassifier], x: torch.Tensor) -> FastClassifier:
+    """The fastest of ``built`` on ``x`` (interleaved rounds, medians; the simpler one, earlier in the table, within
+    ``TIE``), with every candidate's median in ``.timings_ms``; a single candidate is returned untimed."""
     if len(built) == 1:
         return built[0]
-    rounds, _ = time_interleaved(built, [x] * len(built), device, repeats=5, round_s=0.2)
+    rounds, _ = time_interleaved(built, [x] * len(built), x.device, repeats=5, round_s=0.2)
     timings = {clf.backend: statistics.median(r) for clf, r in zip(built, rounds)}
     best = min(built, key=lambda c: timings[c.backend])
     best = next(c for c in built if timings[c.backend] <= timings[best.backend] * (1 + TIE))  # simplest near-tie

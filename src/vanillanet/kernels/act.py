@@ -23,7 +23,7 @@ import triton.language as tl
 from . import autotune
 from .autotune import Config
 
-__all__ = ["act_candidates", "dwconv_relu_backward", "dwconv_relu_forward", "mean_fits", "series_act"]
+__all__ = ["act_candidates", "bwd_candidates", "dwconv_relu_backward", "dwconv_relu_forward", "mean_fits", "series_act"]
 
 MAX_MEAN_PIXELS = 256  # largest map whose global mean is fused into the activation (one tile per image)
 
@@ -147,7 +147,8 @@ def act_candidates(ho: int, wo: int, c: int, mean: bool, interpreted: bool) -> l
     bc_max = max(16, _pow2(c))
     if mean:
         th, tw = _pow2(ho), _pow2(wo)
-        bcs = (min(64, bc_max),) if interpreted else tuple(dict.fromkeys(min(b, bc_max) for b in (32, 16, 64)))
+        # 64 channels first: 32 spilled 24 B on sm_90 for a pooled 14x14 map in fp16 (ptxas; the first is untimed)
+        bcs = (min(64, bc_max),) if interpreted else tuple(dict.fromkeys(min(b, bc_max) for b in (64, 32, 16)))
         return [Config.make(num_warps=4 if th * tw * b <= 4096 else 8, TH=th, TW=tw, BC=b) for b in bcs]
     if interpreted:
         return [Config.make(TH=min(_pow2(ho), 16), TW=min(_pow2(wo), 16), BC=min(bc_max, 64))]
@@ -157,6 +158,16 @@ def act_candidates(ho: int, wo: int, c: int, mean: bool, interpreted: bool) -> l
         if cfg not in out:
             out.append(cfg)
     return out
+
+
+def bwd_candidates(h: int, w: int, c: int, interpreted: bool, half: bool) -> list[Config]:
+    """The backward kernel's candidates: the forward's tiles; with ``half`` (fp16/bf16) inputs, 8 warps on the
+    8x16x64 tile first: the forward's 4-warp default spills there (24-64 B on sm_80 and sm_90, ptxas), fp32 not."""
+    cands = act_candidates(h, w, c, False, interpreted)
+    if interpreted or not half:
+        return cands
+    first = Config.make(num_warps=8, TH=min(8, _pow2(h)), TW=min(16, _pow2(w)), BC=min(64, max(16, _pow2(c))))
+    return [first, *(cfg for cfg in cands if cfg != first)]
 
 
 def _grid(n: int, ho: int, wo: int, c: int, cfg: Config) -> tuple[tuple[int, int], int, int]:
@@ -219,4 +230,5 @@ def dwconv_relu_backward(grad: torch.Tensor, x: torch.Tensor, taps: torch.Tensor
         return part.sum(0)
 
     return gx, autotune.launch_tuned(autotune.cache_key("dwconv_relu_bwd", n, c, h, w, k, x.dtype),
-                                     act_candidates(h, w, c, False, interpreted), launch, x.device, config)
+                                     bwd_candidates(h, w, c, interpreted, x.dtype != torch.float32), launch,
+                                     x.device, config)

@@ -96,15 +96,26 @@ def _pow2(n: int) -> int:
 # 128 fp32 registers per thread); BQ = 64 per 4 warps suits Hopper's warpgroup MMA, 16/32 the small maps of batch 1
 _CUDA_POOL1 = ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4),
                (32, 64, 128, 4, 4), (16, 64, 128, 4, 4))
-_CUDA_POOL2 = ((64, 64, 64, 4, 3), (64, 128, 64, 8, 3), (32, 64, 64, 4, 4), (16, 64, 128, 4, 4))
+# the first entry of each table is the default used untimed (tuning off): it must not spill registers on sm_80 or
+# sm_90 (tests/test_kernels_aot_compile.py compiles every entry with Triton's ptxas; 64x64x64 with 4 accumulators
+# spilled 52 B on sm_80, so POOL=2 starts with 32x64x64)
+_CUDA_POOL2 = ((32, 64, 64, 4, 4), (64, 64, 64, 4, 3), (64, 128, 64, 8, 3), (16, 64, 128, 4, 4))
+# fp32 (IEEE products, no tensor cores) holds its operands in registers and needs twice the shared memory per tile:
+# the tables above spill there (up to 29 KB for POOL=1 and 53 KB for POOL=2) and their largest tiles need 192 KB
+# of shared memory, over sm_80's 163 KB. fp32 starts with a tile that does not spill and takes the tables' tiles
+# at half their K depth (the shared memory of the fp16 tile)
+_FP32_FIRST = {1: (64, 64, 32, 4, 3), 2: (32, 32, 32, 4, 2)}
 
 
-def gemm_candidates(m: int, k: int, cout: int, pool: int, interpreted: bool) -> list[Config]:
-    """Launch configurations worth timing for an m x cout output with reduction length k (first = default)."""
+def gemm_candidates(m: int, k: int, cout: int, pool: int, interpreted: bool, fp32: bool = False) -> list[Config]:
+    """Launch configurations worth timing for an m x cout output with reduction length k (first = default, the
+    one used untimed, which does not spill registers; ``fp32`` inputs have their own)."""
     cap_q, cap_n, cap_k = max(16, _pow2(m)), max(16, _pow2(cout)), max(16, _pow2(k))
     if interpreted:
         return [Config.make(BQ=min(cap_q, 64), BN=min(cap_n, 64), BK=min(cap_k, 64), GROUP=8)]
     table = _CUDA_POOL2 if pool == 2 else _CUDA_POOL1
+    if fp32:
+        table = (_FP32_FIRST[pool], *((bq, bn, bk // 2, warps, stages) for bq, bn, bk, warps, stages in table))
     out: list[Config] = []
     for bq, bn, bk, warps, stages in table:
         cfg = Config.make(num_warps=warps, num_stages=stages, BQ=min(bq, cap_q), BN=min(bn, cap_n),
@@ -138,5 +149,6 @@ def conv_gemm(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor, patch: int
                                 PREC=prec, RELU=relu, **cfg.launch_kwargs())
 
     autotune.launch_tuned(autotune.cache_key("gemm", n, cin, h, w, cout, patch, pool, x.dtype),
-                          gemm_candidates(m, k, cout, pool, interpreted), launch, x.device, config)
+                          gemm_candidates(m, k, cout, pool, interpreted, x.dtype == torch.float32), launch,
+                          x.device, config)
     return out

@@ -7,6 +7,7 @@ in place and exactly (see ``layers.py`` for the maths). timm registration lives 
 """
 
 import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -42,10 +43,33 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_types(**values: object) -> None:
+    wanted = {"in_chans": "an integer", "num_classes": "an integer", "dims": "a sequence of integers",
+              "strides": "a sequence of integers", "ada_pool": "None or a sequence of integers",
+              "drop_rate": "a number", "width_mult": "a number", "drop_path_rate": "a number"}
+    for name, value in values.items():
+        if wanted[name] == "an integer":
+            ok = _is_int(value)
+        elif wanted[name] == "a number":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        else:
+            ok = (value is None and name == "ada_pool") or (
+                isinstance(value, Sequence) and not isinstance(value, str) and all(_is_int(v) for v in value))
+        if not ok:
+            raise TypeError(f"VanillaNet: {name} must be {wanted[name]}, got {type(value).__name__} {value!r:.60}")
+
+
 def _check_arguments(in_chans: int, num_classes: int, dims: Sequence[int], strides: Sequence[int], drop_rate: float,
                      act_num: int, ada_pool: Sequence[int] | None, width_mult: float, global_pool: str,
                      drop_path_rate: float, deploy: bool = False, shortcut: bool = False) -> None:
-    """One-line ConfigErrors for constructor arguments that cannot build a VanillaNet."""
+    """One-line ConfigErrors for constructor arguments that cannot build a VanillaNet (TypeErrors for values of the
+    wrong kind, naming the argument)."""
+    _check_types(in_chans=in_chans, num_classes=num_classes, dims=dims, strides=strides, drop_rate=drop_rate,
+                 width_mult=width_mult, drop_path_rate=drop_path_rate, ada_pool=ada_pool)
     problems = [
         (len(dims) != len(strides) + 1, f"need len(dims) == len(strides) + 1, got {len(dims)} dims and "
                                         f"{len(strides)} strides"),

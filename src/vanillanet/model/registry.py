@@ -9,6 +9,8 @@ original ``args``...), so nobody reads a checkpoint twice to learn what it holds
 
 from __future__ import annotations
 
+import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +57,14 @@ def checkpoint_filter_fn(state_dict: dict, model: VanillaNet) -> dict:
     return filter_state_dict(state_dict, model)
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> VanillaNet:
+def _create(variant: str, pretrained: bool = False, allow_large: bool = False, **kwargs: Any) -> VanillaNet:
     spec = VARIANTS[variant]
     arch: dict[str, Any] = dict(dims=spec.dims, strides=spec.strides)
     if spec.ada_pool is not None:
         arch["ada_pool"] = spec.ada_pool
     arch.update(kwargs)
+    if not allow_large:  # every route (timm's local-dir: and hf-hub: included) gets the size limit
+        _check_size(variant, arch, _route(variant, kwargs))
     out_indices = arch.pop("out_indices", default_out_indices(arch["strides"]))
     return build_model_with_cfg(
         VanillaNet,
@@ -70,6 +74,19 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> VanillaNet
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **arch,
     )
+
+
+def _route(variant: str, kwargs: dict[str, Any]) -> str:
+    """How a model was asked for, for the size-limit message: ``local-dir:FOLDER``, ``hf-hub:ID`` or the name and
+    the arguments that size it."""
+    cfg = kwargs.get("pretrained_cfg")
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg if isinstance(cfg, dict) else {}
+    if cfg.get("source") == "local-dir":
+        return f"local-dir:{cfg.get('file')}"
+    if cfg.get("source") == "hf-hub":
+        return f"hf-hub:{cfg.get('hf_hub_id')}"
+    sized = {k: kwargs[k] for k in ("num_classes", "dims", "width_mult", "in_chans", "deploy") if k in kwargs}
+    return f"{variant} with {sized}" if sized else variant
 
 
 def _register(name: str) -> None:
@@ -86,23 +103,63 @@ for _name in VARIANTS:
     _register(_name)
 
 
-def _check_size(name: str, kwargs: dict[str, Any], allow_large: bool, source: str) -> None:
-    """Build the model on the meta device (no memory) and refuse it above ``MAX_PARAMS``."""
-    import timm
+_NETWORK_ARGS = frozenset(inspect.signature(VanillaNet.__init__).parameters) - {"self"}
+
+
+def _check_size(name: str, arch: dict[str, Any], source: str) -> None:
+    """Build the network ``arch`` describes on the meta device (no memory) and refuse it above ``MAX_PARAMS``,
+    naming the form and how much of it is the classifier head (the train form's head is a classes x classes conv,
+    so a large class count dominates it)."""
     import torch
 
-    if allow_large:
-        return
     with torch.device("meta"):
-        probe = timm.create_model(name, **kwargs)
+        probe = VanillaNet(**{k: v for k, v in arch.items() if k in _NETWORK_ARGS})
     n = sum(p.numel() for p in probe.parameters())
     if n > MAX_PARAMS:
-        raise ConfigError(f"{source} implies a model of {n / 1e6:,.0f}M parameters ({probe.num_classes} classes, "
-                          f"widths up to {max(probe.dims)}), above the {MAX_PARAMS / 1e6:,.0f}M limit: refusing to "
-                          "allocate it; pass --allow-large (allow_large=True) if you mean it")
+        head = sum(p.numel() for key, p in probe.named_parameters() if key.startswith("cls"))
+        form = "deploy" if probe.deploy else "train"
+        raise ConfigError(f"{source} implies a {form}-form {name} of {_count(n)} parameters ({_count(head)} of them "
+                          f"in the {probe.num_classes:,}-class head; widths up to {max(probe.dims):,}), above the "
+                          f"limit of {_count(MAX_PARAMS)}: refusing to allocate it; pass --allow-large "
+                          "(allow_large=True) if you mean it")
 
 
-def create_model(name: str | None, checkpoint: str | Path | None = None, *, num_classes: int | None = None,
+def _count(n: int) -> str:
+    """A parameter count people read at a glance: 12.3M, 4.1 billion, 1.0e+18."""
+    if n < 10**9:
+        return f"{n / 1e6:,.1f}M"
+    return f"{n / 1e9:,.1f} billion" if n < 10**15 else f"{n:.1e}"
+
+
+def _arch_of(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    spec = VARIANTS[name]
+    return {"dims": spec.dims, "strides": spec.strides, "ada_pool": spec.ada_pool, **kwargs}
+
+
+# What create_model passes on besides the network's own arguments: timm's model contract.
+_TIMM_ARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "features_only", "out_indices",
+                        "checkpoint_path", "cache_dir", "scriptable", "exportable", "no_jit"})
+
+
+def _check_call(name: Any, checkpoint: Any, num_classes: Any, kwargs: dict[str, Any]) -> None:
+    """TypeErrors naming the argument and what it accepts (the Python API gets the CLI's care)."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"create_model: name must be a variant name (str) or None, got {type(name).__name__} "
+                        f"{name!r:.60}; see vanillanet.variant_names()")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"create_model: checkpoint must be a path (str or os.PathLike) or None, got "
+                        f"{type(checkpoint).__name__} {checkpoint!r:.60}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+        raise TypeError(f"create_model: num_classes must be an integer or None, got {type(num_classes).__name__} "
+                        f"{num_classes!r:.60}")
+    unknown = sorted(k for k in kwargs if k not in _NETWORK_ARGS and k not in _TIMM_ARGS)
+    if unknown:
+        accepted = ", ".join(sorted(_NETWORK_ARGS | {"num_classes", "use_ema", "allow_large"}))
+        raise TypeError(f"create_model got an unexpected keyword argument {unknown[0]!r}; it accepts {accepted} "
+                        "(and timm's pretrained, features_only, out_indices...)")
+
+
+def create_model(name: str | None = None, checkpoint: str | Path | None = None, *, num_classes: int | None = None,
                  use_ema: bool = True, allow_large: bool = False, **kwargs: Any) -> VanillaNet:
     """Build variant ``name``, load ``checkpoint`` (any supported layout and form) into it, and keep the file's
     metadata on the model as ``model.checkpoint_meta`` (``{}`` without a checkpoint) and the ``LoadReport`` as
@@ -115,21 +172,22 @@ def create_model(name: str | None, checkpoint: str | Path | None = None, *, num_
     """
     import timm
 
+    _check_call(name, checkpoint, num_classes, kwargs)
     if name is not None:
         check_model_name(name)
     if checkpoint is None:
         if name is None:
             raise ConfigError("no model given: pass a model name (random weights) or a checkpoint")
         kwargs = {**({} if num_classes is None else {"num_classes": num_classes}), **kwargs}
-        _check_size(name, kwargs, allow_large, f"{name} with {kwargs}" if kwargs else name)
-        model = timm.create_model(name, **kwargs)
+        model = timm.create_model(name, allow_large=allow_large, **kwargs)
         model.checkpoint_meta, model.load_report = {}, None
         return model
     ckpt = load_checkpoint_file(checkpoint, use_ema=use_ema)
     name, kwargs = architecture_kwargs(name, ckpt, {**kwargs, "num_classes": num_classes})
     check_model_name(name)
-    _check_size(name, kwargs, allow_large, str(checkpoint))
-    model = timm.create_model(name, **kwargs)
+    if not allow_large:
+        _check_size(name, _arch_of(name, kwargs), str(checkpoint))
+    model = timm.create_model(name, allow_large=True, **kwargs)  # checked above, naming the file
     model.load_report = load_into(model, ckpt, reset_head=True)
     model.checkpoint_meta = dict(ckpt["meta"])
     return model

@@ -8,6 +8,7 @@ schedule, ModelEmaV3).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -29,8 +30,8 @@ from .runtime import ignore_stop_signals
 from .state import TrainState
 from .step import BatchPrep, StepParts, build_precision
 
-__all__ = ["Data", "Run", "build_data", "build_loss", "build_model", "build_optimizer", "build_run",
-           "build_scheduler", "prepare_model", "scaled_lr"]
+__all__ = ["Data", "Run", "build_data", "build_device_augment", "build_loss", "build_model", "build_optimizer",
+           "build_run", "build_scheduler", "build_train_transform", "prepare_model", "scaled_lr"]
 
 StepCallback = Callable[[dict[str, Any]], None]
 
@@ -42,17 +43,13 @@ def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accu
     from ..data.datasets import take_subset
     from ..data.loaders import build_loader
     from ..data.sources import build_dataset
-    from ..data.transforms import build_transform, resolve_preprocess
+    from ..data.transforms import resolve_preprocess
 
     if not inputs.data:
         raise ConfigError("no dataset: pass --data PATH|fashion-mnist|digits|synthetic (or a recipe that sets it)")
     pre = resolve_preprocess(data=inputs.data, img_size=inputs.img_size, crop_pct=inputs.crop_pct, mean=inputs.mean,
                              std=inputs.std, interpolation=inputs.interpolation)
-    train_tf = build_transform(True, pre.img_size, in_chans=arch.in_chans, mean=pre.mean, std=pre.std,
-                               crop_pct=pre.crop_pct, interpolation=pre.interpolation, augment=inputs.augment,
-                               auto_augment=inputs.aa, reprob=inputs.reprob, remode=inputs.remode, hflip=inputs.hflip,
-                               scale=inputs.scale, ratio=inputs.ratio, color_jitter=inputs.color_jitter,
-                               padding=inputs.padding)
+    train_tf = build_train_transform(inputs, arch.in_chans, pre)
     common = dict(in_chans=arch.in_chans, img_size=pre.img_size, num_classes=arch.num_classes, **inputs.data_options)
     train_ds = build_dataset(inputs.data, "train", train_tf, **common)
     if inputs.train_subset:
@@ -68,12 +65,59 @@ def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accu
                           "batch x accumulation x processes); lower --batch-size")
     workers = dict(num_workers=inputs.workers, distributed=dist.enabled, seed=seed,
                    pin_memory=inputs.pin_mem and device.type == "cuda")
-    train_loader = build_loader(train_ds, batch_size, is_training=True, **workers)
+    collate = None
+    if inputs.decoder == "gpu":
+        from ..data.gpu_decode import check_gpu_settings, collate_encoded
+
+        check_gpu_settings(device, inputs.augment)
+        collate = functools.partial(collate_encoded, size=(pre.img_size, pre.img_size), channels=arch.in_chans,
+                                    interpolation=pre.interpolation)
+    train_loader = build_loader(train_ds, batch_size, is_training=True, collate_fn=collate, **workers)
     val_loader = build_loader(val_ds, val_batch or 2 * batch_size, is_training=False, **workers)
     for loader in (train_loader, val_loader):
         loader.worker_init_fn = ignore_stop_signals  # Ctrl-C reaches the whole process group
     micro = train_loader.batch_sampler.batches_per_epoch() // grad_accum * grad_accum
     return Data(train_loader, val_loader, classes, pre, micro, micro // grad_accum)
+
+
+def build_train_transform(inputs: InputConfig, in_chans: int, pre: Any) -> Callable:
+    """The workers' training transform for ``inputs.decoder``: timm's on PIL images (pil, the reference), or the
+    uint8 one whose normalisation and erasing run on the device (fast; see ``build_device_augment``)."""
+    from ..data.transforms import build_fast_transform, build_transform
+
+    common = dict(in_chans=in_chans, mean=pre.mean, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
+                  augment=inputs.augment, auto_augment=inputs.aa, hflip=inputs.hflip, scale=inputs.scale,
+                  ratio=inputs.ratio, color_jitter=inputs.color_jitter)
+    if inputs.decoder == "pil":
+        return build_transform(True, pre.img_size, std=pre.std, reprob=inputs.reprob, remode=inputs.remode,
+                               padding=inputs.padding, **common)
+    allow_large = bool(inputs.data_options.get("allow_large", False))
+    if inputs.decoder == "gpu":
+        from ..data.gpu_decode import GpuCropSample
+        from ..data.transforms import fit_channels
+        from ..data.uint8_transforms import timm_secondary
+
+        secondary = timm_secondary(pre.img_size, mean=fit_channels(pre.mean, in_chans, "mean"),
+                                   interpolation=pre.interpolation, auto_augment=inputs.aa,
+                                   color_jitter=inputs.color_jitter if not inputs.aa else 0.0)
+        return GpuCropSample(pre.img_size, in_chans=in_chans, scale=inputs.scale, ratio=inputs.ratio,
+                             hflip=inputs.hflip, interpolation=pre.interpolation, allow_large=allow_large,
+                             secondary=secondary)
+    return build_fast_transform(True, pre.img_size, allow_large=allow_large, aa_on_device=inputs.aa_on_device,
+                                **common)
+
+
+def build_device_augment(inputs: InputConfig, in_chans: int, pre: Any, device: torch.device) -> Any:
+    """What the device does to a uint8 batch (normalise, RandomErasing) for the fast and gpu decoders; None for
+    pil, whose workers do both."""
+    from ..data.device_augment import DeviceAugment
+    from ..data.transforms import fit_channels
+
+    if inputs.decoder == "pil":
+        return None
+    reprob = inputs.reprob if inputs.augment == "timm" else 0.0
+    return DeviceAugment(fit_channels(pre.mean, in_chans, "mean"), fit_channels(pre.std, in_chans, "std"), device,
+                         reprob=reprob, remode=inputs.remode)
 
 
 def freeze(model: nn.Module, stages: int) -> list[nn.Module]:
@@ -250,8 +294,10 @@ def build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, folder: Ru
     precision = build_precision(cfg.amp, cfg.amp_dtype, device, log)
     deep = DeepTraining(model, ema.module if ema is not None else None, cfg.decay_epochs, cfg.act_learn_mode,
                         cfg.act_learn_update, data.steps_per_epoch)
-    parts = StepParts(net, criterion, precision, BatchPrep(device, cfg.channels_last, mixup), cfg.grad_accum_steps,
-                      ddp, frozen, cfg.clip_grad, cfg.clip_mode)
+    augment = build_device_augment(cfg.inputs, cfg.arch.in_chans, data.preprocess, device)
+    prep = BatchPrep(device, cfg.channels_last, mixup, augment)
+    parts = StepParts(net, criterion, precision, prep, cfg.grad_accum_steps, ddp, frozen, cfg.clip_grad,
+                      cfg.clip_mode)
     meta = dict(config=config_to_dict(cfg), class_names=data.classes, arch=arch,
                 preprocess=data.preprocess.as_meta())
     checkpoints = Checkpointing(folder, dist, device, log, meta, cfg.keep_last, cfg.checkpoint_every,

@@ -31,6 +31,7 @@ __all__ = ["RECIPE_META_KEYS", "TrainConfig", "add_config_arguments", "config_fr
 
 # Recipe keys that describe the recipe rather than configure the run.
 RECIPE_META_KEYS = ("derived", "description", "aliases", "base")
+DECODERS = ("pil", "fast", "gpu")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "hamming", "box")
 
 
@@ -83,6 +84,12 @@ class InputConfig:
     ratio: tuple[float, float] = option((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range", gt=0)
     color_jitter: float = option(0.4, "colour jitter (inactive when aa is set)", ge=0)
     padding: int | None = option(None, "light augment: random-crop padding (default img_size // 8)", ge=0)
+    decoder: str = option("pil", "how training images are decoded and augmented: pil (the reference: PIL and timm's "
+                          "transform in the workers), fast (libjpeg-turbo with DCT-scaled decoding, uint8 crops "
+                          "across the process boundary, normalise/erase on the device) or gpu (nvJPEG on the "
+                          "training GPU; CUDA only); see docs/feeding-gpus.md", choices=DECODERS)
+    aa_on_device: bool = option(False, "--decoder fast: apply RandAugment's operations on the training device "
+                                "(the draws stay timm's, in the workers); --decoder gpu always does")
     workers: int = option(4, "data-loading worker processes per training process", ge=0, aliases=("-j",))
     pin_mem: bool = option(True, "pin host memory of batches (GPU only)")
 

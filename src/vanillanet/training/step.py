@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .state import TrainState
+
+if TYPE_CHECKING:
+    from ..data.device_augment import DeviceAugment
 
 __all__ = ["BatchPrep", "DeviceBatch", "Precision", "StepParts", "build_precision", "forward_backward",
            "optimizer_step", "to_device"]
@@ -33,22 +36,27 @@ class DeviceBatch:
 
 @dataclass(frozen=True)
 class BatchPrep:
-    """How a batch is placed and prepared: the device, the memory format and the batch-level mixing (timm's
-    ``Mixup`` or None). ``images`` places images only (what validation needs)."""
+    """How a batch is placed and prepared: the device, the memory format, the augmentation on the device
+    (``data.device_augment.DeviceAugment``: normalising uint8 batches and RandomErasing, for ``--decoder fast`` and
+    ``gpu``; None for the reference path, whose workers do both) and the batch-level mixing (timm's ``Mixup`` or
+    None). ``images`` places and normalises images only (what validation needs)."""
 
     device: torch.device
     channels_last: bool = False
     mixup: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    augment: DeviceAugment | None = None
 
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
+    def images(self, x: Any) -> torch.Tensor:
+        x = self.augment.place(x) if self.augment is not None else x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def to_device(images: torch.Tensor, targets: torch.Tensor, prep: BatchPrep) -> DeviceBatch:
-    """The one place a loader batch becomes a device batch: moved (and laid out) as ``prep`` says, then mixed.
-    Work on the device's copy of the batch (GPU-side augmentation) belongs here, before the mixing."""
+def to_device(images: Any, targets: torch.Tensor, prep: BatchPrep) -> DeviceBatch:
+    """The one place a loader batch becomes a device batch: moved (and laid out) as ``prep`` says, normalised and
+    erased on the device when the loader sends uint8 (``prep.augment``), then mixed."""
     x, y = prep.images(images), targets.to(prep.device, non_blocking=True)
+    if prep.augment is not None:
+        x = prep.augment.erase(x)
     if prep.mixup is not None:
         x, y = prep.mixup(x, y)
     return DeviceBatch(x, y)

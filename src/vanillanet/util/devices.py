@@ -1,6 +1,7 @@
 """Where a command runs: the device (``choose_device``), the process group under torchrun (``process_group``,
 ``DistInfo``), the half-precision dtype of a device (``half_dtype``) and the CPU threads (``num_threads``). Every
 command and the training run choose them here, so ``--device`` and ``--threads`` mean the same everywhere.
+``kept_settings`` leaves torch's process-wide settings as it found them across a library call (``fast_inference``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch.distributed as tdist
 
 from .errors import ConfigError
 
-__all__ = ["DEVICES", "DistInfo", "choose_device", "end_distributed", "half_dtype", "num_threads", "process_group",
-           "setup_distributed"]
+__all__ = ["DEVICES", "DistInfo", "as_device", "choose_device", "end_distributed", "global_settings", "half_dtype",
+           "kept_settings", "num_threads", "process_group", "setup_distributed"]
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device accepts; auto = cuda when one is visible
 
@@ -52,6 +53,32 @@ def choose_device(name: str | None = "auto", local_rank: int | None = None) -> t
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
+
+
+def as_device(value: object, what: str = "device") -> torch.device:
+    """``value`` (a str or torch.device) as a device this package runs on, the CUDA index filled in: TypeError for
+    another kind of value, ConfigError (a ValueError) naming ``what`` and the accepted values for an unknown or
+    unsupported device (``meta``, ``mps``...) or a GPU that is not visible."""
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{what} must be a str or torch.device ('cpu', 'cuda' or 'cuda:N'), got "
+                        f"{type(value).__name__} {value!r:.60}")
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        raise ConfigError(f"{what} must be 'cpu', 'cuda' or 'cuda:N', got {value!r:.60}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{what} must be 'cpu', 'cuda' or 'cuda:N' (the devices this package runs on), got "
+                          f"{str(dev)!r}")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not visible:
+        raise ConfigError(f"{what} {str(dev)!r} was given but no CUDA device is visible; use 'cpu'")
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if index >= visible:
+        raise ConfigError(f"{what} {str(dev)!r} names GPU {index} but {visible} is/are visible; use 'cuda:0' to "
+                          f"'cuda:{visible - 1}'")
+    return torch.device("cuda", index)
 
 
 def setup_distributed(device: str | None = "auto") -> tuple[DistInfo, torch.device]:
@@ -98,6 +125,8 @@ def half_dtype(device: torch.device) -> torch.dtype:
 def num_threads(threads: int | None) -> Iterator[int]:
     """torch's intra-op threads set to ``threads`` (None: unchanged) for the block, restored after; yields the
     number in effect."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be None (unchanged) or an integer of at least 1, got {threads!r}")
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -105,3 +134,42 @@ def num_threads(threads: int | None) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+# torch's process-wide settings a library call may touch: (name, getter, setter)
+_SETTINGS = (
+    ("cudnn.benchmark", lambda: torch.backends.cudnn.benchmark,
+     lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
+    ("cudnn.deterministic", lambda: torch.backends.cudnn.deterministic,
+     lambda v: setattr(torch.backends.cudnn, "deterministic", v)),
+    ("cudnn.allow_tf32", lambda: torch.backends.cudnn.allow_tf32,
+     lambda v: setattr(torch.backends.cudnn, "allow_tf32", v)),
+    ("cuda.matmul.allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32,
+     lambda v: setattr(torch.backends.cuda.matmul, "allow_tf32", v)),
+    ("float32_matmul_precision", torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+    ("mkldnn.enabled", lambda: torch.backends.mkldnn.enabled, lambda v: setattr(torch.backends.mkldnn, "enabled", v)),
+    ("num_threads", torch.get_num_threads, torch.set_num_threads),
+    ("default_dtype", torch.get_default_dtype, torch.set_default_dtype),
+    ("deterministic_algorithms", torch.are_deterministic_algorithms_enabled, torch.use_deterministic_algorithms),
+    ("grad_enabled", torch.is_grad_enabled, torch.set_grad_enabled),
+)
+
+
+def global_settings() -> dict[str, object]:
+    """torch's process-wide settings that a library call could leave changed (cuDNN's autotuner and TF32 flags,
+    the fp32 matmul precision, oneDNN, the intra-op threads, the default dtype, deterministic algorithms, grad mode)
+    and the CPU random generator's state, by name."""
+    return {**{name: get() for name, get, _ in _SETTINGS}, "cpu_rng_state": torch.random.get_rng_state()}
+
+
+@contextlib.contextmanager
+def kept_settings() -> Iterator[None]:
+    """Every setting of ``global_settings`` restored after the block to what it was before (changed ones only)."""
+    before = global_settings()
+    try:
+        yield
+    finally:
+        for name, get, put in _SETTINGS:
+            if get() != before[name]:
+                put(before[name])
+        torch.random.set_rng_state(before["cpu_rng_state"])

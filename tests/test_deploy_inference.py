@@ -1,4 +1,5 @@
-"""fast_inference: every CPU backend reproduces the fp32 eager output; shape fallback; errors; GPU paths on CUDA."""
+"""``deploy.inference``: ``fast_inference``: every CPU backend reproduces the fp32 eager output; auto picks a
+verified backend; shape fallback; one-line errors; GPU paths on CUDA."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
+from vanillanet.deploy import inference
 from vanillanet.deploy.inference import fast_inference
-from vanillanet.model.geometry import min_input_size
+from vanillanet.util.devices import global_settings
 from vanillanet.util.errors import ConfigError, ConversionError
 
 CUDA = torch.cuda.is_available()
@@ -93,10 +95,53 @@ def test_bad_inputs_give_one_line_errors(model):
         fast_inference(half_trained, image_size=32)
 
 
-def test_min_input_size():
-    assert min_input_size(build_variant("vanillanet_5")) == 32
-    assert min_input_size(build_variant("vanillanet_13")) == 32
-    assert min_input_size(build_variant("vanillanet_13_x1_5_ada_pool")) == 2
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        same = torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+        assert same, f"{k}: {a[k]} -> {b[k]}"
+
+
+@pytest.mark.parametrize("backend", [["eager", "onnxruntime"], "int8", "eager"])
+def test_global_settings_are_left_as_found(model, backend):
+    """fast_inference (build, verify, time, and a failing candidate) changes no process-wide setting: threads,
+    matmul precision, cuDNN's flags, oneDNN, grad mode, default dtype and the global RNG are as before."""
+    if backend != "eager":
+        pytest.importorskip("onnxruntime")
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    try:
+        torch.set_float32_matmul_precision("high")
+        torch.set_num_threads(1)
+        torch.backends.cudnn.benchmark = False
+        before = global_settings()
+        fast = fast_inference(model, batch_size=1, image_size=32, backend=backend)
+        fast(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+        _same(before, global_settings())
+        with pytest.raises(ConversionError, match="above"):  # the failure path restores too
+            fast_inference(model, image_size=32, backend="eager", dtype=torch.bfloat16, tol=1e-9)
+        _same(before, global_settings())
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        torch.set_num_threads(threads)
+
+
+def test_cudnn_autotuner_is_scoped_to_the_call():
+    """On CUDA the builds and each call run with cuDNN's autotuner on (fixed shapes), and switch it back after."""
+    torch.backends.cudnn.benchmark = False
+    with inference._cudnn_benchmark(torch.device("cuda")):
+        assert torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.benchmark
+    with inference._cudnn_benchmark(torch.device("cpu")):
+        assert not torch.backends.cudnn.benchmark
+
+
+def test_fast_inference_parts_are_short():
+    """The build-and-verify and the choose parts are separate functions, none over the house limit of 80 lines."""
+    import inspect
+
+    for fn in (fast_inference, inference.build_verified, inference.choose_fastest, inference._reference):
+        assert len(inspect.getsource(fn).splitlines()) <= 80, fn.__name__
 
 
 @pytest.mark.gpu
@@ -112,3 +157,4 @@ def test_gpu_backends(model, backend, dtype):
     assert rel_err(out1.cpu(), _ref(model, x)) < tol
     assert rel_err(out2.cpu(), _ref(model, 2 * x)) < tol
     assert rel_err(fast(x[:3]).cpu(), _ref(model, x[:3])) < tol  # other shape: eager fallback
+    assert not torch.backends.cudnn.benchmark  # PyTorch's default, left as found

@@ -1,13 +1,14 @@
-"""Exact conversion to the deploy form, for every variant, and the act_learn schedule."""
+"""``model.reparam``: every variant converts exactly to the deploy form (fp32/fp16/bf16), the original is left
+untouched, conversion is idempotent and refused while act_learn is not 1; timm's reparameterize hook."""
 
-import copy
+from __future__ import annotations
 
 import pytest
 import timm
 import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
-from vanillanet import ConversionError, VanillaNet, act_learn_schedule, reparameterize_model
+from vanillanet import ConversionError, VanillaNet, reparameterize_model
 from vanillanet.model.variants import VARIANTS
 
 ALL = list(VARIANTS)
@@ -85,41 +86,6 @@ def test_timm_reparameterize_model_gives_the_deploy_form():
         assert rel_err(theirs(x), model(x)) < 1e-5
 
 
-def test_act_learn_setter_reaches_every_layer():
-    torch.manual_seed(4)
-    model = build_variant("vanillanet_6", num_classes=5)
-    model.act_learn = 0.25
-    assert model.act_learn == 0.25
-    slopes = {id(m.slope) for m in model.stages}
-    assert slopes == {id(model.slope)}
-    assert all(m.slope.value == 0.25 for m in model.stages)
-    ema = copy.deepcopy(model)  # a copy has its own slope, shared among its own blocks
-    ema.act_learn = 0.75
-    assert model.act_learn == 0.25 and all(m.slope.value == 0.75 for m in ema.stages)
-    assert "slope" not in "".join(model.state_dict())  # not a state_dict key: original layout kept
-
-
-def test_slope_is_leaky_relu_with_act_learn():
-    torch.manual_seed(5)
-    block = build_variant("vanillanet_5").stages[0].eval()
-    block.slope.value = 0.3
-    x = torch.randn(1, 32, 8, 8)
-    expected = block.act(block.pool(block.conv2(torch.nn.functional.leaky_relu(block.conv1(x), 0.3))))
-    assert torch.allclose(block(x), expected, atol=1e-6)
-
-
-def test_act_learn_is_validated():
-    model = build_variant("vanillanet_5")
-    for bad in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError):
-            model.act_learn = bad
-    deploy = build_variant("vanillanet_5", deploy=True)
-    assert deploy.act_learn == 1.0
-    deploy.act_learn = 1.0
-    with pytest.raises(ConversionError, match="deploy form"):
-        deploy.act_learn = 0.5
-
-
 def test_full_size_vanillanet_5_converts_within_tolerance():
     """The real widths (512..4096), at a small input: fp32 relative error <= 1e-5."""
     torch.manual_seed(6)
@@ -131,22 +97,3 @@ def test_full_size_vanillanet_5_converts_within_tolerance():
         y = model(x)
         model.reparameterize()
         assert rel_err(model(x), y) <= 1e-5
-
-
-@pytest.mark.parametrize("mode", ["linear", "cosine"])
-def test_schedule_endpoints(mode):
-    assert act_learn_schedule(0, 100, mode) == 0.0
-    assert act_learn_schedule(50, 100, mode) == pytest.approx(0.5)
-    assert act_learn_schedule(100, 100, mode) == 1.0
-    assert act_learn_schedule(300, 100, mode) == 1.0
-    assert act_learn_schedule(99.999, 100, mode) < 1.0
-    values = [act_learn_schedule(s / 7, 10, mode) for s in range(0, 71)]  # per iteration, 7 steps an epoch
-    assert values == sorted(values) and values[-1] == 1.0
-
-
-def test_schedule_shapes_and_errors():
-    assert act_learn_schedule(25, 100, "linear") == 0.25
-    assert act_learn_schedule(25, 100, "cosine") == pytest.approx((1 - 2**-0.5) / 2)
-    assert act_learn_schedule(0, 0) == 1.0
-    with pytest.raises(ValueError, match="linear"):
-        act_learn_schedule(1, 10, "step")

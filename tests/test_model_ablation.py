@@ -1,6 +1,8 @@
-"""The ablation options of VanillaNet (deep_training, series_act, act_num 0..4, shortcut) and the baselines: exact
-conversion where a deploy form exists, a clear refusal where none does, the original keys with the defaults, and the
-options read back from checkpoints."""
+"""``model.ablation``: the ablation options of VanillaNet (deep_training, series_act, act_num 0..4, shortcut): exact
+conversion where a deploy form exists, a clear refusal where none does, the original keys with the defaults, and
+the options read back from checkpoints."""
+
+from __future__ import annotations
 
 import pytest
 import timm
@@ -10,7 +12,6 @@ from conftest import build_variant, give_realistic_bn_stats, rel_err
 from vanillanet import CheckpointError, ConfigError, ConversionError, reparameterize_model
 from vanillanet.convert import convert_checkpoint
 from vanillanet.model.ablation import ResidualBlock, ResidualSingleConvBlock, SingleConvBlock
-from vanillanet.model.baselines import PlainCNN, baseline_kwargs
 from vanillanet.model.checkpoint_files import save_weights
 from vanillanet.model.registry import create_model
 from vanillanet.model.weight_loading import infer_weights_info, load_weights
@@ -153,7 +154,6 @@ def test_act_num_is_validated():
             build_variant("vanillanet_5", act_num=bad)
 
 
-# ---- checkpoints ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("options", [dict(deep_training=False), dict(series_act=False),
                                      dict(deep_training=False, series_act=False)])
 def test_options_are_inferred_from_the_keys(tmp_path, options):
@@ -209,34 +209,3 @@ def test_shortcut_is_recorded_and_its_conversion_refused(tmp_path):
         create_model(None, path, deploy=True)
     with pytest.raises(CheckpointError, match="records shortcut=True"):
         load_weights(build_variant("vanillanet_6", num_classes=3), path)
-
-
-# ---- baselines --------------------------------------------------------------------------------------------------
-def test_plain_cnn_is_the_plain_vanillanet_with_3x3_convs():
-    net = timm.create_model("plain_cnn_6", num_classes=10, in_chans=1, width_mult=1 / 16)
-    neither = build_variant("vanillanet_6", num_classes=10, in_chans=1, deep_training=False, series_act=False)
-    assert sum(p.numel() for p in PlainCNN(1, 10, width_mult=1 / 16, kernel_size=1).parameters()) == sum(
-        p.numel() for p in neither.parameters())
-    assert [m.kernel_size for m in net.modules() if isinstance(m, torch.nn.Conv2d)] == [(4, 4)] + [(3, 3)] * 4 + [
-        (1, 1)]
-    assert net(torch.randn(2, 1, 64, 64)).shape == (2, 10)
-    resnet = timm.create_model("resnet18", **baseline_kwargs("resnet18", num_classes=10, in_chans=1, drop_rate=0.0,
-                                                             width_mult=0.25))
-    assert [resnet.layer1[0].conv1.out_channels, resnet.layer4[0].conv1.out_channels] == [16, 128]
-    with pytest.raises(ConfigError, match="unknown baseline"):
-        baseline_kwargs("resnet50", num_classes=10, in_chans=1, drop_rate=0.0, width_mult=1.0)
-
-
-def test_plain_relu_network_round_trips_through_a_hub_folder(tmp_path):
-    """series_act=False is the one option a deploy form keeps: the Hub folder records it so that it reloads."""
-    from vanillanet.hub import export_hf
-
-    torch.manual_seed(6)
-    model = build_variant("vanillanet_6", num_classes=3, series_act=False)
-    give_realistic_bn_stats(model, (2, 3, 32, 32))
-    export_hf(model.eval(), tmp_path / "hub")
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        reloaded = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True).eval()
-        assert not reloaded.series_act and rel_err(reloaded(x), model(x)) <= 1e-5
-        assert rel_err(create_model(None, tmp_path / "hub").eval()(x), model(x)) <= 1e-5

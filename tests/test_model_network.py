@@ -1,5 +1,8 @@
-"""timm integration beyond the generic contract (test_model_contract.py): construction arguments, conversion after
-a head reset, the detection taps, pooling options, the ada_pool design's geometry."""
+"""``model.network``: ``VanillaNet`` with timm beyond the generic contract (test_model_network_contract.py):
+construction arguments and their errors, conversion after a head reset, the detection taps, pooling options, the
+ada_pool sizes."""
+
+from __future__ import annotations
 
 import pytest
 import timm
@@ -7,7 +10,6 @@ import torch
 from conftest import build_variant, give_realistic_bn_stats, rel_err
 
 from vanillanet import reparameterize_model
-from vanillanet.model.geometry import feature_map_sides
 from vanillanet.model.network import VanillaNet
 from vanillanet.model.variants import VARIANTS
 
@@ -79,19 +81,6 @@ def test_no_pooling_with_classes_gives_per_position_logits(deploy):
         assert rel_err(out.mean((2, 3)), pooled.eval()(x)) < 1e-5
         dense.reset_classifier(0)  # keeps the (absent) pooling
         assert dense(x).shape == (2, dense.num_features, 3, 2)
-
-
-def test_ada_pool_geometry():
-    """The ada_pool design: stem stride 3, padding 1 (224 -> 75), then adaptive max pools to ceil(side / 2): the
-    original's fixed 38, 19, 10 at 224 px, and the same strides at any other size (320 px: 107, 54, 27, 14)."""
-    model = build_variant("vanillanet_13_x1_5_ada_pool", deploy=True).eval()
-    spec = VARIANTS["vanillanet_13_x1_5_ada_pool"]
-    for size, expected in ((224, [75, 38, 19, 10]), (320, [107, 54, 27, 14])):
-        with torch.device("meta"):
-            _, inter = model.to("meta").forward_intermediates(torch.empty(1, 3, size, size), indices=[0, 1, 2, 9])
-        assert [t.shape[-1] for t in inter] == expected
-        assert [feature_map_sides(size, spec.strides, spec.ada_pool)[i + 1] for i in (0, 1, 2, 9)] == expected
-    assert [model.feature_info[i]["reduction"] for i in (0, 1, 2, 9)] == [3, 6, 12, 24]
 
 
 def test_ada_pool_sizes_must_be_the_ceil_rule():
