@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
+import signal
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -156,6 +159,42 @@ def test_interrupted_run_leaves_no_half_written_shard_and_continues(tree, tmp_pa
     s = write_shards(str(tree), str(out), WriteSettings(shard_size=4), progress=False)
     assert s["kept"] == 2 and s["written"] == 7
     assert not list(out.glob(".*.tmp"))  # the dead run's temporary is gone
+
+
+def test_refused_parallel_run_stops_its_workers_and_leaves_complete_shards(tree, tmp_path, monkeypatch):
+    (tree / "train" / "ant" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    real = shard_writer.encode_image
+
+    def slow(item, settings):  # the other worker is inside a shard (its temporary open) when the refusal comes
+        time.sleep(0.05)
+        return real(item, settings)
+
+    monkeypatch.setattr(shard_writer, "encode_image", slow)  # forked workers inherit it
+    out = tmp_path / "strict"
+    with pytest.raises(DataError, match="cannot read train sample ant/broken.jpg"):
+        write_shards(str(tree), str(out), WriteSettings(shard_size=3, strict=True), workers=2, progress=False)
+    assert multiprocessing.active_children() == []  # every worker has exited: nothing writes after the return
+    names = sorted(p.name for p in out.iterdir())
+    tars = [n for n in names if n.endswith(".tar")]
+    assert names == sorted(tars + [n[:-4] + ".idx.json" for n in tars])  # complete shards only, no temporaries
+    assert sorted(os.listdir(tmp_path)) == ["src", "strict"]
+    monkeypatch.setattr(shard_writer, "encode_image", real)
+    s = write_shards(str(tree), str(out), WriteSettings(shard_size=3), workers=2, progress=False)
+    assert s["kept"] == len(tars) and s["skipped"] == {"train": 1}
+
+
+def test_a_worker_that_dies_is_a_one_line_error(tree, tmp_path, monkeypatch):
+    real = shard_writer.encode_image
+
+    def killed(item, settings):  # the OOM killer's SIGKILL, in the worker only
+        if multiprocessing.parent_process() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(item, settings)
+
+    monkeypatch.setattr(shard_writer, "encode_image", killed)
+    with pytest.raises(DataError, match="a worker process writing shards died.*fewer --workers"):
+        write_shards(str(tree), str(tmp_path / "out"), WriteSettings(shard_size=4), workers=2, progress=False)
+    assert multiprocessing.active_children() == []
 
 
 def test_sources_other_than_folders(tmp_path):

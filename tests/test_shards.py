@@ -49,22 +49,32 @@ def test_command_refuses_bad_options(tree, tmp_path, capsys, extra, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_command_bad_inputs_are_one_line_errors(tree, tmp_path, capsys):
+def test_command_bad_inputs_are_one_line_errors(tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # a closed port on the loopback: never the internet
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
+    monkeypatch.setenv("VANILLANET_IO_TIMEOUT", "5")
+    monkeypatch.setenv("VANILLANET_IO_RETRIES", "1")
+    remote._FILESYSTEMS.clear()
     (tmp_path / "empty").mkdir()
     (tree / "train" / "ant" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     cases = [
         ([str(tmp_path / "empty"), str(tmp_path / "o")], "one subfolder per class"),
-        ([str(tree), str(tmp_path / "strict"), "--strict"], "cannot read train sample ant/broken.jpg"),
+        ([str(tree), str(tmp_path / "strict"), "--strict", "--shard-size", "3", "-j", "2"],
+         "cannot read train sample ant/broken.jpg"),
         ([str(tree), str(tree / "train" / "out")], "inside SRC"),
-        (["s3://bucket/x", str(tmp_path / "o")], "s3://bucket/x/manifest.json"),
+        (["s3://bucket/x", str(tmp_path / "o")], "cannot reach s3://bucket/x/manifest.json"),
     ]
     for args, message in cases:
         assert cli.main(["shards", *args, "--no-progress"]) == 2, args
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "src", "strict"]
-    # the refused run stopped at the bad image: complete shards only (kept by a re-run), no manifest, no temporaries
-    assert all(p.suffix in (".tar", ".json") and p.name != "manifest.json" for p in (tmp_path / "strict").iterdir())
+    # the refused run stopped at the bad image: complete shards only (tar and index), no manifest, no temporaries
+    names = sorted(p.name for p in (tmp_path / "strict").iterdir())
+    tars = [n for n in names if n.endswith(".tar")]
+    assert names == sorted(tars + [n[:-4] + ".idx.json" for n in tars])
+    remote._FILESYSTEMS.clear()
 
 
 def test_command_counts_skips(tree, tmp_path, capsys):

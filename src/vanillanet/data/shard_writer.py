@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,11 +185,16 @@ class ShardJob:
 
 
 _SOURCE: ShardSource | None = None
+_STOP: Any = None  # a multiprocessing Event: set when the run is refused, so that the other workers stop early
 
 
-def _set_source(source: ShardSource) -> None:
-    global _SOURCE
-    _SOURCE = source
+class _Stopped(Exception):
+    """A worker stopped writing its shard because the run was refused elsewhere (its temporary is removed)."""
+
+
+def _set_source(source: ShardSource, stop: Any = None) -> None:
+    global _SOURCE, _STOP
+    _SOURCE, _STOP = source, stop
 
 
 def build_shard(job: ShardJob, settings: WriteSettings, out: Path,
@@ -202,6 +209,8 @@ def build_shard(job: ShardJob, settings: WriteSettings, out: Path,
         with open(tmp, "wb") as f:
             tar = TarWriter(f)
             for i in job.samples:
+                if _STOP is not None and _STOP.is_set():
+                    raise _Stopped(job.name)
                 try:
                     item, label, stem = source.read(job.split, i)
                     data = encode_image(item, settings)
@@ -275,10 +284,6 @@ def run_job(job: ShardJob, settings: WriteSettings, out: str) -> tuple[ShardInfo
     return info, skipped, False
 
 
-def _run_job_star(args: tuple[ShardJob, WriteSettings, str]) -> tuple[ShardInfo, list[dict[str, str]], bool]:
-    return run_job(*args)
-
-
 # ------------------------------------------------------------------------------------------------------ the run
 def plan_jobs(source: ShardSource, settings: WriteSettings) -> list[ShardJob]:
     """The shards of every split: the split's samples in a seeded random order, ``shard_size`` per shard, each with
@@ -336,27 +341,49 @@ def write_shards(src: str, out: str, settings: WriteSettings = WriteSettings(), 
     kept = 0
     bar = tqdm(total=sum(len(j.samples) for j in jobs), unit="img", desc="shards", dynamic_ncols=True,
                disable=None if progress else True)
-    args = [(job, settings, out) for job in jobs]
-    pool = None
+
+    def done(result: tuple[ShardInfo, list[dict[str, str]], bool]) -> None:
+        nonlocal kept
+        info, skipped, was_kept = result
+        results[info.name] = (info, skipped)
+        kept += was_kept
+        bar.update(info.count + len(skipped))
+        if on_shard is not None:
+            on_shard(info, was_kept)
+
     try:
-        if workers > 1 and len(jobs) > 1:
-            pool = multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), _set_source, (source,))
-            done = pool.imap_unordered(_run_job_star, args)
-        else:
-            _set_source(source)
-            done = map(_run_job_star, args)
-        for info, skipped, was_kept in done:
-            results[info.name] = (info, skipped)
-            kept += was_kept
-            bar.update(info.count + len(skipped))
-            if on_shard is not None:
-                on_shard(info, was_kept)
+        run_jobs([(job, settings, out) for job in jobs], source, workers, done)
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     return _finish(source, settings, out, jobs, results, kept, time.time() - started, workers)
+
+
+def run_jobs(args: list[tuple[ShardJob, WriteSettings, str]], source: ShardSource, workers: int,
+             done: Callable[[tuple[ShardInfo, list[dict[str, str]], bool]], None]) -> None:
+    """``run_job`` over ``args`` in ``workers`` forked processes (in this one for one worker or one job), ``done``
+    called here with each result as it comes. When a job fails (``--strict`` refusing an image, a full disk, a
+    worker that died) the others stop before their next sample, their temporaries removed, the queued ones are
+    cancelled, and the error is raised only once every worker has exited: a refused run leaves complete shards
+    only, and nothing writes after it returned."""
+    if workers <= 1 or len(args) <= 1:
+        _set_source(source)
+        for a in args:
+            done(run_job(*a))
+        return
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    pool = ProcessPoolExecutor(min(workers, len(args)), mp_context=ctx, initializer=_set_source,
+                               initargs=(source, stop))
+    try:
+        futures = [pool.submit(run_job, *a) for a in args]
+        for future in as_completed(futures):
+            done(future.result())
+    except BrokenProcessPool:
+        raise DataError("a worker process writing shards died (killed, perhaps out of memory); run the same command "
+                        "again (complete shards are kept), with fewer --workers if memory is short") from None
+    finally:
+        stop.set()  # a no-op after a complete run
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _version() -> str:
