@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def exit_code(argv):
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^\d*$") as info:  # the exit code (argparse: 0 or 2)
         main(argv)
     return info.value.code
 
@@ -111,6 +111,14 @@ def test_out_of_memory_is_one_line_naming_the_fix(capsys, monkeypatch, error):
     err = capsys.readouterr().err
     assert err.startswith("vanillanet info: error: out of memory (") and err.count("\n") == 1
     assert "use a smaller --batch-size or --img-size, fewer --workers, or leave out --allow-large" in err
+
+
+def test_an_environment_switch_that_is_not_one_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("VANILLANET_FUSED_KERNELS", "garbage")
+    assert main(["bench", "--modes", "paper"]) == 2
+    assert capsys.readouterr().err == ("vanillanet: error: environment variable VANILLANET_FUSED_KERNELS='garbage' is "
+                                       "not a switch: set it to one of 1, true, yes, on, 0, false, no, off, or unset "
+                                       "it\n")
 
 
 def test_ctrl_c_exits_130(capsys, monkeypatch):

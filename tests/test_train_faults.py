@@ -113,7 +113,7 @@ def test_a_fault_in_the_loop_with_workers_ends_in_one_line(tmp_path, fault):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    with pytest.raises(ProcessLookupError):  # no data worker outlives the run
+    with pytest.raises(ProcessLookupError, match="No such process"):  # no data worker outlives the run
         os.killpg(proc.pid, 0)
     if fault == "api":
         assert proc.returncode == 1 and err.rstrip().endswith("RuntimeError: injected fault"), err[-3000:]
@@ -153,7 +153,7 @@ def test_a_real_full_disk(tmp_path):
 def test_divergence_sets_aside_the_checkpoint_that_gave_it(tmp_path, capsys):
     out = tmp_path / "run"
     sgd = ["opt=sgd", "lr_base_scale=none", "warmup_epochs=0", "checkpoint_every=1"]
-    with pytest.raises(NonFiniteLossError) as info:
+    with pytest.raises(NonFiniteLossError, match="^loss is nan at step") as info:
         train(cfg(out, *sgd, "lr=1e6"))
     msg = str(info.value)
     step = int(msg.split("at step ")[1].split()[0])
@@ -336,7 +336,7 @@ def test_a_kill_between_an_epochs_metrics_row_and_its_checkpoint(tmp_path, strai
 
     out = tmp_path / "run"
     monkeypatch.setattr(Checkpointing, "save", killed_before_the_epoch_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^$"):  # raised bare, as a kill
         train(cfg(out, "checkpoint_every=1"))
     monkeypatch.undo()
     assert [r["type"] for r in rows(out)][-2:] == ["step", "epoch"]

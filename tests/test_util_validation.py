@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from vanillanet.util import validation
 from vanillanet.util.errors import ConfigError
 from vanillanet.util.validation import (
     add_arguments,
@@ -150,3 +151,17 @@ def test_value_type_gives_one_line_argparse_errors():
 def test_unknown_key_error_suggests_the_closest_key():
     err = unknown_key_error("warmup", {"warmup_epochs": 1, "epochs": 2}, "--set")
     assert str(err) == "unknown config key 'warmup' in --set; did you mean 'warmup_epochs'?"
+
+
+@pytest.mark.parametrize("name", sorted(validation.ENV_SWITCHES))
+def test_environment_switches_are_checked(monkeypatch, name):
+    """Issue 17, finding 6: every switch read from the environment goes through env_flag."""
+    for raw, expected in (("", True), (" Off ", False), ("YES", True), ("0", False)):
+        monkeypatch.setenv(name, raw)
+        assert validation.env_flag(name, True) is expected
+        validation.check_environment()
+    monkeypatch.delenv(name)
+    assert validation.env_flag(name, False) is False
+    monkeypatch.setenv(name, "garbage")
+    with pytest.raises(ConfigError, match=f"environment variable {name}='garbage' is not a switch"):
+        validation.check_environment()

@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 
 from .util.errors import VanillaNetError, first_line, user_message
+from .util.validation import check_environment
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -92,6 +93,11 @@ def write_traceback(args: argparse.Namespace, err: BaseException) -> Path | None
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    try:  # before a command's module is imported: the kernels read their switch at import
+        check_environment()
+    except VanillaNetError as err:
+        print(f"vanillanet: error: {err}", file=sys.stderr)
+        return 2
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
