@@ -91,6 +91,9 @@ class InputConfig:
     aa_on_device: bool = option(False, "--decoder fast: apply RandAugment's operations on the training device "
                                 "(the draws stay timm's, in the workers); --decoder gpu always does")
     workers: int = option(4, "data-loading worker processes per training process", ge=0, aliases=("-j",))
+    memory_batches: bool = option(True, "in-memory sets (fashion-mnist, digits, synthetic) whose only random step is "
+                                  "the flip: make whole batches in memory, bit-identical to the DataLoader's "
+                                  "(false: the per-image PIL path)")
     pin_mem: bool = option(True, "pin host memory of batches (GPU only)")
 
 
