@@ -144,6 +144,27 @@ def test_resume_after_sigterm_is_bit_exact(tmp_path, straight):
     assert [r["step"] for r in rows if r["type"] == "step"] == list(range(1, 25))  # no duplicated rows
 
 
+@pytest.mark.slow
+def test_compiled_run_with_memory_batches_resumes_bit_exactly(tmp_path):
+    """The main job's fast path (torch.compile of the model, in-memory batches, act_learn every step): a run
+    stopped by SIGTERM mid-epoch and resumed (a fresh compile) ends with the same weights, EMA and optimiser
+    state as an uninterrupted one. Slow (inductor compiles); .ci/run runs it."""
+    fast = ("compile=true", "augment=light", "padding=0", "reprob=0", "act_learn_update=step", "epochs=2",
+            "decay_epochs=1")
+
+    def stop_at_step_5(info):
+        if info["step"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    straight_run = train(tiny_cfg(tmp_path / "straight", *fast))
+    res = train(tiny_cfg(tmp_path / "cut", *fast), on_step=stop_at_step_5)
+    assert res["status"] == "interrupted" and weights(res["checkpoint"])["batch"] == 6
+    resumed = train(tiny_cfg(tmp_path / "cut", *fast, "resume=auto"))
+    last = f"checkpoint-{straight_run['steps']:08d}.pth"
+    assert_same_state(weights(tmp_path / "straight" / last), weights(tmp_path / "cut" / last))
+    assert resumed["test_top1"] == straight_run["test_top1"] and resumed["deploy_agreement"] == 1.0
+
+
 def test_ctrl_c_to_cli_process_group_saves_and_resumes(tmp_path, straight):
     """SIGINT to the whole process group (as Ctrl-C sends it, data workers included): exit status 130, a
     checkpoint, and --resume auto (here with another worker count) finishes the run bit-for-bit."""

@@ -208,7 +208,7 @@ def _quantize(args: argparse.Namespace, cfg: Int8Config) -> int:
                              allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
     transform = pre.transform(in_chans)
-    large = {"folder.allow_large": True} if args.allow_large else {}
+    large = {"folder.allow_large": True, "shards.allow_large": True} if args.allow_large else {}
     calib = spread_subset(build_dataset(args.data, "train", transform, in_chans=in_chans, **large), args.calib_images)
     evals = spread_subset(build_dataset(args.data, "val", transform, in_chans=in_chans, **large), args.eval_images)
     check_num_classes(model, evals.classes, doing="quantize")
