@@ -3,6 +3,7 @@ store on the loopback), killed mid-epoch and resumed bit-exactly."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -122,6 +123,27 @@ def _assert_same(a: dict, b: dict) -> None:
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
     assert a["step"] == b["step"]
+
+
+def test_train_from_local_shards_through_the_cli(tree, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert cli.main(["shards", str(tree), str(out), "--shard-size", "7", "--no-progress"]) == 0
+    flags = ["--epochs", "1", "--decay-epochs", "0", "--warmup-epochs", "0", "--img-size", "32", "--workers", "0",
+             "--width-mult", "0.0625", "--batch-size", "8", "--no-progress"]
+    for data in (out, out / "manifest.json", f"file://{out}"):
+        run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+        assert cli.main(["train", "--data", str(data), "--output", str(run), *flags]) == 0, capsys.readouterr().err
+        assert list(run.glob("checkpoint-*.pth"))
+    # a corrupt image inside a shard: a counted skip, or with --strict-data a one-line error (exit 2)
+    index = json.loads((out / "train-000000.idx.json").read_text())
+    raw = bytearray((out / "train-000000.tar").read_bytes())
+    start, size = index["offsets"][0], index["sizes"][0]
+    raw[start:start + size] = b"\0" * size  # the first image's bytes, its length (and so the index) unchanged
+    (out / "train-000000.tar").write_bytes(bytes(raw))
+    capsys.readouterr()
+    code = cli.main(["train", "--data", str(out), "--output", str(tmp_path / "strict"), "--strict-data", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot decode sample" in err and len(err.splitlines()) == 1, err
 
 
 def test_train_from_s3_killed_mid_epoch_resumes_bit_exactly(tree, tmp_path, s3_bucket, capsys):

@@ -76,8 +76,10 @@ def retries() -> int:
 def _storage_options(proto: str) -> dict[str, Any]:
     t = timeout()
     if proto == "s3":
+        # s3fs retries each call itself (``fs.retries``, set in ``filesystem``, with backoff, SlowDown included);
+        # botocore's own retries would multiply the attempts
         opts: dict[str, Any] = {"config_kwargs": {"connect_timeout": t, "read_timeout": t,
-                                                  "retries": {"max_attempts": retries(), "mode": "standard"}}}
+                                                  "retries": {"max_attempts": 1, "mode": "standard"}}}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             opts["endpoint_url"] = endpoint
@@ -106,6 +108,8 @@ def filesystem(url: str) -> tuple[Any, str]:
         except ImportError:
             raise DataError(f"reading {proto}:// URLs needs {_DRIVERS.get(proto, 'its fsspec driver')}: pip "
                             f"install 'vanillanet[shards]' {_DRIVERS.get(proto, '')}".rstrip()) from None
+        if proto == "s3":
+            fs.retries = retries()  # s3fs's class default is 5 attempts of up to VANILLANET_IO_TIMEOUT each
         _FILESYSTEMS[key] = fs
     return fs, fs._strip_protocol(url) if proto not in ("http", "https") else url
 
