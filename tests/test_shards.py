@@ -134,8 +134,9 @@ def test_train_from_local_shards_through_the_cli(tree, tmp_path, capsys):
         run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
         assert cli.main(["train", "--data", str(data), "--output", str(run), *flags]) == 0, capsys.readouterr().err
         assert list(run.glob("checkpoint-*.pth"))
-    assert cli.main(["eval", "--checkpoint", str(run / "model_deploy.safetensors"), "--data", str(out / "manifest.json"),
-                     "--workers", "0", "--no-progress", "--json", str(tmp_path / "eval.json")]) == 0
+    assert cli.main(["eval", "--checkpoint", str(run / "model_deploy.safetensors"), "--data",
+                     str(out / "manifest.json"), "--workers", "0", "--no-progress", "--json",
+                     str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["images"] == 9  # the val split, every image
     # a corrupt image inside a shard: a counted skip, or with --strict-data a one-line error (exit 2)
     index = json.loads((out / "train-000000.idx.json").read_text())
