@@ -254,3 +254,153 @@ def make_state(lr: float = 1e-3, opt: str = "adamw", ema: bool = True, seed: int
     return TrainState(model=model, ema=ModelEmaV3(model, decay=0.9) if ema else None, optimizer=optimizer,
                       scheduler=build_scheduler(optimizer, optim, STEPS_PER_EPOCH, epochs),
                       scaler=torch.amp.GradScaler("cpu", enabled=False))
+
+
+# ---- training: the tiny training config, written once -----------------------------------------------------------
+# 16 synthetic 32 px images, batch 4: 4 steps per epoch, 2 epochs, at 1/16 of the widths; mixup/cutmix, LAMB, the
+# EMA and per-epoch act_learn on as in the recipe. ``tiny_config`` takes ``key=value`` overrides.
+TINY_TRAIN = {"data": "synthetic", "synthetic_size": 16, "width_mult": 0.0625, "epochs": 2, "decay_epochs": 1,
+              "batch_size": 4, "workers": 0, "warmup_epochs": 1, "img_size": 32, "progress": False, "seed": 5,
+              "log_every": 1}
+
+
+def _tiny(changes: dict) -> dict:
+    """``TINY_TRAIN`` with ``changes``; a change to None drops the key (its default applies)."""
+    return {k: v for k, v in {**TINY_TRAIN, **changes}.items() if v is not None}
+
+
+def tiny_sets(**changes) -> list[str]:
+    """``TINY_TRAIN`` with ``changes`` as ``--set`` strings (``key=value``)."""
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in _tiny(changes).items()]
+
+
+def tiny_flags(**changes) -> list[str]:
+    """``TINY_TRAIN`` with ``changes`` as ``vanillanet train`` flags (``--key-name value``, ``--name``/``--no-name``
+    for booleans)."""
+    flags: list[str] = []
+    for key, value in _tiny(changes).items():
+        name = key.replace("_", "-")
+        flags += [f"--{name}" if value else f"--no-{name}"] if isinstance(value, bool) else [f"--{name}", str(value)]
+    return flags
+
+
+def tiny_config(out: Path, *extra: str, **changes):
+    """The resolved ``TrainConfig`` of the tiny run into ``out``; ``extra``: further ``key=value`` overrides."""
+    from vanillanet.training.config import resolve_config
+
+    return resolve_config(None, {}, [*tiny_sets(**changes), f"output={out}", *extra])
+
+
+def built_run(out: Path, *extra: str, **changes):
+    """``(state, run, log lines)`` of ``build_run`` for the tiny config into ``out`` (one CPU process)."""
+    from vanillanet.training.builders import build_run
+    from vanillanet.training.loop import Log
+    from vanillanet.training.run_folder import RunFolder
+    from vanillanet.util.devices import DistInfo
+
+    said: list[str] = []
+
+    class Said(Log):  # the loop's log, its lines kept
+        def __call__(self, msg: str) -> None:
+            said.append(msg)
+
+    log = Said(True)
+    state, run = build_run(tiny_config(out, *extra, **changes), DistInfo(), torch.device("cpu"),
+                           RunFolder(out, log), log)
+    return state, run, said
+
+
+@pytest.fixture(scope="module")
+def straight(request, tmp_path_factory):
+    """``(output folder, summary)`` of one uninterrupted run of the test module's ``straight_config(out)``, on one
+    thread, trained once per module: what an interrupted and resumed run must reproduce exactly."""
+    from vanillanet.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("straight")
+        summary = train(request.module.straight_config(out))
+    finally:
+        torch.set_num_threads(threads)
+    return out, summary
+
+
+# ---- shards: small image folders and an S3-compatible object store on the loopback ---------------------------------
+def make_image_tree(root, classes=("ant", "bee", "cat"), train: int = 8, val: int = 3, size=(24, 32), seed: int = 0):
+    """An ImageFolder root with train/ and val/, ``train``/``val`` seeded RGB JPEGs (``size`` = (h, w)) per class;
+    returns the root."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, n in (("train", train), ("val", val)):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.full((*size, 3), 40 + 80 * c, np.uint8)
+                img = np.clip(base + rng.integers(0, 60, (*size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{name}_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def s3_store():
+    """moto's S3 server on 127.0.0.1 (a free port) with authentication on: an IAM user whose key may use S3; the
+    endpoint and that key. Stopped after the session."""
+    import json
+    import urllib.request
+
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is a test dependency: pip install -e '.[dev]'")
+    boto3 = pytest.importorskip("boto3")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log record per request otherwise
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="vanillanet-tests")
+    policy = iam.create_policy(PolicyName="s3-all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    iam.attach_user_policy(UserName="vanillanet-tests", PolicyArn=policy["Policy"]["Arn"])
+    key = iam.create_access_key(UserName="vanillanet-tests")["AccessKey"]
+
+    def set_auth(count: str) -> None:  # requests after the first `count` ones are authenticated
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(),
+                                                      method="POST", headers={"Content-Type": "text/plain"}))
+
+    set_auth("0")
+    yield {"endpoint": endpoint, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    set_auth("inf")
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_store, monkeypatch):
+    """A fresh bucket on the loopback S3 store, the AWS settings pointing at it (also for subprocesses); its
+    ``s3://`` URL. Short timeouts so that a failure cannot hang a test."""
+    import uuid
+
+    import boto3
+
+    from vanillanet.data import remote
+
+    env = {"AWS_ENDPOINT_URL": s3_store["endpoint"], "AWS_ACCESS_KEY_ID": s3_store["key_id"],
+           "AWS_SECRET_ACCESS_KEY": s3_store["secret"], "AWS_DEFAULT_REGION": "us-east-1",
+           "VANILLANET_IO_TIMEOUT": "10", "VANILLANET_IO_RETRIES": "2"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"vn-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_store["endpoint"], region_name="us-east-1",
+                 aws_access_key_id=s3_store["key_id"], aws_secret_access_key=s3_store["secret"]).create_bucket(
+        Bucket=bucket)
+    remote._FILESYSTEMS.clear()
+    yield f"s3://{bucket}"
+    remote._FILESYSTEMS.clear()

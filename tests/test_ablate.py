@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_t_quantile_closed_forms(quantile):
     assert quantile(0.025, 4) == pytest.approx(-T975_DF4, rel=1e-9)
     assert quantile(0.975, 1e9) == pytest.approx(1.959963984540054, rel=1e-6)
     assert t_quantile_own(0.975, math.inf) == pytest.approx(1.959963984540054, rel=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"p must lie in \(0, 1\), got 1.0"):
         quantile(1.0, 3)
 
 
@@ -241,3 +242,77 @@ def test_parallel_workers(tmp_path):
     rows = read_rows(tmp_path / "out" / "runs.jsonl")
     assert sorted(r["seed"] for r in rows) == [0, 1] and all(r["jobs"] == 2 for r in rows)
     assert "2 worker processes" in lines[0]
+
+
+# ---- refused before any run (issue 17, findings 5 and 6) ---------------------------------------------------------
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    monkeypatch.setattr(ablate, "_execute", lambda cfg: pytest.fail(f"a run started: {cfg.output}"))
+
+
+def _study_with(tmp_path: Path, **change) -> Path:
+    path = _study(tmp_path)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **change}))
+    return path
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--output", "FILE"], r"--output FILE is a file, not a folder; give a folder \(it is created when missing\)"),
+    (["--output", "FILE/sub"], r"--output: a file is in the way of the folder FILE/sub \(FILE is a file\)"),
+    (["--results", "FILE"], "--results FILE is a file, not a folder"),
+    (["--results", "OUT"], "--results OUT is the study folder; give another folder"),
+    (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["--jobs", "0"], "argument --jobs/-j: must be at least 1, got 0"),
+    (["--seeds", "x"], "argument --seeds: needs an integer, got 'x'"),
+    (["--set", "output=DIR"], "--set sets 'output', which the study sets for every run: each run goes to "
+                              ".*/runs/VARIATION/seedS; give the study folder with --output"),
+    (["--set", "seed=3"], "--set sets 'seed', which the study sets for every run: list the seeds under"),
+])
+def test_cli_bad_outputs_and_values_are_one_line_before_any_run(tmp_path, capsys, nothing_runs, extra, message):
+    path = _study(tmp_path)
+    (tmp_path / "FILE").write_text("not a folder")
+    argv = ["--output", "OUT", *extra] if "--output" not in extra else extra
+    argv = [a.replace("FILE", str(tmp_path / "FILE")).replace("OUT", str(tmp_path / "out")) for a in argv]
+    for word, folder in (("FILE", tmp_path / "FILE"), ("OUT", tmp_path / "out")):
+        message = message.replace(word, re.escape(str(folder)))
+    try:
+        code = cli.main(["ablate", str(path), *argv])
+    except SystemExit as exit_:  # option values are checked by the parser (same one-line format)
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_keys_the_study_owns_and_too_many_runs_are_refused(tmp_path, nothing_runs):
+    with pytest.raises(ConfigError, match="variation 'relu' sets 'output', which the study sets for every run"):
+        load_study(_study_with(tmp_path, variations={"relu": {"set": {"output": "x"}}}))
+    with pytest.raises(ConfigError, match="base sets 'resume', which the study sets for every run"):
+        load_study(_study_with(tmp_path, base={"resume": "never"}))
+    path = tmp_path / "many.yaml"  # 100,000 seeds: refused at once, not after planning 100,000 configs
+    path.write_text(_study(tmp_path).read_text().replace("- 0\n- 1\n", "".join(f"- {s}\n" for s in range(100_000))))
+    with pytest.raises(ConfigError, match="100,000 seeds is above the limit of 1,000 per study; list fewer seeds"):
+        load_study(path)
+    study = load_study(_study(tmp_path))
+    with pytest.raises(ConfigError, match=r"2 variations x 5,001 seeds = 10,002 runs, above the limit of 10,000"):
+        plan_runs(study, tmp_path / "out", seeds=range(5001))
+    with pytest.raises(ConfigError, match="threads must be None .* at least 1, got 0"):
+        run_study(study, tmp_path / "out", threads=0)
+    with pytest.raises(ConfigError, match="--jobs must be an integer of at least 1, got 0"):
+        run_study(study, tmp_path / "out", jobs=0)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("Infinity", "test_top1 is inf, not a fraction in"), ("NaN", "test_top1 is nan, not a fraction in"),
+    ("1.5", "test_top1 is 1.5, not a fraction in"), ('"high"', "test_top1 is 'high', not a fraction in"),
+])
+def test_summary_only_refuses_a_row_that_cannot_be_a_run(tmp_path, capsys, value, message):
+    path, out = _study(tmp_path), tmp_path / "out"
+    out.mkdir()
+    good, bad = (json.dumps(row) for row in _rows({"base": [0.9, 0.5]}))
+    (out / "runs.jsonl").write_text(good + "\n" + bad.replace('"test_top1": 0.5', f'"test_top1": {value}') + "\n")
+    assert cli.main(["ablate", str(path), "--output", str(out), "--summary-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"vanillanet ablate: error: {out / 'runs.jsonl'} line 2: {message} [0, 1]; fix or remove that "
+                   "line (a removed run is run again)")
+    assert not (out / "summary.md").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_flags
 
 from vanillanet import __version__
 from vanillanet.cli import COMMANDS, main
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def exit_code(argv):
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^\d*$") as info:  # the exit code (argparse: 0 or 2)
         main(argv)
     return info.value.code
 
@@ -113,6 +114,14 @@ def test_out_of_memory_is_one_line_naming_the_fix(capsys, monkeypatch, error):
     assert "use a smaller --batch-size or --img-size, fewer --workers, or leave out --allow-large" in err
 
 
+def test_an_environment_switch_that_is_not_one_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("VANILLANET_FUSED_KERNELS", "garbage")
+    assert main(["bench", "--modes", "paper"]) == 2
+    assert capsys.readouterr().err == ("vanillanet: error: environment variable VANILLANET_FUSED_KERNELS='garbage' is "
+                                       "not a switch: set it to one of 1, true, yes, on, 0, false, no, off, or unset "
+                                       "it\n")
+
+
 def test_ctrl_c_exits_130(capsys, monkeypatch):
     import vanillanet.complexity
 
@@ -151,8 +160,7 @@ def files(tmp_path_factory):
     return root
 
 
-TRAIN = ["train", "--data", "synthetic", "--synthetic-size", "16", "--width-mult", "0.0625", "--epochs", "2",
-         "--decay-epochs", "1", "--batch-size", "4", "--workers", "0", "--warmup-epochs", "0", "--no-progress"]
+TRAIN = ["train", *tiny_flags(warmup_epochs=0, img_size=None, seed=None, log_every=None)]
 BAD = [
     (["--img-size", "7", "--output", "OUT"], "input size 7 px is too small for this model"),
     (["--img-size", "-32", "--output", "OUT"], "img_size must be at least 1, got -32"),

@@ -172,3 +172,32 @@ def test_fashion_mnist_truncated(idx_dir: Path) -> None:
     f = idx_dir / "t10k-images-idx3-ubyte.gz"
     f.write_bytes(gzip.compress(gzip.decompress(f.read_bytes())[:-5]))
     one_line_dataset_error("truncated", idx_dir, "val")
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["pil", "fast-decoder"])
+def test_training_folders_read_high_bit_depth_images_by_their_range(tmp_path: Path, fast: bool) -> None:
+    """Issue 17, finding 9: a 16-bit PNG and a float TIFF of the same picture train as the 8-bit one does (not
+    all-white or all-black); a float image outside [0, 1] is an unreadable file (strict: one DataError)."""
+    from PIL import Image
+
+    from vanillanet.data.datasets import SafeImageFolder
+    from vanillanet.data.transforms import build_fast_transform
+
+    gray = np.linspace(0, 255, 32 * 32).reshape(32, 32).astype(np.uint8)
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+    Image.fromarray(gray).save(tmp_path / "train" / "a" / "g8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "train" / "a" / "g16.png")
+    Image.fromarray((gray / 255).astype(np.float32)).save(tmp_path / "train" / "b" / "f.tif")
+    if fast:  # uint8 tensors, normalised later on the device
+        tf = build_fast_transform(False, 32, in_chans=1, crop_pct=1.0)
+    else:
+        tf = build_transform(False, 32, in_chans=1, mean=(0.0,), std=(1.0,), crop_pct=1.0)
+    ds = SafeImageFolder(tmp_path / "train", tf, in_chans=1, strict=True)
+    g8, g16, f32 = (ds[i][0].float() / (255 if fast else 1) for i in range(3))
+    assert 0.45 < float(g8.mean()) < 0.55 and float(g8.std()) > 0.2  # the gradient, not a flat image
+    assert (g16 - g8).abs().max() <= 1 / 255 + 1e-6 and (f32 - g8).abs().max() <= 1 / 255 + 1e-6
+    Image.fromarray(np.full((32, 32), 3.0, dtype=np.float32)).save(tmp_path / "train" / "b" / "hdr.tif")
+    ds = SafeImageFolder(tmp_path / "train", tf, in_chans=1, strict=True)
+    with pytest.raises(DataError, match=r"hdr.tif.*float image with values in \[3, 3\], outside the 0..1 range"):
+        ds[3]

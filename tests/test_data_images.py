@@ -56,3 +56,18 @@ def test_image_size_limits_come_before_decoding(tmp_path, caplog):
     assert build_dataset(root, "val", allow_large=True)[1][0].size == (2000, 10)
     with pytest.raises(DataError, match="aspect ratio above 100:1"):
         build_dataset(root, "val", strict=True)[1]
+
+
+def test_the_input_batch_limit_counts_every_dimension():
+    from vanillanet.data.images import MAX_BATCH_BYTES, check_batch_limit
+    from vanillanet.util.errors import ConfigError
+
+    check_batch_limit(256, 224)  # a usual large batch: 0.15 GB
+    side = int((MAX_BATCH_BYTES / 12) ** 0.5)
+    check_batch_limit(1, side)  # exactly at the limit passes
+    with pytest.raises(ConfigError, match=r"\(4096 x 3 x 4096 x 4096\) make a 824.6 GB input batch, above the 4.3 GB "
+                                          r"limit .*allow_large=True"):
+        check_batch_limit(4096, 4096)
+    with pytest.raises(ConfigError, match=r"\(65 x 1 x 4096 x 4096\) make a 4.4 GB"):
+        check_batch_limit(65, 4096, 1)
+    check_batch_limit(4096, 4096, allow_large=True)

@@ -137,8 +137,11 @@ def test_an_edited_config_or_a_stripped_digest_is_refused(hub_folder):
         create_model(None, hub_folder)
 
 
-def test_a_folder_from_elsewhere_loads_unverified_and_its_config_is_checked(hub_folder):
+def test_a_folder_from_elsewhere_loads_unverified_and_its_config_is_checked(hub_folder, tmp_path, capsys):
+    from PIL import Image
     from safetensors.torch import load_file, save_file
+
+    from vanillanet.data.transforms import resolve_preprocess
 
     config = json.loads((hub_folder / "config.json").read_text())
     del config["vanillanet"]  # as timm's own save_for_hf writes it
@@ -150,6 +153,14 @@ def test_a_folder_from_elsewhere_loads_unverified_and_its_config_is_checked(hub_
     (hub_folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config.json records a malformed mean \('0.5', not a list\)"):
         create_model(None, hub_folder)
+    with pytest.raises(ConfigError, match=r"the model's pretrained_cfg gives a malformed mean \('0.5', not a list of "
+                                          r"numbers, one per channel\)"):  # timm's own route, as eval/predict use it
+        model = timm.create_model(f"local-dir:{hub_folder}", pretrained=True)
+        resolve_preprocess(model_cfg=model.pretrained_cfg)
+    Image.new("L", (40, 40), 128).save(tmp_path / "x.png")  # the CLI: one line naming the file, exit 2
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(hub_folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json records a malformed mean ('0.5', not a list)" in err
     config["pretrained_cfg"] = "oops"
     (hub_folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="malformed pretrained_cfg"):

@@ -62,6 +62,13 @@ def test_switch_environment_variable(monkeypatch, value, expected):
     assert K._env_enabled() is expected
 
 
+def test_a_switch_that_is_not_one_is_refused(monkeypatch):
+    """Issue 17, finding 6: VANILLANET_FUSED_KERNELS=garbage no longer silently means on."""
+    monkeypatch.setenv(K.ENV_VAR, "garbage")
+    with pytest.raises(ValueError, match="VANILLANET_FUSED_KERNELS='garbage' is not a switch: set it to one of 1, "):
+        K._env_enabled()
+
+
 class _Probe(nn.Module):
     """Records what the switch says while its forward runs."""
 

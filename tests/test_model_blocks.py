@@ -38,7 +38,7 @@ def test_slope_is_leaky_relu_with_act_learn():
 def test_act_learn_is_validated():
     model = build_variant("vanillanet_5")
     for bad in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"act_learn must lie in \[0, 1\], got .*; 0 = ReLU, 1 = identity"):
             model.act_learn = bad
     deploy = build_variant("vanillanet_5", deploy=True)
     assert deploy.act_learn == 1.0

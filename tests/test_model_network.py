@@ -44,7 +44,7 @@ def test_constructor_arguments_and_errors():
     assert model(torch.randn(2, 1, 48, 80)).shape == (2, 3)
     custom = timm.create_model("vanillanet_5", dims=(16, 32, 64), strides=(2, 2), num_classes=2).eval()
     assert custom(torch.randn(1, 3, 32, 32)).shape == (1, 2)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'not_an_argument'"):
         timm.create_model("vanillanet_5", not_an_argument=1)
     with pytest.raises(ValueError, match="drop_path_rate"):
         timm.create_model("vanillanet_5", drop_path_rate=0.1, **NARROW)

@@ -63,9 +63,9 @@ def test_refuses_when_act_learn_is_not_one(act_learn):
     y = model(x)
     with pytest.raises(ConversionError, match="act_learn is"):
         model.reparameterize()
-    with pytest.raises(ConversionError):
+    with pytest.raises(ConversionError, match="act_learn is .*, not 1: the two convs of each layer"):
         reparameterize_model(model)
-    with pytest.raises(ConversionError):
+    with pytest.raises(ConversionError, match="act_learn is .*, not 1: the two convs of each layer"):
         model.stages[0].reparameterize()
     assert not model.deploy and not model.stages[0].deploy
     assert torch.equal(model(x), y)

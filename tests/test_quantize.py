@@ -121,7 +121,7 @@ def test_config_and_calibration_errors(fp32, monkeypatch):
         q.quantize_bytes(fp32, [torch.randn(16, 1, IMG, IMG)], q.Int8Config(calibration="entropy"))
 
 
-def test_cli_one_run_report_and_refusal(trained, tmp_path, capsys):
+def test_cli_one_run_report_and_refusal(trained, tmp_path, capsys, monkeypatch):
     ckpt = save_weights(trained, tmp_path / "digits.safetensors", class_names=[str(d) for d in range(10)],
                         extra_meta={"img_size": IMG})
     out, report = tmp_path / "m_int8.onnx", tmp_path / "r.json"
@@ -136,17 +136,67 @@ def test_cli_one_run_report_and_refusal(trained, tmp_path, capsys):
     assert set(r["fp32_ms"]) == set(r["int8_ms"]) == {"1", "50"}
     assert all(v > 0 for v in [*r["fp32_ms"].values(), *r["int8_ms"].values()])
     assert len(_run(out.read_bytes(), torch.zeros(3, 1, IMG, IMG))) == 3  # a working int8 model, any batch size
-    refused = tmp_path / "refused.onnx"  # a negative limit cannot be met: the file must not appear
-    assert main([*args, "--output", str(refused), "--max-drop", "-101"]) == 2
+    import vanillanet.quantize as quantize
+
+    def worse_int8(*a, **k):  # int8 made 50 points worse than it is: beyond --max-drop, the file must not appear
+        return {**(res := real_evaluate(*a, **k)), "deploy_top1": res["deploy_top1"] - 0.5}
+
+    real_evaluate = quantize.evaluate
+    monkeypatch.setattr(quantize, "evaluate", worse_int8)
+    refused = tmp_path / "refused.onnx"
+    assert main([*args, "--output", str(refused)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was not written" in err and "--max-drop" in err
     assert not refused.exists() and not list(tmp_path.glob(".refused*"))
     before = ckpt.read_bytes()
-    assert main([*args, "--output", str(ckpt)]) == 2  # never an output onto an input
-    assert "is the input" in capsys.readouterr().err and ckpt.read_bytes() == before
-    with pytest.raises(SystemExit) as bad:  # flags are checked like config keys
+    assert main([*args, "--output", str(ckpt)]) == 2  # never an output onto an input (nor a non-ONNX name)
+    assert "must end in .onnx" in capsys.readouterr().err and ckpt.read_bytes() == before
+    with pytest.raises(SystemExit, match="^2$") as bad:  # flags are checked like config keys
         main([*args, "--output", str(out), "--calib-images", "0"])
     assert bad.value.code == 2 and "--calib-images: must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--output", "OUT/x.pth"], r"--output OUT/x.pth must end in .onnx \(it says what the file holds\); e.g. x.onnx"),
+    (["--output", "OUT/m.onnx", "--json", "OUT"], "--json OUT would replace a folder that is not JSON"),
+    (["--output", "OUT/m.onnx", "--json", "OUT/new/"], "--json OUT/new/ is a folder; give a file name"),
+    (["--output", "OUT/m.onnx", "--json", "OUT/FILE/r.json"], r"--json: a file is in the way of the folder "
+                                                               r"OUT/FILE \(OUT/FILE is a file\)"),
+    (["--output", "OUT/FILE/m.onnx"], "--output: a file is in the way of the folder OUT/FILE"),
+    (["--output", "OUT/m.onnx", "--max-drop", "-1"], "argument --max-drop: must be at least 0, got -1"),
+    (["--output", "OUT/m.onnx", "--max-drop", "nan"], "argument --max-drop: needs a finite number, got 'nan'"),
+])
+def test_cli_outputs_and_limits_refused_before_any_work(tmp_path, capsys, monkeypatch, extra, message):
+    """Issue 17, findings 6 and 7: refused before the model is even read, so no .onnx is ever written."""
+    import re
+
+    import vanillanet.quantize as quantize
+
+    monkeypatch.setattr(quantize, "create_model", lambda *a, **k: pytest.fail("work started before the refusal"))
+    (tmp_path / "FILE").write_text("a file")
+    argv = ["quantize", "--checkpoint", str(tmp_path / "c.safetensors"), "--data", "digits",
+            *(a.replace("OUT", str(tmp_path)) for a in extra)]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert re.search(message.replace("OUT", re.escape(str(tmp_path))), err), err
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.pth"))
+
+
+def test_quantize_onnx_checks_its_arguments_first(trained, tmp_path):
+    from vanillanet.quantize import quantize_onnx
+
+    for kwargs, message in [({"max_drop": -1}, r"max_drop \(--max-drop\) must be a number of top-1 points in "
+                                               r"\[0, 100\], got -1"),
+                            ({"output": tmp_path / "x.pth"}, "output .*x.pth must end in .onnx"),
+                            ({"rounds": 0}, "rounds must be an integer of at least 1, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            quantize_onnx(trained, iter(()), **{"output": tmp_path / "m.onnx", **kwargs},
+                          eval_batches=iter(()), img_size=IMG)
+    assert not list(tmp_path.iterdir())
 
 
 def test_fast_inference_int8_is_opt_in(trained):
@@ -160,7 +210,8 @@ def test_fast_inference_int8_is_opt_in(trained):
     assert "int8" in BACKENDS and "int8" not in EXACT_BACKENDS and "int8" not in best_modes(torch.device("cpu"))
     with pytest.raises(ConfigError, match="runs in fp32 only"):
         fast_inference(trained, dtype=torch.bfloat16, image_size=IMG, backend="int8")
-    with pytest.raises(SystemExit):  # eval and predict do not offer it: calibrated on noise, its top-1 means nothing
+    # eval and predict do not offer it: calibrated on noise, its top-1 means nothing
+    with pytest.raises(SystemExit, match="^2$"):
         main(["eval", "--checkpoint", "x.safetensors", "--data", "digits", "--backend", "int8"])
     used: list[int] = []
 

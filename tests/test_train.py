@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
+from conftest import tiny_flags, tiny_sets
 from PIL import Image
 
 import vanillanet  # noqa: F401
@@ -30,9 +31,8 @@ from vanillanet.util.integrity import state_hash
 
 VENV_BIN = Path(sys.executable).parent
 # Tiny but complete: RandAugment + erasing, mixup/cutmix, BCE, dropout, LAMB, EMA, per-epoch act_learn.
-TINY = ["--data", "synthetic", "--synthetic-size", "64", "--width-mult", "0.0625", "--epochs", "3",
-        "--decay-epochs", "2", "--batch-size", "8", "--workers", "0", "--warmup-epochs", "1", "--img-size", "32",
-        "--no-progress", "--seed", "3", "--set", "log_every=1"]
+CHANGES = dict(synthetic_size=64, epochs=3, decay_epochs=2, batch_size=8, seed=3)  # from conftest's TINY_TRAIN
+TINY = tiny_flags(**CHANGES)
 SUMMARY_KEYS = {"test_top1", "deploy_test_top1", "deploy_agreement", "seconds", "params_train", "params_deploy",
                 "checkpoint", "deploy_weights", "plot", "best_top1", "macs_train", "macs_deploy"}
 
@@ -41,10 +41,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(out: Path, *extra: str, **kw):
-    sets = ["data=synthetic", "synthetic_size=64", "width_mult=0.0625", "epochs=3", "decay_epochs=2",
-            "batch_size=8", "workers=0", "warmup_epochs=1", "img_size=32", "progress=false", "seed=3",
-            "log_every=1", f"output={out}", *extra]
-    return resolve_config(None, kw, sets)
+    return resolve_config(None, kw, [*tiny_sets(**CHANGES), f"output={out}", *extra])
+
+
+def straight_config(out: Path):
+    """The run conftest's ``straight`` fixture trains once."""
+    return tiny_cfg(out, "drop_rate=0.3")
 
 
 def weights(path: Path) -> dict:
@@ -122,16 +124,6 @@ def test_act_learn_per_epoch_is_the_original_rule(tmp_path):
 
 
 # ---- exact resume -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("straight")
-    summary = train(tiny_cfg(out, "drop_rate=0.3"))
-    torch.set_num_threads(threads)
-    return out, summary
-
-
 def test_resume_after_sigterm_is_bit_exact(tmp_path, straight):
     out = tmp_path / "interrupted"
 
@@ -150,6 +142,27 @@ def test_resume_after_sigterm_is_bit_exact(tmp_path, straight):
     assert summary["test_top1"] == straight[1]["test_top1"]
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["type"] == "step"] == list(range(1, 25))  # no duplicated rows
+
+
+@pytest.mark.slow
+def test_compiled_run_with_memory_batches_resumes_bit_exactly(tmp_path):
+    """The main job's fast path (torch.compile of the model, in-memory batches, act_learn every step): a run
+    stopped by SIGTERM mid-epoch and resumed (a fresh compile) ends with the same weights, EMA and optimiser
+    state as an uninterrupted one. Slow (inductor compiles); .ci/run runs it."""
+    fast = ("compile=true", "augment=light", "padding=0", "reprob=0", "act_learn_update=step", "epochs=2",
+            "decay_epochs=1")
+
+    def stop_at_step_5(info):
+        if info["step"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    straight_run = train(tiny_cfg(tmp_path / "straight", *fast))
+    res = train(tiny_cfg(tmp_path / "cut", *fast), on_step=stop_at_step_5)
+    assert res["status"] == "interrupted" and weights(res["checkpoint"])["batch"] == 6
+    resumed = train(tiny_cfg(tmp_path / "cut", *fast, "resume=auto"))
+    last = f"checkpoint-{straight_run['steps']:08d}.pth"
+    assert_same_state(weights(tmp_path / "straight" / last), weights(tmp_path / "cut" / last))
+    assert resumed["test_top1"] == straight_run["test_top1"] and resumed["deploy_agreement"] == 1.0
 
 
 def test_ctrl_c_to_cli_process_group_saves_and_resumes(tmp_path, straight):

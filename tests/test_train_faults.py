@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_flags, tiny_sets
 
 import vanillanet  # noqa: F401
 from vanillanet import cli
@@ -31,12 +32,10 @@ from vanillanet.util.errors import NonFiniteLossError, OutputError
 from vanillanet.util.integrity import digest, unsound
 
 ROOT = Path(__file__).resolve().parents[1]
-# 16 images, batch 4: 4 steps per epoch, 2 epochs; mixup/cutmix, dropout, LAMB and the EMA all on.
-BASE = ["data=synthetic", "synthetic_size=16", "width_mult=0.0625", "epochs=2", "decay_epochs=1", "batch_size=4",
-        "workers=0", "warmup_epochs=1", "img_size=32", "progress=false", "seed=5", "log_every=1", "drop_rate=0.2"]
-FLAGS = ["--data", "synthetic", "--synthetic-size", "16", "--width-mult", "0.0625", "--epochs", "2",
-         "--decay-epochs", "1", "--batch-size", "4", "--warmup-epochs", "1", "--img-size", "32", "--no-progress",
-         "--threads", "1", "--seed", "5"]
+# conftest's tiny run (16 images, batch 4: 4 steps per epoch, 2 epochs; mixup/cutmix, LAMB and the EMA on) with
+# dropout.
+BASE = tiny_sets(drop_rate=0.2)
+FLAGS = [*tiny_flags(workers=None, log_every=None), "--threads", "1"]
 TIMING = ("seconds", "img_per_s")
 
 
@@ -45,6 +44,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def cfg(out: Path, *extra: str):
     return resolve_config(None, {}, [*BASE, f"output={out}", *extra])
+
+
+def straight_config(out: Path):
+    """The run conftest's ``straight`` fixture trains once."""
+    return cfg(out)
 
 
 def load(path: Path) -> dict:
@@ -65,16 +69,6 @@ def rows(out: Path) -> list[dict]:
 
 def env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("straight")
-    summary = train(cfg(out))
-    torch.set_num_threads(threads)
-    return out, summary
 
 
 # ---- case 1: a full disk, and any exception in the loop, end the run (data workers included) ---------------------
@@ -113,7 +107,7 @@ def test_a_fault_in_the_loop_with_workers_ends_in_one_line(tmp_path, fault):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    with pytest.raises(ProcessLookupError):  # no data worker outlives the run
+    with pytest.raises(ProcessLookupError, match="No such process"):  # no data worker outlives the run
         os.killpg(proc.pid, 0)
     if fault == "api":
         assert proc.returncode == 1 and err.rstrip().endswith("RuntimeError: injected fault"), err[-3000:]
@@ -153,7 +147,7 @@ def test_a_real_full_disk(tmp_path):
 def test_divergence_sets_aside_the_checkpoint_that_gave_it(tmp_path, capsys):
     out = tmp_path / "run"
     sgd = ["opt=sgd", "lr_base_scale=none", "warmup_epochs=0", "checkpoint_every=1"]
-    with pytest.raises(NonFiniteLossError) as info:
+    with pytest.raises(NonFiniteLossError, match="^loss is nan at step") as info:
         train(cfg(out, *sgd, "lr=1e6"))
     msg = str(info.value)
     step = int(msg.split("at step ")[1].split()[0])
@@ -336,7 +330,7 @@ def test_a_kill_between_an_epochs_metrics_row_and_its_checkpoint(tmp_path, strai
 
     out = tmp_path / "run"
     monkeypatch.setattr(Checkpointing, "save", killed_before_the_epoch_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^$"):  # raised bare, as a kill
         train(cfg(out, "checkpoint_every=1"))
     monkeypatch.undo()
     assert [r["type"] for r in rows(out)][-2:] == ["step", "epoch"]

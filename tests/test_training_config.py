@@ -77,7 +77,7 @@ def test_layering_order_and_types():
     assert cfg.lr == 2e-3 and cfg.epochs == 10 and cfg.weight_decay == 0.32  # --set > flags > recipe
     assert cfg.scale == (0.5, 1.0) and cfg.layer_decay is None and cfg.amp is False
     assert cfg.recipe == "vanillanet_6"
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'lr'"):
         cfg.lr = 1.0
 
 

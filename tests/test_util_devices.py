@@ -57,3 +57,24 @@ def test_num_threads_restores():
     assert torch.get_num_threads() == before
     with num_threads(None) as n:
         assert n == before
+
+
+def test_as_device_names_the_argument_and_the_accepted_values():
+    from vanillanet.util.devices import as_device
+
+    assert as_device("cpu") == as_device(torch.device("cpu")) == torch.device("cpu")
+    for value, message in (("bogus", "device must be 'cpu', 'cuda' or 'cuda:N', got 'bogus'"),
+                           ("meta", r"\(the devices this package runs on\), got 'meta'"),
+                           ("cuda:99", "no CUDA device is visible" if not torch.cuda.is_available() else
+                            "names GPU 99 but")):
+        with pytest.raises(ConfigError, match=message):
+            as_device(value)
+    with pytest.raises(TypeError, match=r"device must be a str or torch.device .*got int 0"):
+        as_device(0)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_num_threads_refuses_what_is_not_a_count(threads):
+    with pytest.raises(ConfigError, match="threads must be None .* at least 1"):
+        with num_threads(threads):
+            pass

@@ -286,12 +286,29 @@ def gen_check_map(_: str | None, markdown: str) -> str:
     return ""
 
 
+def _tested_module(test_file: Path) -> str:
+    """The module a test file mirrors (tests/test_PKG_MOD.py -> ``PKG.MOD``, tests/test_CMD.py -> ``CMD``; the
+    longest name that is a module, so tests/test_train_faults.py tests ``train``), a package, or "-" for files that
+    check the repository as a whole."""
+    parts = test_file.stem.removeprefix("test_").split("_")
+    src = ROOT / "src" / "vanillanet"
+    package = (src / parts[0]).is_dir()
+    for cut in range(len(parts), 0, -1):
+        if package and cut > 1 and (src / parts[0] / f"{'_'.join(parts[1:cut])}.py").is_file():
+            return f"{parts[0]}.{'_'.join(parts[1:cut])}"
+        if (src / f"{'_'.join(parts[:cut])}.py").is_file():
+            return "_".join(parts[:cut])
+    return f"{parts[0]} (the package)" if package else "-"
+
+
 def gen_tests(_: str | None, __: str) -> str:
     rows = []
     for path in sorted((ROOT / "tests").glob("test_*.py")):
         tree = ast.parse(path.read_text())
-        rows.append([f"`tests/{path.name}`", " ".join((ast.get_docstring(tree) or "").split())])
-    return _table(["file", "what it checks (its docstring)"], rows)
+        module = _tested_module(path)
+        rows.append([f"`tests/{path.name}`", module if module == "-" else f"`{module}`",
+                     " ".join((ast.get_docstring(tree) or "").split())])
+    return _table(["file", "tests", "what it checks (its docstring)"], rows)
 
 
 def gen_check_commands(_: str | None, markdown: str) -> str:

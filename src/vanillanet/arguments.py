@@ -28,7 +28,7 @@ from .data.images import check_batch_limit
 from .model.geometry import check_min_input_size
 from .util.devices import DEVICES
 from .util.errors import DataError, OutputError
-from .util.fileio import json_safe, write_json
+from .util.fileio import check_output_file, json_safe, write_json
 from .util.validation import value_type
 
 __all__ = ["STDOUT", "add_backend_arguments", "add_data_arguments", "add_device_arguments", "add_input_arguments",
@@ -111,13 +111,15 @@ def add_output_arguments(parser: argparse.ArgumentParser, *, progress: bool = Tr
 
 def check_json_path(path: str | None) -> None:
     """OutputError when ``--json PATH`` would replace an existing file that is not JSON (e.g. an image that
-    ``--json`` took as its PATH: put ``--json`` last, or write ``--json -``)."""
+    ``--json`` took as its PATH: put ``--json`` last, or write ``--json -``) or cannot be written at all
+    (``util.fileio.check_output_file``), before the command does any work."""
     if path in (None, STDOUT):
         return
     p = Path(path)
     if p.is_dir() or (p.exists() and p.suffix.lower() != ".json"):
         raise OutputError(f"--json {path} would replace a {'folder' if p.is_dir() else 'file'} that is not JSON; "
                           "name a .json file, or give --json no PATH (last on the line, or -) to print the JSON")
+    check_output_file(path, "--json")  # a folder path (out/), a file in the way, a read-only folder
 
 
 def emit_json(path: str | None, obj: Any) -> bool:

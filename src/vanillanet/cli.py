@@ -1,5 +1,5 @@
 """The ``vanillanet`` command line: ``vanillanet {list,info,convert,train,eval,predict,export,quantize,bench,
-ablate} ...``.
+shards,ablate} ...``.
 
 Each command lives in the module that does the work; that module's ``add_cli(parser)`` declares its options and
 sets ``func``. Only the chosen command's module is imported, so start-up stays fast.
@@ -23,7 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .util.errors import VanillaNetError, first_line
+from .util.errors import VanillaNetError, first_line, user_message
+from .util.validation import check_environment
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "export to ONNX / TorchScript with a parity check"),
     "quantize": ("quantize", "static int8 ONNX for CPUs: fp32 vs int8 top-1 and speed in one run"),
     "bench": ("bench", "latency and throughput of models in several execution modes"),
+    "shards": ("shards", "write WebDataset tar shards (with indexes and a manifest) from an image folder or dataset"),
     "ablate": ("ablate", "train variations of a recipe over several seeds and summarise them (ablation studies)"),
 }
 
@@ -91,6 +93,11 @@ def write_traceback(args: argparse.Namespace, err: BaseException) -> Path | None
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    try:  # before a command's module is imported: the kernels read their switch at import
+        check_environment()
+    except VanillaNetError as err:
+        print(f"vanillanet: error: {err}", file=sys.stderr)
+        return 2
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VanillaNetError as err:
-        print(f"vanillanet {args.command}: error: {err}", file=sys.stderr)
+        print(f"vanillanet {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vanillanet {args.command}: interrupted", file=sys.stderr)

@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     in_chans = int(getattr(model, "in_chans", 3))
     check_model_input(model, pre.img_size, args.batch_size, allow_large=args.allow_large)
     dataset = build_dataset(args.data, "val", pre.transform(in_chans), in_chans=in_chans,
-                            **({"folder.allow_large": True} if args.allow_large else {}))
+                            **({"folder.allow_large": True, "shards.allow_large": True} if args.allow_large else {}))
     check_num_classes(model, dataset.classes, doing="evaluate")
     names = meta.get("class_names")
     if names and list(names) != list(dataset.classes):

@@ -40,7 +40,7 @@ from .training.evaluation import evaluate
 from .util import validation
 from .util.devices import num_threads
 from .util.errors import ConfigError, ConversionError
-from .util.fileio import refuse_inputs, write_atomic
+from .util.fileio import check_output_file, refuse_inputs, write_atomic
 from .util.tables import render
 from .util.timing import time_interleaved
 from .util.validation import value_type
@@ -101,6 +101,16 @@ class _Counter:
             yield b
 
 
+def _check_arguments(output: str | Path, max_drop: float, batch_size: int, rounds: int) -> None:
+    """quantize_onnx's values checked before the first conversion (the CLI's flags go through the same ranges)."""
+    check_output_file(output, "output", (".onnx",), error=ConfigError)
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100:
+        raise ConfigError(f"max_drop (--max-drop) must be a number of top-1 points in [0, 100], got {max_drop!r}")
+    for name, value in (("batch_size", batch_size), ("rounds", rounds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer of at least 1, got {value!r}")
+
+
 def quantize_onnx(model: nn.Module, calibration: Iterable[Any], output: str | Path,
                   eval_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, img_size: int,
                   in_chans: int | None = None, cfg: Int8Config | None = None, max_drop: float = 1.0,
@@ -113,6 +123,7 @@ def quantize_onnx(model: nn.Module, calibration: Iterable[Any], output: str | Pa
     ``cfg``: how to quantize (default ``Int8Config()``); ``threads``: intra-op threads of both sessions (default:
     torch's); speed is timed on evaluation images at batch 1 and ``batch_size``, ``rounds`` interleaved rounds,
     median."""
+    _check_arguments(output, max_drop, batch_size, rounds)
     in_chans = in_chans or int(getattr(model, "in_chans", 3))
     cfg = cfg or Int8Config()
     threads = threads or torch.get_num_threads()
@@ -163,9 +174,9 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
                         help="training images that calibrate the activation ranges (default 512, spread evenly)")
     parser.add_argument("--eval-images", type=value_type(int, ge=1),
                         help="evaluation images (default: the whole evaluation split)")
-    parser.add_argument("--max-drop", type=value_type(float), default=1.0,
+    parser.add_argument("--max-drop", type=value_type(float, ge=0, le=100), default=1.0,
                         help="largest top-1 loss (percentage points) that still writes the file (default 1.0)")
-    parser.add_argument("--rounds", type=value_type(int, ge=1), default=7,
+    parser.add_argument("--rounds", type=value_type(int, ge=1, le=1000), default=7,
                         help="interleaved timing rounds (median; default 7)")
     add_device_arguments(parser, device=False)  # onnxruntime on the CPU
     add_output_arguments(parser)
@@ -176,6 +187,7 @@ def add_cli(parser: argparse.ArgumentParser, command: str) -> None:
 def _main(args: argparse.Namespace) -> int:
     overrides = validation.overrides_from_args(args, Int8Config, prefix="int8_")
     cfg = validation.build(Int8Config, overrides, "vanillanet quantize")
+    check_output_file(args.output, "--output", (".onnx",))  # before any work: no ONNX under a .pth name
     refuse_inputs(args.output, args.checkpoint)
     check_json_path(args.json)
     if args.json != STDOUT:
@@ -196,7 +208,7 @@ def _quantize(args: argparse.Namespace, cfg: Int8Config) -> int:
                              allow_large=args.allow_large)
     in_chans = int(getattr(model, "in_chans", 3))
     transform = pre.transform(in_chans)
-    large = {"folder.allow_large": True} if args.allow_large else {}
+    large = {"folder.allow_large": True, "shards.allow_large": True} if args.allow_large else {}
     calib = spread_subset(build_dataset(args.data, "train", transform, in_chans=in_chans, **large), args.calib_images)
     evals = spread_subset(build_dataset(args.data, "val", transform, in_chans=in_chans, **large), args.eval_images)
     check_num_classes(model, evals.classes, doing="quantize")

@@ -116,7 +116,7 @@ class SafeImageFolder(ImageFolder):
 def num_skipped(obj: Any) -> int:
     """Unreadable images skipped so far by a dataset, a wrapped dataset or a DataLoader (0 for in-memory sets)."""
     while obj is not None:
-        if isinstance(obj, SafeImageFolder):
+        if isinstance(getattr(type(obj), "num_skipped", None), property):  # SafeImageFolder, ShardDataset
             return obj.num_skipped
         obj = getattr(obj, "dataset", None)
     return 0

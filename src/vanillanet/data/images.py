@@ -4,6 +4,7 @@ float images by their true range.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +64,28 @@ def check_pixels(width: int, height: int) -> None:
                                            "pass --allow-large")
 
 
-def open_image(path: str | Path, mode: str, *, limit: bool = True) -> Image.Image:
+def open_bytes(data: bytes) -> Image.Image:
+    """An image file held in memory, opened lazily (``Image.open``); a ValueError naming the problem when no image
+    format recognises it (PIL's own message names an anonymous buffer)."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"not an image file ({len(data)} bytes starting {data[:8]!r}, no image format "
+                         "recognises them)") from None
+
+
+def open_image(path: str | Path | Image.Image, mode: str, *, limit: bool = True) -> Image.Image:
     """A decoded image in ``mode`` ("L" or "RGB"); size limits checked before decoding (unless ``limit`` is False).
     16-bit images are scaled from 0..65535 and float images from 0..1 (PIL would clip them to white or black);
     float images outside [0, 1] are refused (their range is unknown)."""
-    kind = special_kind(path)
-    if kind is not None:  # PIL would block on a FIFO or read a device without end
-        raise ValueError(f"{path} is {kind}, not an image file")
-    with Image.open(path) as img:
+    if isinstance(path, Image.Image):
+        img = path
+    else:
+        kind = special_kind(path)
+        if kind is not None:  # PIL would block on a FIFO or read a device without end
+            raise ValueError(f"{path} is {kind}, not an image file")
+        img = Image.open(path)
+    with img:
         if limit:
             check_pixels(*img.size)
         return _eight_bit(img).convert(mode)  # convert() forces the full decode inside the caller's try

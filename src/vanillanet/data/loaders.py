@@ -22,16 +22,19 @@ class EpochBatchSampler(Sampler):
     rank gets the same number of batches (DistributedSampler's rule); eval does not pad, so no sample counts twice
     (ranks then differ by at most one sample: sum correct/total over ranks with all_reduce).
 
+    ``order(seed, epoch)``, when given, replaces the uniform permutation with the dataset's own seeded permutation
+    (shards shuffle by windows of shards, for read locality); padding and the split over ranks stay the same.
+
     Each item is ``(index, batch_seed)``; ``build_loader``'s dataset view seeds the augmentation RNGs from it once
     per batch, so augmentation, like order, is independent of the worker count and of where a run was resumed.
     """
 
     def __init__(self, length: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, order: Callable[[int, int], list[int]] | None = None):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.length, self.batch_size, self.shuffle, self.drop_last = length, batch_size, shuffle, drop_last
-        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.seed, self.num_replicas, self.rank, self.order = seed, num_replicas, rank, order
         self.epoch = 0
         self.start_batch = 0
 
@@ -40,8 +43,11 @@ class EpochBatchSampler(Sampler):
 
     def _rank_indices(self) -> list[int]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.length, generator=g).tolist()
+            if self.order is not None:
+                order = list(self.order(self.seed, self.epoch))
+            else:
+                g = torch.Generator().manual_seed(self.seed + self.epoch)
+                order = torch.randperm(self.length, generator=g).tolist()
             total = -(-self.length // self.num_replicas) * self.num_replicas
             order += order[: total - len(order)]
         else:
@@ -64,7 +70,8 @@ class EpochBatchSampler(Sampler):
 
 class _SeededBatches(Dataset):
     """View of a dataset that takes ``(index, batch_seed)`` items and seeds python/numpy/torch-CPU RNGs once per
-    batch before the transforms run; in the main process the previous RNG states are restored afterwards."""
+    batch before the transforms run; in the main process the previous RNG states are restored afterwards. A dataset
+    with ``__getitems__`` (shards: one concurrent read per batch) gets the batch's indices at once."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -77,7 +84,8 @@ class _SeededBatches(Dataset):
 
     def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
         with _seeded_rngs(items[0][1], restore=get_worker_info() is None):
-            return [self.dataset[i] for i, _ in items]
+            many = getattr(self.dataset, "__getitems__", None)
+            return many([i for i, _ in items]) if many is not None else [self.dataset[i] for i, _ in items]
 
 
 @contextlib.contextmanager
@@ -109,16 +117,18 @@ def build_loader(
 ) -> DataLoader:
     """A DataLoader over ``dataset`` driven by an ``EpochBatchSampler`` (shuffled, padded and, by default,
     dropping the last partial batch when training; in order and complete for eval). ``distributed`` splits the data
-    by the process group's rank; ``collate_fn`` replaces torch's default collation (``--decoder gpu``'s encoded
-    batches). Call ``set_epoch(loader, epoch, start_batch)`` before each epoch."""
+    by the process group's rank. Call ``set_epoch(loader, epoch, start_batch)`` before each epoch. The dataset's
+    ``epoch_order`` (if any) gives the shuffled order; ``collate_fn`` (else the dataset transform's ``collate``, if
+    any) replaces torch's default collation (``--decoder gpu``'s encoded batches)."""
     num_replicas, rank = 1, 0
     if distributed:
         num_replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=is_training,
                                 drop_last=is_training if drop_last is None else drop_last, seed=seed,
-                                num_replicas=num_replicas, rank=rank)
+                                num_replicas=num_replicas, rank=rank, order=getattr(dataset, "epoch_order", None))
+    collate = collate_fn or getattr(getattr(dataset, "transform", None), "collate", None)
     return DataLoader(_SeededBatches(dataset), batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0, collate_fn=collate_fn,
+                      collate_fn=collate, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
 
 

@@ -23,6 +23,8 @@ from .datasets import (
     load_fashion_mnist,
     synthetic_arrays,
 )
+from .shard_format import is_shard_location
+from .shards import ShardDataset
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,11 @@ def _load_folder(data: str, split: str, transform: Callable | None, *, in_chans:
     return _image_folder(Path(data), split, transform, in_chans=in_chans, strict=strict, allow_large=allow_large)
 
 
+def _load_shards(data: str, split: str, transform: Callable | None, *, in_chans: int, strict: bool = False,
+                 allow_large: bool = False, **_: Any) -> Dataset:
+    return ShardDataset(data, split, transform, in_chans=in_chans, strict=strict, allow_large=allow_large)
+
+
 _SMALL_GRAY = "the small grayscale sets are upscaled to 32 px (the stem's stride 4 and three stride-2 blocks need 32)"
 
 
@@ -119,6 +126,14 @@ SOURCES: dict[str, DataSource] = {s.name: s for s in (
                DataDefaults(32, (0.5,), (0.25,), 1.0), _load_synthetic,
                {"size": SourceOption(512, "training images of the synthetic set (val gets a quarter)",
                                      "synthetic_size")}),
+    DataSource("shards", "WebDataset shards written by `vanillanet shards`: their folder, its manifest.json, or an "
+               "s3://, gs://, http(s):// or file:// URL of either",
+               DataDefaults(224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875), _load_shards,
+               {"strict": SourceOption(False, "an unreadable image is an error instead of a counted skip",
+                                       "strict_data"),
+                "allow_large": SourceOption(False, "accept images above the size limits (data.MAX_IMAGE_PIXELS, "
+                                            "data.MAX_ASPECT)")},
+               claims=is_shard_location),
     DataSource("folder", "an ImageFolder root with train/ and val/, one subfolder per class (ImageNet layout)",
                DataDefaults(224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875), _load_folder,
                {"strict": SourceOption(False, "an unreadable image is an error instead of a counted skip",
@@ -128,14 +143,15 @@ SOURCES: dict[str, DataSource] = {s.name: s for s in (
 )}
 
 
-DATA_HELP = ("the dataset: an ImageFolder root (train/ and val/, one subfolder per class), a folder of Fashion-MNIST "
-             f"IDX files, or one of {', '.join(n for n in SOURCES if n != 'folder')}")
+DATA_HELP = ("the dataset: an ImageFolder root (train/ and val/, one subfolder per class), shards written by "
+             "`vanillanet shards` (folder, manifest or s3:// gs:// http(s):// URL), a folder of Fashion-MNIST "
+             f"IDX files, or one of {', '.join(n for n in SOURCES if n not in ('folder', 'shards'))}")
 
 
 def find_source(data: str | Path) -> DataSource:
     """The source ``--data`` names: a source name, else the first source claiming the path, else a folder."""
     data = str(data)
-    if data in SOURCES and data != "folder":
+    if data in SOURCES and data not in ("folder", "shards"):
         return SOURCES[data]
     return next((s for s in SOURCES.values() if s.claims(data)), SOURCES["folder"])
 

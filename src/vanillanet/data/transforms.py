@@ -11,6 +11,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
+from ..util import validation
 from ..util.errors import ConfigError
 from .images import check_img_size_limit
 from .sources import dataset_defaults
@@ -50,21 +51,17 @@ def resolve_preprocess(*, model_cfg: Mapping[str, Any] | None = None, data: str 
     input size against ``MAX_IMG_SIZE`` (unless ``allow_large``), a positive std, a known interpolation."""
     values: dict[str, Any] = {}
     if model_cfg:
-        values.update(img_size=int(model_cfg.get("input_size", (3, 224, 224))[-1]),
-                      crop_pct=model_cfg.get("crop_pct"), mean=model_cfg.get("mean"), std=model_cfg.get("std"),
-                      interpolation=model_cfg.get("interpolation") or None)
+        size = model_cfg.get("input_size", (3, 224, 224))
+        values.update(_checked({"img_size": size[-1] if isinstance(size, (list, tuple)) and size else size,
+                                **{k: model_cfg.get(k) for k in _PRE_KEYS[1:]}}, "the model's pretrained_cfg"))
     if data is not None:
         d = dataset_defaults(data)
         values.update(img_size=d.img_size, crop_pct=d.crop_pct, mean=d.mean, std=d.std)
-    for layer in (meta or {}, explicit):
-        values.update({k: layer[k] for k in _PRE_KEYS if layer.get(k) is not None})
+    for layer, source in ((meta or {}, "the checkpoint"), (explicit, "the settings")):
+        values.update(_checked(layer, source))
     crop_pct = values.get("crop_pct")
-    if crop_pct is not None and not 0 < float(crop_pct) <= 1:
+    if crop_pct is not None and not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct (--crop-pct) must be in (0, 1], got {crop_pct}")
-    values = {k: v for k, v in values.items() if v is not None}
-    for key in ("mean", "std"):
-        if key in values:
-            values[key] = tuple(float(v) for v in values[key])
     if "img_size" in values:
         values["img_size"] = check_img_size_limit(int(values["img_size"]), allow_large=allow_large)
     if any(v <= 0 for v in values.get("std", ())):
@@ -77,6 +74,31 @@ def resolve_preprocess(*, model_cfg: Mapping[str, Any] | None = None, data: str 
             raise ConfigError(f"unknown interpolation {values['interpolation']!r}; use bicubic, bilinear, "
                               "nearest, lanczos, hamming or box") from None
     return Preprocess(**values)
+
+
+_PRE_HINTS = {"img_size": int, "crop_pct": float, "mean": tuple[float, ...], "std": tuple[float, ...],
+              "interpolation": str}
+
+
+def _checked(layer: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The preprocessing entries ``source`` gives (None: not given), each of the right kind through the validation
+    layer (a mean or std must be a list of numbers, never a string read character by character); ConfigError
+    naming the source otherwise."""
+    out: dict[str, Any] = {}
+    for key, hint in _PRE_HINTS.items():
+        value = layer.get(key)
+        if value is None or (key == "interpolation" and not value):
+            continue
+        try:
+            if hint is not int and hint is not float and hint is not str and not isinstance(value, (list, tuple)):
+                raise ConfigError("not a list")
+            out[key] = validation.coerce(key, value, hint)
+        except ConfigError:
+            wanted = {int: "an integer", float: "a finite number", str: "a name"}.get(hint, "a list of numbers, "
+                                                                                         "one per channel")
+            raise ConfigError(f"{source} gives a malformed {key} ({value!r:.60}, not {wanted}); fix it there (a "
+                              "model folder's config.json, a checkpoint's metadata or the setting)") from None
+    return out
 
 
 def fit_channels(values: Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ import torch
 import torch.fx._symbolic_trace as _fx
 
 from ..util.errors import first_line
+from ..util.validation import env_flag
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,8 +46,9 @@ ENV_VAR = "VANILLANET_FUSED_KERNELS"
 
 
 def _env_enabled() -> bool:
-    """The switch's initial value: on unless the environment variable says 0/false/no/off."""
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+    """The switch's initial value: on unless the environment variable says 0/false/no/off; ConfigError for a value
+    that is not a switch (through the validation layer, ``util.validation.env_flag``)."""
+    return env_flag(ENV_VAR, True)
 
 
 _enabled: bool = _env_enabled()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..util.errors import first_line
+from ..util.validation import env_flag
 
 _log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def cache_key(*parts: object) -> str:
 
 
 def _tuning_enabled() -> bool:
-    return os.environ.get("VANILLANET_KERNEL_TUNING", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag("VANILLANET_KERNEL_TUNING", True)
 
 
 def _cache_file() -> Path | None:

@@ -76,6 +76,11 @@ def build_data(inputs: InputConfig, arch: ArchConfig, batch_size: int, grad_accu
     val_loader = build_loader(val_ds, val_batch or 2 * batch_size, is_training=False, **workers)
     for loader in (train_loader, val_loader):
         loader.worker_init_fn = ignore_stop_signals  # Ctrl-C reaches the whole process group
+    if inputs.memory_batches and inputs.decoder == "pil":
+        from ..data.memory_batches import memory_batches
+
+        train_loader = memory_batches(train_ds, train_loader) or train_loader
+        val_loader = memory_batches(val_ds, val_loader) or val_loader
     micro = train_loader.batch_sampler.batches_per_epoch() // grad_accum * grad_accum
     return Data(train_loader, val_loader, classes, pre, micro, micro // grad_accum)
 

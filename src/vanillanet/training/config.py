@@ -91,6 +91,9 @@ class InputConfig:
     aa_on_device: bool = option(False, "--decoder fast: apply RandAugment's operations on the training device "
                                 "(the draws stay timm's, in the workers); --decoder gpu always does")
     workers: int = option(4, "data-loading worker processes per training process", ge=0, aliases=("-j",))
+    memory_batches: bool = option(True, "in-memory sets (fashion-mnist, digits, synthetic) whose only random step is "
+                                  "the flip: make whole batches in memory, bit-identical to the DataLoader's "
+                                  "(false: the per-image PIL path)")
     pin_mem: bool = option(True, "pin host memory of batches (GPU only)")
 
 
@@ -218,9 +221,15 @@ class TrainConfig:
 _KEYS = validation.keys_of(TrainConfig)
 
 
-def _data_option_keys() -> dict[str, tuple[str, str]]:
-    """Flat config keys that set a data source's option: key -> (source, option), e.g. data_root -> root."""
-    return {o.config_key: (s.name, name) for s in SOURCES.values() for name, o in s.options.items() if o.config_key}
+def _data_option_keys() -> dict[str, list[tuple[str, str]]]:
+    """Flat config keys that set data sources' options: key -> [(source, option)], e.g. data_root -> fashion-mnist's
+    root; strict_data -> the strict option of folder and of shards."""
+    keys: dict[str, list[tuple[str, str]]] = {}
+    for s in SOURCES.values():
+        for name, o in s.options.items():
+            if o.config_key:
+                keys.setdefault(o.config_key, []).append((s.name, name))
+    return keys
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -302,8 +311,8 @@ def _apply(values: dict[str, Any], layer: dict[str, Any], source: str) -> None:
     for key, value in layer.items():
         key = str(key).replace("-", "_")
         if key in option_keys:  # e.g. synthetic_size -> data option synthetic.size (used when data is synthetic)
-            source, name = option_keys[key]
-            values["data_options"] = {**values.get("data_options", {}), f"{source}.{name}": value}
+            for source, name in option_keys[key]:
+                values["data_options"] = {**values.get("data_options", {}), f"{source}.{name}": value}
             continue
         if key not in _KEYS:
             raise validation.unknown_key_error(key, {**_KEYS, **option_keys}, source)
@@ -347,13 +356,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     validation.add_arguments(parser, TrainConfig, skip=("recipe",))
+    added = set()
     for source in SOURCES.values():
         for name, opt in source.options.items():
-            if opt.config_key is None:
+            if opt.config_key is None or opt.config_key in added:
                 continue
+            added.add(opt.config_key)
             flag = f"--{opt.config_key.replace('_', '-')}"
             kw = dict(dest=f"opt_{opt.config_key}", default=argparse.SUPPRESS,
-                      help=f"{opt.help} (data option {name!r} of {source.name})")
+                      help=f"{opt.help} (data option {name!r} of "
+                      f"{', '.join(s for s, _ in _data_option_keys()[opt.config_key])})")
             if isinstance(opt.default, bool):
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             else:

@@ -39,6 +39,17 @@ class NonFiniteLossError(VanillaNetError):
     state, naming the last good checkpoint."""
 
 
+def user_message(err: BaseException) -> str:
+    """The message of a user error; for one a DataLoader worker raised (torch re-raises it in the main process as
+    "Caught DataError in DataLoader worker process 0. Original Traceback ... DataError: <message>") the original
+    one-line message."""
+    text = str(err).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, at most ``limit`` characters (torch's messages are long and span
     lines); the exception's type name when it has no message."""

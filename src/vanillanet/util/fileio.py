@@ -4,9 +4,11 @@ A file is written to a temporary name in the same folder, then moved into place 
 POSIX): readers see the old file or the new one, a crash leaves the old one, and the temporary name
 (``.NAME.<pid>.<random>.tmp``) is recognisable so that stale ones can be cleaned up (``remove_stale_temporaries``).
 A write that fails because the disk is full, the path is a folder or the folder is read-only raises a one-line
-``OutputError`` naming the path and the cause, and leaves nothing behind; ``refuse_inputs`` stops a command from
-writing its output onto one of its inputs. A special file (FIFO, device, socket) is never an output, and a line is
-appended to a log only through ``O_NOFOLLOW`` (``safe_open``): a planted symbolic link is refused, not followed.
+``OutputError`` naming the path and the cause, and leaves nothing behind; ``check_output_file`` and
+``check_output_folder`` find those causes (and a wrong suffix) before a command does any work; ``refuse_inputs``
+stops a command from writing its output onto one of its inputs. A special file (FIFO, device, socket) is never an
+output, and a line is appended to a log only through ``O_NOFOLLOW`` (``safe_open``): a planted symbolic link is
+refused, not followed.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Any
 from .errors import OutputError, VanillaNetError
 from .safe_open import open_output, refuse_special
 
-__all__ = ["append_line", "json_safe", "link_or_copy", "refuse_inputs", "remove_stale_temporaries", "save_atomic",
-           "temporary_name", "write_atomic", "write_json", "write_text"]
+__all__ = ["append_line", "check_output_file", "check_output_folder", "json_safe", "link_or_copy", "refuse_inputs",
+           "remove_stale_temporaries", "save_atomic", "temporary_name", "write_atomic", "write_json", "write_text"]
 
 _NEARLY_FULL = 1 << 20  # bytes free below which a failed write is blamed on a full disk
 
@@ -84,6 +86,45 @@ def _fix(reason: str) -> str:
     if "space" in reason:
         return "free some disk space (or choose another folder) and run again"
     return "choose a writable file path"
+
+
+def _check_place(path: Path, flag: str, error: type[VanillaNetError] = OutputError) -> None:
+    """``error`` when the folder ``path`` cannot be created or written: the nearest existing part of it is a file,
+    or is not writable."""
+    existing = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), Path("."))
+    if not existing.is_dir():
+        raise error(f"{flag}: a file is in the way of the folder {path} ({existing} is a file); choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise error(f"{flag}: the folder {existing} is not writable; choose a writable path")
+
+
+def check_output_file(path: str | Path, flag: str, suffixes: tuple[str, ...] = (), *,
+                      error: type[VanillaNetError] = OutputError) -> Path:
+    """``path`` as a ``Path`` once it can take the output file ``flag`` names, else OutputError, before any work: not
+    a folder (nor written as one, ``out/``), not a special file, one of ``suffixes`` (lower-case, with the dot) when
+    given, in a folder that exists or can be created and is writable. ``error``: the exception to raise
+    (``ConfigError``, a ValueError, for an argument of the Python API)."""
+    p = Path(path)
+    if str(path).endswith(("/", os.sep)) or p.is_dir():
+        raise error(f"{flag} {path} is a folder; give a file name")
+    refuse_special(p, flag, error, reading=False)
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise error(f"{flag} {path} must end in {' or '.join(suffixes)} (it says what the file holds); e.g. "
+                    f"{p.with_suffix(suffixes[0]).name}")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise error(f"{flag} {path} is read-only; choose a writable path")
+    _check_place(p.parent, flag, error)
+    return p
+
+
+def check_output_folder(path: str | Path, flag: str, *, error: type[VanillaNetError] = OutputError) -> Path:
+    """``path`` as a ``Path`` once it can be the output folder ``flag`` names (an existing writable folder, or one
+    that can be created), else ``error`` (OutputError), before any work."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise error(f"{flag} {path} is a file, not a folder; give a folder (it is created when missing)")
+    _check_place(p, flag, error)
+    return p
 
 
 def refuse_inputs(output: str | Path | None, *inputs: str | Path | None, flag: str = "--output") -> None:

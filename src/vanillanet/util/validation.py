@@ -20,17 +20,17 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
 
-__all__ = ["Key", "add_arguments", "build", "check", "check_instance", "coerce", "field_type", "keys_of", "option",
+__all__ = ["ENV_SWITCHES", "Key", "add_arguments", "build", "check", "check_environment", "check_instance", "coerce",
+           "env_flag", "field_type", "keys_of", "option",
            "overrides_from_args", "parse_text", "to_flat", "unknown_key_error", "value_type"]
 
 
@@ -162,6 +162,8 @@ def check(key: str, value: Any, f: dataclasses.Field) -> None:
 def parse_text(key: str, raw: str, hint: Any) -> Any:
     """A command-line string parsed as YAML and coerced to ``hint``; strings stay verbatim (a path named "1e3"
     stays a string)."""
+    import yaml  # here, so that the CLI's start-up (which checks the environment) does not load it
+
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -230,6 +232,31 @@ def value_type(hint: Any, **allowed: Any) -> Any:
 
     parse.__name__ = name
     return parse
+
+
+# ---- environment variables ------------------------------------------------------------------------------------
+# Every on/off switch the package reads from the environment, with its value when unset or empty.
+ENV_SWITCHES = {"VANILLANET_FUSED_KERNELS": True, "VANILLANET_KERNEL_TUNING": True}
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool = True) -> bool:
+    """The on/off switch in environment variable ``name`` (``default`` when unset or empty); ConfigError naming the
+    variable and the accepted values for anything else (``garbage`` never silently means on)."""
+    raw = os.environ.get(name, "")
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value in _ON or value in _OFF:
+        return value in _ON
+    raise ConfigError(f"environment variable {name}={raw!r:.40} is not a switch: set it to one of "
+                      f"{', '.join(_ON + _OFF)}, or unset it")
+
+
+def check_environment() -> None:
+    """Every switch of ``ENV_SWITCHES`` checked (the CLI does this before any command runs)."""
+    for name, default in ENV_SWITCHES.items():
+        env_flag(name, default)
 
 
 def field_type(cls: type, name: str) -> Any:
