@@ -57,6 +57,7 @@ def test_a_server_that_never_answers_is_a_one_line_error_within_the_timeout(sile
 def test_failures_are_described_with_their_fix():
     where = "s3://b/k"
     assert "does not exist" in remote.describe(FileNotFoundError("k"), where)
+    assert "create the bucket" in remote.describe(OSError("NoSuchBucket"), where, writing=True)
     assert "check the credentials" in remote.describe(PermissionError("An error occurred (AccessDenied)"), where)
     assert "check the credentials" in remote.describe(OSError("InvalidAccessKeyId"), where)
     assert "cannot reach" in remote.describe(ConnectionError("Could not connect to the endpoint URL"), where)
