@@ -264,10 +264,24 @@ TINY_TRAIN = {"data": "synthetic", "synthetic_size": 16, "width_mult": 0.0625, "
               "log_every": 1}
 
 
+def _tiny(changes: dict) -> dict:
+    """``TINY_TRAIN`` with ``changes``; a change to None drops the key (its default applies)."""
+    return {k: v for k, v in {**TINY_TRAIN, **changes}.items() if v is not None}
+
+
 def tiny_sets(**changes) -> list[str]:
     """``TINY_TRAIN`` with ``changes`` as ``--set`` strings (``key=value``)."""
-    values = {**TINY_TRAIN, **changes}
-    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in _tiny(changes).items()]
+
+
+def tiny_flags(**changes) -> list[str]:
+    """``TINY_TRAIN`` with ``changes`` as ``vanillanet train`` flags (``--key-name value``, ``--name``/``--no-name``
+    for booleans)."""
+    flags: list[str] = []
+    for key, value in _tiny(changes).items():
+        name = key.replace("_", "-")
+        flags += [f"--{name}" if value else f"--no-{name}"] if isinstance(value, bool) else [f"--{name}", str(value)]
+    return flags
 
 
 def tiny_config(out: Path, *extra: str, **changes):
@@ -294,6 +308,22 @@ def built_run(out: Path, *extra: str, **changes):
     state, run = build_run(tiny_config(out, *extra, **changes), DistInfo(), torch.device("cpu"),
                            RunFolder(out, log), log)
     return state, run, said
+
+
+@pytest.fixture(scope="module")
+def straight(request, tmp_path_factory):
+    """``(output folder, summary)`` of one uninterrupted run of the test module's ``straight_config(out)``, on one
+    thread, trained once per module: what an interrupted and resumed run must reproduce exactly."""
+    from vanillanet.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("straight")
+        summary = train(request.module.straight_config(out))
+    finally:
+        torch.set_num_threads(threads)
+    return out, summary
 
 
 # ---- shards: small image folders and an S3-compatible object store on the loopback ---------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_flags
 
 from vanillanet import __version__
 from vanillanet.cli import COMMANDS, main
@@ -159,8 +160,7 @@ def files(tmp_path_factory):
     return root
 
 
-TRAIN = ["train", "--data", "synthetic", "--synthetic-size", "16", "--width-mult", "0.0625", "--epochs", "2",
-         "--decay-epochs", "1", "--batch-size", "4", "--workers", "0", "--warmup-epochs", "0", "--no-progress"]
+TRAIN = ["train", *tiny_flags(warmup_epochs=0, img_size=None, seed=None, log_every=None)]
 BAD = [
     (["--img-size", "7", "--output", "OUT"], "input size 7 px is too small for this model"),
     (["--img-size", "-32", "--output", "OUT"], "img_size must be at least 1, got -32"),

@@ -45,6 +45,13 @@ def test_items_are_the_source_images_with_their_labels(shards):
     assert gray[0][0].mode == "L"
 
 
+def test_public_name():
+    import vanillanet
+
+    assert vanillanet.ShardDataset is ShardDataset and vanillanet.write_shards is write_shards
+    assert vanillanet.WriteSettings is WriteSettings
+
+
 def test_manifest_file_and_file_url_read_the_same(shards):
     out, _ = shards
     a = ShardDataset(str(out / "manifest.json"), "val")
@@ -92,7 +99,7 @@ def test_epoch_order_is_a_seeded_permutation_read_by_windows(shards):
 def test_every_rank_gets_the_same_number_of_samples(shards):
     out, _ = shards
     ds = ShardDataset(str(out), "train")
-    for world in (1, 3, 4, 7):
+    for world in (1, 2, 3, 4, 7):  # 30 samples in shards of 7, 7, 7, 7, 2: uneven for every world size
         per_rank = []
         for rank in range(world):
             sampler = EpochBatchSampler(len(ds), 2, shuffle=True, drop_last=True, seed=5, num_replicas=world,
@@ -102,6 +109,31 @@ def test_every_rank_gets_the_same_number_of_samples(shards):
         assert [len(r) for r in per_rank] == [per // 2 * 2] * world  # equal: no rank waits for another
         covered = set().union(*per_rank)
         assert covered <= set(range(30)) and len(covered) >= world * (per // 2 * 2) - (per * world - 30)
+
+
+class WorkerId:
+    """A transform that returns the id of the DataLoader worker that made the sample."""
+
+    def __call__(self, img):
+        return torch.utils.data.get_worker_info().id
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_loaders_of_every_rank_and_worker_get_equal_counts(shards, monkeypatch, world):
+    out, _ = shards
+    counts = []
+    for rank in range(world):  # build_loader(distributed=True) as each rank of a world of ``world`` sees it
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        loader = build_loader(ShardDataset(str(out), "train", WorkerId()), 3, is_training=True, distributed=True,
+                              num_workers=2, seed=1)
+        set_epoch(loader, 0)
+        batches = list(loader)
+        assert all(len(ids) == 3 for ids, _ in batches)  # full batches only
+        per_worker = [sum(int((ids == w).sum()) for ids, _ in batches) for w in (0, 1)]
+        assert abs(per_worker[0] - per_worker[1]) <= 3  # whole batches, round robin over the workers
+        counts.append(len(batches))
+    assert counts == [(-(-30 // world)) // 3] * world  # 5 batches on each of 2 ranks, 3 on each of 3
 
 
 def _epoch(loader, epoch, start=0):
@@ -205,16 +237,21 @@ def test_image_kinds_inside_shards_are_read_like_folders(tmp_path):
                ("gray.png", _encoded(Image.fromarray(rgb[..., 0]), "PNG"), 1),
                ("deep.png", _encoded(Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).convert("I;16"), "PNG"), 0),
                ("text.jpg", b"a text member, not an image", 1),
+               ("cut.jpg", _encoded(Image.fromarray(rgb), "JPEG")[:200], 0),
                ("line.png", _encoded(Image.new("L", (600_000, 1)), "PNG"), 0)]
     _foreign_shard(tmp_path / "kinds", members)
     ds = ShardDataset(str(tmp_path / "kinds"))
     imgs = [ds[i][0] for i in range(3)]
     assert all(img.mode == "RGB" and img.size == (10, 12) for img in imgs)
     assert np.abs(np.asarray(imgs[2])[..., 0].astype(int) - rgb[..., 0]).max() <= 1  # 16-bit scaled by its range
-    ds[3], ds[4]
-    assert ds.num_skipped == 2  # the text member and the 1 x 600,000 line
-    with pytest.raises(DataError, match="cannot decode sample line of .*aspect ratio above 100"):
-        ShardDataset(str(tmp_path / "kinds"), strict=True)[4]
+    ds[3], ds[4], ds[5]
+    assert ds.num_skipped == 3  # the text member, the truncated JPEG and the 1 x 600,000 line
+    strict = ShardDataset(str(tmp_path / "kinds"), strict=True)
+    for i, reason in ((3, "text of .*not an image file"), (4, "cut of .*Truncated File Read"),
+                      (5, "line of .*aspect ratio above 100")):
+        with pytest.raises(DataError, match=f"cannot decode sample {reason}.*--strict-data") as info:
+            strict[i]
+        assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["../x.jpg", "/etc/x.jpg"])

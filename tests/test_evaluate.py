@@ -40,7 +40,8 @@ def constant_checkpoint(path, bias=BIAS, num_classes=3, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def eval_folder(tmp_path_factory):
+    """An ImageFolder root of 40x50 noise images named in ``FILES`` (train and val), for the exact-count checks."""
     root = tmp_path_factory.mktemp("imgs")
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
@@ -56,10 +57,10 @@ def expected_loss(targets):
     return -float(sum(logp[t] for t in targets)) / len(targets)
 
 
-def test_cli_eval_exact_accuracy_and_json(folder, tmp_path, capsys):
+def test_cli_eval_exact_accuracy_and_json(eval_folder, tmp_path, capsys):
     ckpt = constant_checkpoint(tmp_path / "m.safetensors")
     out = tmp_path / "r.json"
-    argv = ["eval", "--checkpoint", str(ckpt), "--data", str(folder), "--json", str(out), "--img-size", "32",
+    argv = ["eval", "--checkpoint", str(ckpt), "--data", str(eval_folder), "--json", str(out), "--img-size", "32",
             "--batch-size", "4", "--workers", "0", "--no-progress"]
     assert main(argv) == 0
     r = json.loads(out.read_text())
@@ -71,8 +72,8 @@ def test_cli_eval_exact_accuracy_and_json(folder, tmp_path, capsys):
     assert "top-1 33.33%" in capsys.readouterr().out
 
 
-def test_real_labels_follow_sorted_file_names(folder, tmp_path):
-    ds = build_dataset(str(folder), "val")
+def test_real_labels_follow_sorted_file_names(eval_folder, tmp_path):
+    ds = build_dataset(str(eval_folder), "val")
     names = sorted(n for v in FILES.values() for n in v)  # img_01 ... img_09
     # ReaL list per sorted name: empty for img_02 and img_06 (excluded); contains 1 ("b") for img_03, img_05, img_07
     real = {n: [] if n in ("img_02.jpg", "img_06.png") else ([1, 2] if n in ("img_03.png", "img_05.png",
@@ -86,25 +87,25 @@ def test_real_labels_follow_sorted_file_names(folder, tmp_path):
     assert r["real_images"] == 7 and r["real_top1"] == pytest.approx(3 / 7)
     ckpt = constant_checkpoint(tmp_path / "m.safetensors")
     out = tmp_path / "r.json"
-    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(folder), "--real-labels", str(path), "--json",
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(eval_folder), "--real-labels", str(path), "--json",
                  str(out), "--img-size", "32", "--workers", "0", "--no-progress"]) == 0
     assert json.loads(out.read_text())["real_top1"] == pytest.approx(100 * 3 / 7)
 
 
-def test_bad_inputs_one_line(folder, tmp_path, capsys):
+def test_bad_inputs_one_line(eval_folder, tmp_path, capsys):
     ckpt = constant_checkpoint(tmp_path / "m.safetensors")
     bad_real = tmp_path / "short.json"
     bad_real.write_text("[[1], [2]]")
     cases = [
-        (["--checkpoint", str(tmp_path / "nope.pth"), "--data", str(folder)], "not found"),
+        (["--checkpoint", str(tmp_path / "nope.pth"), "--data", str(eval_folder)], "not found"),
         (["--checkpoint", str(ckpt), "--data", str(tmp_path / "nodata")], "does not exist"),
-        (["--checkpoint", str(ckpt), "--data", str(folder), "--real-labels", str(bad_real)], "2 entries"),
-        (["--checkpoint", str(ckpt), "--data", str(folder), "--img-size", "8"], "too small"),
-        (["--checkpoint", str(ckpt), "--data", str(folder), "--img-size", "7", "--backend", "none"],
+        (["--checkpoint", str(ckpt), "--data", str(eval_folder), "--real-labels", str(bad_real)], "2 entries"),
+        (["--checkpoint", str(ckpt), "--data", str(eval_folder), "--img-size", "8"], "too small"),
+        (["--checkpoint", str(ckpt), "--data", str(eval_folder), "--img-size", "7", "--backend", "none"],
          "input size 7 px is too small for this model (its stem and pooling need at least 32 px)"),
-        (["--checkpoint", str(ckpt), "--data", str(folder), "--img-size", "4096", "--batch-size", "4096"],
+        (["--checkpoint", str(ckpt), "--data", str(eval_folder), "--img-size", "4096", "--batch-size", "4096"],
          "--batch-size and --img-size (4096 x 3 x 4096 x 4096) make a 824.6 GB input batch, above the 4.3 GB limit"),
-        (["--checkpoint", str(ckpt), "--data", str(folder), "--crop-pct", "1.5"], "crop-pct"),
+        (["--checkpoint", str(ckpt), "--data", str(eval_folder), "--crop-pct", "1.5"], "crop-pct"),
     ]
     for args, needle in cases:
         try:
@@ -115,7 +116,7 @@ def test_bad_inputs_one_line(folder, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
     four = constant_checkpoint(tmp_path / "four.safetensors", bias=[0.0, 1.0, 0.0, 0.0], num_classes=4)
-    assert main(["eval", "--checkpoint", str(four), "--data", str(folder), "--workers", "0"]) == 2
+    assert main(["eval", "--checkpoint", str(four), "--data", str(eval_folder), "--workers", "0"]) == 2
     assert "3 classes but the model predicts 4" in capsys.readouterr().err
 
 
@@ -137,12 +138,12 @@ def test_small_dataset_and_train_form_fallback(tmp_path):
     assert r["backend"] == "none" and r["images"] == 128 and math.isfinite(r["loss"])
 
 
-def test_torchrun_two_processes_count_each_image_once(folder, tmp_path):
+def test_torchrun_two_processes_count_each_image_once(eval_folder, tmp_path):
     ckpt = constant_checkpoint(tmp_path / "m.safetensors")
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537", "-m",
-           "vanillanet", "eval", "--checkpoint", str(ckpt), "--data", str(folder), "--json", str(out), "--img-size",
-           "32", "--batch-size", "2", "--workers", "0", "--no-progress", "--device", "cpu"]
+           "vanillanet", "eval", "--checkpoint", str(ckpt), "--data", str(eval_folder), "--json", str(out),
+           "--img-size", "32", "--batch-size", "2", "--workers", "0", "--no-progress", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -79,3 +79,19 @@ def test_every_pytest_raises_has_a_match():
                     and not any(k.arg == "match" for k in node.keywords)):
                 bare.append(f"{path.name}:{node.lineno}")
     assert not bare, "pytest.raises without match=: " + ", ".join(bare)
+
+
+def test_shared_fixtures_and_helpers_are_defined_once():
+    """What tests/conftest.py provides (the tiny training config, narrow models, the ``straight`` run, kernel
+    tensors, ...) is not defined again in a test module, where it would shadow the shared one."""
+    def top_level(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        return names | {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                        if isinstance(t, ast.Name)}
+
+    shared = top_level(TESTS / "conftest.py") - {"ROOT"}
+    assert {"straight", "tiny_config", "build_variant", "kernel_device"} <= shared
+    twice = [f"{path.name}: {', '.join(sorted(top_level(path) & shared))}" for path in sorted(TESTS.glob("test_*.py"))
+             if top_level(path) & shared]
+    assert not twice, "defined in conftest.py and again in " + "; ".join(twice)

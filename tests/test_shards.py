@@ -3,8 +3,10 @@ store on the loopback), killed mid-epoch and resumed bit-exactly."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import tempfile
 
 import pytest
 import torch
@@ -64,12 +66,17 @@ def test_command_bad_inputs_are_one_line_errors(tree, tmp_path, capsys, monkeypa
          "cannot read train sample ant/broken.jpg"),
         ([str(tree), str(tree / "train" / "out")], "inside SRC"),
         (["s3://bucket/x", str(tmp_path / "o")], "cannot reach s3://bucket/x/manifest.json"),
+        ([str(tree), "s3://bucket/out", "--shard-size", "5", "-j", "2"], "cannot reach s3://bucket/out/"),
     ]
+    staging = tmp_path / "staging"  # where uploads are staged (the system's temporary folder): emptied again
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
     for args, message in cases:
         assert cli.main(["shards", *args, "--no-progress"]) == 2, args
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "src", "strict"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "src", "staging", "strict"]
+    assert not list(staging.iterdir())
     # the refused run stopped at the bad image: complete shards only (tar and index), no manifest, no temporaries
     names = sorted(p.name for p in (tmp_path / "strict").iterdir())
     tars = [n for n in names if n.endswith(".tar")]
@@ -124,6 +131,31 @@ def _assert_same(a: dict, b: dict) -> None:
     assert a["step"] == b["step"]
 
 
+def test_train_from_local_shards_through_the_cli(tree, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert cli.main(["shards", str(tree), str(out), "--shard-size", "7", "--no-progress"]) == 0
+    flags = ["--epochs", "1", "--decay-epochs", "0", "--warmup-epochs", "0", "--img-size", "32", "--workers", "0",
+             "--width-mult", "0.0625", "--batch-size", "8", "--no-progress"]
+    for data in (out, out / "manifest.json", f"file://{out}"):
+        run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+        assert cli.main(["train", "--data", str(data), "--output", str(run), *flags]) == 0, capsys.readouterr().err
+        assert list(run.glob("checkpoint-*.pth"))
+    assert cli.main(["eval", "--checkpoint", str(run / "model_deploy.safetensors"), "--data",
+                     str(out / "manifest.json"), "--workers", "0", "--no-progress", "--json",
+                     str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["images"] == 9  # the val split, every image
+    # a corrupt image inside a shard: a counted skip, or with --strict-data a one-line error (exit 2)
+    index = json.loads((out / "train-000000.idx.json").read_text())
+    raw = bytearray((out / "train-000000.tar").read_bytes())
+    start, size = index["offsets"][0], index["sizes"][0]
+    raw[start:start + size] = b"\0" * size  # the first image's bytes, its length (and so the index) unchanged
+    (out / "train-000000.tar").write_bytes(bytes(raw))
+    capsys.readouterr()
+    code = cli.main(["train", "--data", str(out), "--output", str(tmp_path / "strict"), "--strict-data", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot decode sample" in err and len(err.splitlines()) == 1, err
+
+
 def test_train_from_s3_killed_mid_epoch_resumes_bit_exactly(tree, tmp_path, s3_bucket, capsys):
     url = f"{s3_bucket}/flowers"
     assert cli.main(["shards", str(tree), url, "--shard-size", "5", "--no-progress"]) == 0
@@ -143,6 +175,14 @@ def test_s3_errors_are_one_line(tree, tmp_path, s3_bucket, monkeypatch, capsys):
     url = f"{s3_bucket}/flowers"
     assert cli.main(["shards", str(tree), url, "--shard-size", "12", "--no-progress"]) == 0
     capsys.readouterr()
+    staging = tmp_path / "staging"  # uploads are staged in the system's temporary folder, and removed
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    code = cli.main(["shards", str(tree), "s3://no-such-bucket/flowers", "--shard-size", "12", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot write s3://no-such-bucket/flowers/" in err and "create the bucket" in err, err
+    assert len(err.splitlines()) == 1
+    assert not list(staging.iterdir())
     fs, path = remote.filesystem(url)
     fs.rm(f"{path}/train-000001.tar")
     cases = [({}, "train-000001.tar is listed in the manifest but missing"),

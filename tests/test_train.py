@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
+from conftest import tiny_flags, tiny_sets
 from PIL import Image
 
 import vanillanet  # noqa: F401
@@ -30,9 +31,8 @@ from vanillanet.util.integrity import state_hash
 
 VENV_BIN = Path(sys.executable).parent
 # Tiny but complete: RandAugment + erasing, mixup/cutmix, BCE, dropout, LAMB, EMA, per-epoch act_learn.
-TINY = ["--data", "synthetic", "--synthetic-size", "64", "--width-mult", "0.0625", "--epochs", "3",
-        "--decay-epochs", "2", "--batch-size", "8", "--workers", "0", "--warmup-epochs", "1", "--img-size", "32",
-        "--no-progress", "--seed", "3", "--set", "log_every=1"]
+CHANGES = dict(synthetic_size=64, epochs=3, decay_epochs=2, batch_size=8, seed=3)  # from conftest's TINY_TRAIN
+TINY = tiny_flags(**CHANGES)
 SUMMARY_KEYS = {"test_top1", "deploy_test_top1", "deploy_agreement", "seconds", "params_train", "params_deploy",
                 "checkpoint", "deploy_weights", "plot", "best_top1", "macs_train", "macs_deploy"}
 
@@ -41,10 +41,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(out: Path, *extra: str, **kw):
-    sets = ["data=synthetic", "synthetic_size=64", "width_mult=0.0625", "epochs=3", "decay_epochs=2",
-            "batch_size=8", "workers=0", "warmup_epochs=1", "img_size=32", "progress=false", "seed=3",
-            "log_every=1", f"output={out}", *extra]
-    return resolve_config(None, kw, sets)
+    return resolve_config(None, kw, [*tiny_sets(**CHANGES), f"output={out}", *extra])
+
+
+def straight_config(out: Path):
+    """The run conftest's ``straight`` fixture trains once."""
+    return tiny_cfg(out, "drop_rate=0.3")
 
 
 def weights(path: Path) -> dict:
@@ -122,16 +124,6 @@ def test_act_learn_per_epoch_is_the_original_rule(tmp_path):
 
 
 # ---- exact resume -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("straight")
-    summary = train(tiny_cfg(out, "drop_rate=0.3"))
-    torch.set_num_threads(threads)
-    return out, summary
-
-
 def test_resume_after_sigterm_is_bit_exact(tmp_path, straight):
     out = tmp_path / "interrupted"
 

@@ -4,21 +4,19 @@ no deploy metrics without a deploy form, the options recorded in the checkpoint,
 from __future__ import annotations
 
 import pytest
+from conftest import tiny_config
 
 from vanillanet.model.checkpoint_files import load_checkpoint_file
 from vanillanet.model.registry import create_model
 from vanillanet.train import train
-from vanillanet.training.config import resolve_config
 from vanillanet.util.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out, *extra):
-    return resolve_config(None, None, ["data=synthetic", "synthetic_size=32", "width_mult=0.0625", "epochs=2",
-                                       "decay_epochs=1", "batch_size=8", "workers=0", "warmup_epochs=0.5",
-                                       "img_size=32", "progress=false", "mixup=0", "cutmix=0", "model=vanillanet_6",
-                                       f"output={out}", *extra])
+    return tiny_config(out, *extra, synthetic_size=32, batch_size=8, warmup_epochs=0.5, mixup=0, cutmix=0,
+                       model="vanillanet_6", seed=None, log_every=None)
 
 
 @pytest.mark.parametrize("extra,deploy", [(["deep_training=false"], True), (["shortcut=true"], False),

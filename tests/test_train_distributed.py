@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import tiny_flags
 
 from vanillanet.util.integrity import state_hash
 
@@ -18,9 +19,8 @@ VENV_BIN = Path(sys.executable).parent
 def test_torchrun_two_processes_hold_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--standalone", "-m", "vanillanet", "train",
-           "--data", "synthetic", "--synthetic-size", "64", "--width-mult", "0.0625", "--epochs", "2",
-           "--decay-epochs", "1", "--batch-size", "8", "--workers", "0", "--img-size", "32", "--no-progress",
-           "--drop-rate", "0.2", "--warmup-epochs", "1", "--output", str(out)]
+           *tiny_flags(synthetic_size=64, batch_size=8, drop_rate=0.2, seed=None, log_every=None),
+           "--output", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
@@ -39,8 +39,8 @@ def test_torchrun_two_processes_hold_identical_weights(tmp_path):
 
 def test_sync_bn_on_cpu_is_a_one_line_error(tmp_path):
     cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "vanillanet", "train",
-           "--data", "synthetic", "--synthetic-size", "32", "--width-mult", "0.0625", "--epochs", "2", "--decay-epochs",
-           "1", "--warmup-epochs", "1", "--batch-size", "8", "--workers", "0", "--sync-bn", "--output", str(tmp_path)]
+           *tiny_flags(synthetic_size=32, batch_size=8, img_size=None, progress=None, seed=None, log_every=None),
+           "--sync-bn", "--output", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode != 0
     assert "sync_bn needs CUDA devices" in res.stderr

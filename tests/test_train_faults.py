@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_flags, tiny_sets
 
 import vanillanet  # noqa: F401
 from vanillanet import cli
@@ -31,12 +32,10 @@ from vanillanet.util.errors import NonFiniteLossError, OutputError
 from vanillanet.util.integrity import digest, unsound
 
 ROOT = Path(__file__).resolve().parents[1]
-# 16 images, batch 4: 4 steps per epoch, 2 epochs; mixup/cutmix, dropout, LAMB and the EMA all on.
-BASE = ["data=synthetic", "synthetic_size=16", "width_mult=0.0625", "epochs=2", "decay_epochs=1", "batch_size=4",
-        "workers=0", "warmup_epochs=1", "img_size=32", "progress=false", "seed=5", "log_every=1", "drop_rate=0.2"]
-FLAGS = ["--data", "synthetic", "--synthetic-size", "16", "--width-mult", "0.0625", "--epochs", "2",
-         "--decay-epochs", "1", "--batch-size", "4", "--warmup-epochs", "1", "--img-size", "32", "--no-progress",
-         "--threads", "1", "--seed", "5"]
+# conftest's tiny run (16 images, batch 4: 4 steps per epoch, 2 epochs; mixup/cutmix, LAMB and the EMA on) with
+# dropout.
+BASE = tiny_sets(drop_rate=0.2)
+FLAGS = [*tiny_flags(workers=None, log_every=None), "--threads", "1"]
 TIMING = ("seconds", "img_per_s")
 
 
@@ -45,6 +44,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def cfg(out: Path, *extra: str):
     return resolve_config(None, {}, [*BASE, f"output={out}", *extra])
+
+
+def straight_config(out: Path):
+    """The run conftest's ``straight`` fixture trains once."""
+    return cfg(out)
 
 
 def load(path: Path) -> dict:
@@ -65,16 +69,6 @@ def rows(out: Path) -> list[dict]:
 
 def env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("straight")
-    summary = train(cfg(out))
-    torch.set_num_threads(threads)
-    return out, summary
 
 
 # ---- case 1: a full disk, and any exception in the loop, end the run (data workers included) ---------------------

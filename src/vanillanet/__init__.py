@@ -33,6 +33,8 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["FastClassifier", "fast_inference"], "deploy.inference"),
     **dict.fromkeys(["export_onnx", "export_torchscript"], "export"),
     **dict.fromkeys(["TrainConfig", "resolve_config"], "training.config"),
+    "ShardDataset": "data.shards",
+    **dict.fromkeys(["WriteSettings", "write_shards"], "data.shard_writer"),
     "act_learn_schedule": "training.deep_training",
 }
 

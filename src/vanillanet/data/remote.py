@@ -76,8 +76,10 @@ def retries() -> int:
 def _storage_options(proto: str) -> dict[str, Any]:
     t = timeout()
     if proto == "s3":
+        # s3fs retries each call itself (``fs.retries``, set in ``filesystem``, with backoff, SlowDown included);
+        # botocore's own retries would multiply the attempts
         opts: dict[str, Any] = {"config_kwargs": {"connect_timeout": t, "read_timeout": t,
-                                                  "retries": {"max_attempts": retries(), "mode": "standard"}}}
+                                                  "retries": {"max_attempts": 1, "mode": "standard"}}}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             opts["endpoint_url"] = endpoint
@@ -106,15 +108,22 @@ def filesystem(url: str) -> tuple[Any, str]:
         except ImportError:
             raise DataError(f"reading {proto}:// URLs needs {_DRIVERS.get(proto, 'its fsspec driver')}: pip "
                             f"install 'vanillanet[shards]' {_DRIVERS.get(proto, '')}".rstrip()) from None
+        if proto == "s3":
+            fs.retries = retries()  # s3fs's class default is 5 attempts of up to VANILLANET_IO_TIMEOUT each
         _FILESYSTEMS[key] = fs
     return fs, fs._strip_protocol(url) if proto not in ("http", "https") else url
 
 
-def describe(err: BaseException, location: str) -> str:
-    """Why reading ``location`` failed, and the fix, in one line."""
+def describe(err: BaseException, location: str, *, writing: bool = False) -> str:
+    """Why reading (``writing``: writing) ``location`` failed, and the fix, in one line."""
     text = first_line(err, 300)
     low = f"{type(err).__name__} {text}".lower()
-    if isinstance(err, FileNotFoundError) or "nosuchkey" in low or "not found" in low or "404" in low:
+    missing = isinstance(err, FileNotFoundError) or any(w in low for w in ("nosuchkey", "nosuchbucket", "not found",
+                                                                           "404"))
+    if missing and writing:
+        return (f"cannot write {location}: its bucket or folder does not exist ({text}); create the bucket, or "
+                "check the URL")
+    if missing:
         return f"{location} does not exist; check the URL or path, or re-run `vanillanet shards` to write it"
     if any(w in low for w in ("accessdenied", "access denied", "forbidden", "403", "invalidaccesskeyid",
                               "signaturedoesnotmatch", "nocredentials", "unable to locate credentials",
@@ -128,13 +137,13 @@ def describe(err: BaseException, location: str) -> str:
     return f"cannot read {location} ({text}); check the URL or path and that the file is complete"
 
 
-def _remote_call(location: str, call: Any) -> Any:
+def _remote_call(location: str, call: Any, *, writing: bool = False) -> Any:
     try:
         return call()
     except DataError:
         raise
     except Exception as err:  # every driver has its own exception types: all end in one line
-        raise DataError(describe(err, location)) from None
+        raise DataError(describe(err, location, writing=writing)) from None
 
 
 def read_bytes(location: str | Path) -> bytes:
@@ -188,7 +197,7 @@ def size(location: str | Path) -> int | None:
 def upload(local: Path, url: str) -> None:
     """Copy the finished local file ``local`` to ``url`` (an object appears whole or not at all)."""
     fs, path = filesystem(url)
-    _remote_call(url, lambda: fs.put_file(str(local), path))
+    _remote_call(url, lambda: fs.put_file(str(local), path), writing=True)
 
 
 def exists(location: str | Path) -> bool:

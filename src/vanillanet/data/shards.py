@@ -6,10 +6,26 @@ windows for locality (a few shards are read at a time, each sample by one range 
 concurrently), which ``loaders.EpochBatchSampler`` splits over ranks with equal counts. A batch fetched through
 ``__getitems__`` reads its byte ranges shard by shard (concurrently for URLs) before decoding.
 
-Decoding: a transform with ``decodes = True`` receives the image's raw bytes; otherwise the image is opened with the
-safe PIL loader (``images.open_image``: size limits, 16-bit scaling) and the transform gets the PIL image. An image
-that cannot be decoded is skipped and counted as folders do (the next readable sample takes its place), or, with
-``strict``, ends in a DataError. Missing or truncated shards are found when the dataset is made.
+The decode seam (stable; ``SafeImageFolder`` has the same one, so a fast or GPU decoder serves both sources):
+
+* ``transform.decodes = True``: ``transform(data)`` receives the image file's raw bytes (a JPEG as stored, as
+  ``raw(i)`` returns them) and does its own decoding; an exception of ``images._UNREADABLE`` (OSError,
+  ValueError, SyntaxError, DecompressionBombError) raised by it means "this image cannot be decoded";
+* otherwise the image is opened with the safe PIL loader (``images.open_image``: size limits, 16-bit scaling,
+  ``in_chans`` mode) and ``transform`` (if any) gets the PIL image;
+* ``transform.collate`` (optional): ``build_loader`` uses it as the DataLoader's ``collate_fn`` (uint8 batches,
+  encoded batches for GPU decoding), unless the caller passes its own.
+
+An image that cannot be decoded is skipped and counted as folders do (``num_skipped``; the next readable sample
+takes its place, so batches keep their size), or, with ``strict``, ends in a one-line DataError. Missing or
+truncated shards are found when the dataset is made, before any training step. Remote reads have timeouts and a
+bounded number of attempts (``remote``), so a dead endpoint ends in a one-line error, never a hang.
+
+From Python::
+
+    from vanillanet import ShardDataset
+    ds = ShardDataset("s3://bucket/imagenet-shards", "train", transform)   # or a folder, or its manifest.json
+    order = ds.epoch_order(seed, epoch)   # this epoch's permutation of every index (shuffle it per rank yourself)
 """
 
 from __future__ import annotations
