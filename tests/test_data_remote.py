@@ -1,16 +1,22 @@
 """data/remote.py: reading by path or fsspec URL. Locations (scheme, join, parent), whole files, byte ranges and
 sizes, locally and on a loopback S3 store; a server that accepts and never answers ends in a one-line error within
-the timeout (never a hang), failures are described with their fix, local reads need no fsspec."""
+the timeout (never a hang), failures are described with their fix, local reads need no fsspec; shards
+over HTTP (ranged reads) read as locally."""
 
 from __future__ import annotations
 
+import functools
+import re
 import socket
 import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import make_image_tree
 
 from vanillanet.data import remote
+from vanillanet.data.shard_writer import WriteSettings, write_shards
 from vanillanet.data.shards import ShardDataset
 from vanillanet.util.errors import DataError
 
@@ -57,6 +63,7 @@ def test_a_server_that_never_answers_is_a_one_line_error_within_the_timeout(sile
 def test_failures_are_described_with_their_fix():
     where = "s3://b/k"
     assert "does not exist" in remote.describe(FileNotFoundError("k"), where)
+    assert "create the bucket" in remote.describe(OSError("NoSuchBucket"), where, writing=True)
     assert "check the credentials" in remote.describe(PermissionError("An error occurred (AccessDenied)"), where)
     assert "check the credentials" in remote.describe(OSError("InvalidAccessKeyId"), where)
     assert "cannot reach" in remote.describe(ConnectionError("Could not connect to the endpoint URL"), where)
@@ -124,3 +131,44 @@ def test_s3_round_trip_and_its_errors(s3_bucket, tmp_path):
         remote.read_bytes(missing)
     fs, path = remote.filesystem(url)
     assert path == url.removeprefix("s3://") and remote.filesystem(url)[0] is fs  # one per process and scheme
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """A static file server that answers ``Range: bytes=a-b`` with 206 (as nginx, S3 and CDNs do)."""
+
+    def do_GET(self) -> None:
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if match is None:
+            return super().do_GET()
+        data = open(self.translate_path(self.path), "rb").read()
+        start, end = int(match[1]), min(int(match[2]), len(data) - 1)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        self.wfile.write(data[start:end + 1])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_shards_over_http_read_as_locally(tmp_path, monkeypatch):
+    pytest.importorskip("aiohttp")
+    monkeypatch.setenv("VANILLANET_IO_TIMEOUT", "10")
+    write_shards(str(make_image_tree(tmp_path / "src", train=4, val=2)), str(tmp_path / "out"),
+                 WriteSettings(shard_size=5), progress=False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote._FILESYSTEMS.clear()
+        url = f"http://127.0.0.1:{server.server_address[1]}/out"
+        local, web = ShardDataset(str(tmp_path / "out")), ShardDataset(url)
+        assert len(web) == 12 and web.classes == local.classes
+        assert web.raw_many(list(range(12))) == local.raw_many(list(range(12)))  # ranged reads, several shards
+        (tmp_path / "out" / "train-000001.tar").unlink()
+        with pytest.raises(DataError, match=f"{url}/train-000001.tar is listed in the manifest but missing"):
+            ShardDataset(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        remote._FILESYSTEMS.clear()

@@ -111,6 +111,31 @@ def test_every_rank_gets_the_same_number_of_samples(shards):
         assert covered <= set(range(30)) and len(covered) >= world * (per // 2 * 2) - (per * world - 30)
 
 
+class WorkerId:
+    """A transform that returns the id of the DataLoader worker that made the sample."""
+
+    def __call__(self, img):
+        return torch.utils.data.get_worker_info().id
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_loaders_of_every_rank_and_worker_get_equal_counts(shards, monkeypatch, world):
+    out, _ = shards
+    counts = []
+    for rank in range(world):  # build_loader(distributed=True) as each rank of a world of ``world`` sees it
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        loader = build_loader(ShardDataset(str(out), "train", WorkerId()), 3, is_training=True, distributed=True,
+                              num_workers=2, seed=1)
+        set_epoch(loader, 0)
+        batches = list(loader)
+        assert all(len(ids) == 3 for ids, _ in batches)  # full batches only
+        per_worker = [sum(int((ids == w).sum()) for ids, _ in batches) for w in (0, 1)]
+        assert abs(per_worker[0] - per_worker[1]) <= 3  # whole batches, round robin over the workers
+        counts.append(len(batches))
+    assert counts == [(-(-30 // world)) // 3] * world  # 5 batches on each of 2 ranks, 3 on each of 3
+
+
 def _epoch(loader, epoch, start=0):
     set_epoch(loader, epoch, start)
     return [(x.clone(), y.clone()) for x, y in loader]

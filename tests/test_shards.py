@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 
 import pytest
 import torch
@@ -65,12 +66,17 @@ def test_command_bad_inputs_are_one_line_errors(tree, tmp_path, capsys, monkeypa
          "cannot read train sample ant/broken.jpg"),
         ([str(tree), str(tree / "train" / "out")], "inside SRC"),
         (["s3://bucket/x", str(tmp_path / "o")], "cannot reach s3://bucket/x/manifest.json"),
+        ([str(tree), "s3://bucket/out", "--shard-size", "5", "-j", "2"], "cannot reach s3://bucket/out/"),
     ]
+    staging = tmp_path / "staging"  # where uploads are staged (the system's temporary folder): emptied again
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
     for args, message in cases:
         assert cli.main(["shards", *args, "--no-progress"]) == 2, args
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "src", "strict"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "src", "staging", "strict"]
+    assert not list(staging.iterdir())
     # the refused run stopped at the bad image: complete shards only (tar and index), no manifest, no temporaries
     names = sorted(p.name for p in (tmp_path / "strict").iterdir())
     tars = [n for n in names if n.endswith(".tar")]
@@ -134,6 +140,10 @@ def test_train_from_local_shards_through_the_cli(tree, tmp_path, capsys):
         run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
         assert cli.main(["train", "--data", str(data), "--output", str(run), *flags]) == 0, capsys.readouterr().err
         assert list(run.glob("checkpoint-*.pth"))
+    assert cli.main(["eval", "--checkpoint", str(run / "model_deploy.safetensors"), "--data",
+                     str(out / "manifest.json"), "--workers", "0", "--no-progress", "--json",
+                     str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["images"] == 9  # the val split, every image
     # a corrupt image inside a shard: a counted skip, or with --strict-data a one-line error (exit 2)
     index = json.loads((out / "train-000000.idx.json").read_text())
     raw = bytearray((out / "train-000000.tar").read_bytes())
@@ -144,6 +154,17 @@ def test_train_from_local_shards_through_the_cli(tree, tmp_path, capsys):
     code = cli.main(["train", "--data", str(out), "--output", str(tmp_path / "strict"), "--strict-data", *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot decode sample" in err and len(err.splitlines()) == 1, err
+
+
+def test_train_from_local_shards_killed_mid_epoch_resumes_bit_exactly(tree, tmp_path):
+    from vanillanet.data.shard_writer import WriteSettings, write_shards
+    from vanillanet.train import train
+
+    data = str(tmp_path / "shards" / "manifest.json")
+    write_shards(str(tree), str(tmp_path / "shards"), WriteSettings(shard_size=5), progress=False)
+    assert train(_cfg(data, tmp_path / "straight", "workers=2"))["status"] == "completed"
+    _train_killed_and_resumed(data, tmp_path / "resumed", 2)  # in the main process this time
+    _assert_same(_final_weights(tmp_path / "straight"), _final_weights(tmp_path / "resumed"))
 
 
 def test_train_from_s3_killed_mid_epoch_resumes_bit_exactly(tree, tmp_path, s3_bucket, capsys):
@@ -165,6 +186,14 @@ def test_s3_errors_are_one_line(tree, tmp_path, s3_bucket, monkeypatch, capsys):
     url = f"{s3_bucket}/flowers"
     assert cli.main(["shards", str(tree), url, "--shard-size", "12", "--no-progress"]) == 0
     capsys.readouterr()
+    staging = tmp_path / "staging"  # uploads are staged in the system's temporary folder, and removed
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    code = cli.main(["shards", str(tree), "s3://no-such-bucket/flowers", "--shard-size", "12", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot write s3://no-such-bucket/flowers/" in err and "create the bucket" in err, err
+    assert len(err.splitlines()) == 1
+    assert not list(staging.iterdir())
     fs, path = remote.filesystem(url)
     fs.rm(f"{path}/train-000001.tar")
     cases = [({}, "train-000001.tar is listed in the manifest but missing"),

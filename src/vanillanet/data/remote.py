@@ -114,11 +114,16 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url) if proto not in ("http", "https") else url
 
 
-def describe(err: BaseException, location: str) -> str:
-    """Why reading ``location`` failed, and the fix, in one line."""
+def describe(err: BaseException, location: str, *, writing: bool = False) -> str:
+    """Why reading (``writing``: writing) ``location`` failed, and the fix, in one line."""
     text = first_line(err, 300)
     low = f"{type(err).__name__} {text}".lower()
-    if isinstance(err, FileNotFoundError) or "nosuchkey" in low or "not found" in low or "404" in low:
+    missing = isinstance(err, FileNotFoundError) or any(w in low for w in ("nosuchkey", "nosuchbucket", "not found",
+                                                                           "404"))
+    if missing and writing:
+        return (f"cannot write {location}: its bucket or folder does not exist ({text}); create the bucket, or "
+                "check the URL")
+    if missing:
         return f"{location} does not exist; check the URL or path, or re-run `vanillanet shards` to write it"
     if any(w in low for w in ("accessdenied", "access denied", "forbidden", "403", "invalidaccesskeyid",
                               "signaturedoesnotmatch", "nocredentials", "unable to locate credentials",
@@ -132,13 +137,13 @@ def describe(err: BaseException, location: str) -> str:
     return f"cannot read {location} ({text}); check the URL or path and that the file is complete"
 
 
-def _remote_call(location: str, call: Any) -> Any:
+def _remote_call(location: str, call: Any, *, writing: bool = False) -> Any:
     try:
         return call()
     except DataError:
         raise
     except Exception as err:  # every driver has its own exception types: all end in one line
-        raise DataError(describe(err, location)) from None
+        raise DataError(describe(err, location, writing=writing)) from None
 
 
 def read_bytes(location: str | Path) -> bytes:
@@ -192,7 +197,7 @@ def size(location: str | Path) -> int | None:
 def upload(local: Path, url: str) -> None:
     """Copy the finished local file ``local`` to ``url`` (an object appears whole or not at all)."""
     fs, path = filesystem(url)
-    _remote_call(url, lambda: fs.put_file(str(local), path))
+    _remote_call(url, lambda: fs.put_file(str(local), path), writing=True)
 
 
 def exists(location: str | Path) -> bool:
