@@ -193,7 +193,7 @@ def test_sigterm_stops_the_workers_and_exits_143(tree, tmp_path, monkeypatch):
     monkeypatch.setattr(shard_writer, "encode_image", slow)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as info:  # the real signal, after the first finished shard
+    with pytest.raises(SystemExit, match="^143$") as info:  # the real signal, after the first finished shard
         write_shards(str(tree), str(out), WriteSettings(shard_size=3), workers=2, progress=False,
                      on_shard=lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     assert info.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
