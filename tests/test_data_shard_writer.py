@@ -183,6 +183,26 @@ def test_refused_parallel_run_stops_its_workers_and_leaves_complete_shards(tree,
     assert s["kept"] == len(tars) and s["skipped"] == {"train": 1}
 
 
+def test_sigterm_stops_the_workers_and_exits_143(tree, tmp_path, monkeypatch):
+    real = shard_writer.encode_image
+
+    def slow(item, settings):
+        time.sleep(0.02)
+        return real(item, settings)
+
+    monkeypatch.setattr(shard_writer, "encode_image", slow)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="^143$") as info:  # the real signal, after the first finished shard
+        write_shards(str(tree), str(out), WriteSettings(shard_size=3), workers=2, progress=False,
+                     on_shard=lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    assert info.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
+    assert multiprocessing.active_children() == []  # no worker outlives the command
+    names = sorted(p.name for p in out.iterdir())
+    tars = [n for n in names if n.endswith(".tar")]
+    assert tars and names == sorted(tars + [n[:-4] + ".idx.json" for n in tars])  # complete shards, no temporaries
+
+
 def test_a_worker_that_dies_is_a_one_line_error(tree, tmp_path, monkeypatch):
     real = shard_writer.encode_image
 

@@ -156,6 +156,17 @@ def test_train_from_local_shards_through_the_cli(tree, tmp_path, capsys):
     assert code == 2 and "cannot decode sample" in err and len(err.splitlines()) == 1, err
 
 
+def test_train_from_local_shards_killed_mid_epoch_resumes_bit_exactly(tree, tmp_path):
+    from vanillanet.data.shard_writer import WriteSettings, write_shards
+    from vanillanet.train import train
+
+    data = str(tmp_path / "shards" / "manifest.json")
+    write_shards(str(tree), str(tmp_path / "shards"), WriteSettings(shard_size=5), progress=False)
+    assert train(_cfg(data, tmp_path / "straight", "workers=2"))["status"] == "completed"
+    _train_killed_and_resumed(data, tmp_path / "resumed", 2)  # in the main process this time
+    _assert_same(_final_weights(tmp_path / "straight"), _final_weights(tmp_path / "resumed"))
+
+
 def test_train_from_s3_killed_mid_epoch_resumes_bit_exactly(tree, tmp_path, s3_bucket, capsys):
     url = f"{s3_bucket}/flowers"
     assert cli.main(["shards", str(tree), url, "--shard-size", "5", "--no-progress"]) == 0

@@ -10,12 +10,15 @@ the manifest), or refused with ``strict``.
 
 Safe re-runs: a shard is written to a temporary name and renamed when complete, then its index (the completion
 mark); an existing shard whose index matches the plan (same samples and settings), whose size and SHA-256 match is
-kept, so an interrupted run continues where it stopped. The manifest is written last. Nothing is written outside
-OUT: every name is made here from the split and a number.
+kept, so an interrupted run continues where it stopped. The manifest is written last. A refused run (``strict``),
+a failed worker and SIGTERM stop every worker before the call returns (``run_jobs``); workers die with their
+parent. Nothing is written outside OUT: every name is made here from the split and a number.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import io
 import json
@@ -23,8 +26,10 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -197,6 +202,35 @@ def _set_source(source: ShardSource, stop: Any = None) -> None:
     _SOURCE, _STOP = source, stop
 
 
+def _worker_init(source: ShardSource, stop: Any, parent: int) -> None:
+    """A writing worker: its source and stop event; SIGTERM ends it at once (its temporary is removed by the next
+    run), and so does its parent's death (Linux: PR_SET_PDEATHSIG), so no worker outlives a killed command."""
+    _set_source(source, stop)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Any:
+    """SIGTERM (a scheduler's stop, ``kill``) raised as SystemExit(143) in the main thread while shards are written,
+    so that the workers are stopped and temporaries removed before the process ends with the usual status."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def build_shard(job: ShardJob, settings: WriteSettings, out: Path,
                 source: ShardSource | None = None) -> tuple[ShardIndex, list[dict[str, str]]]:
     """Write the tar of ``job`` to a temporary file in ``out`` and rename it; (its index, the skipped samples)."""
@@ -352,7 +386,8 @@ def write_shards(src: str, out: str, settings: WriteSettings = WriteSettings(), 
             on_shard(info, was_kept)
 
     try:
-        run_jobs([(job, settings, out) for job in jobs], source, workers, done)
+        with _sigterm_as_exit():
+            run_jobs([(job, settings, out) for job in jobs], source, workers, done)
     finally:
         bar.close()
     return _finish(source, settings, out, jobs, results, kept, time.time() - started, workers)
@@ -372,8 +407,8 @@ def run_jobs(args: list[tuple[ShardJob, WriteSettings, str]], source: ShardSourc
         return
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
-    pool = ProcessPoolExecutor(min(workers, len(args)), mp_context=ctx, initializer=_set_source,
-                               initargs=(source, stop))
+    pool = ProcessPoolExecutor(min(workers, len(args)), mp_context=ctx, initializer=_worker_init,
+                               initargs=(source, stop, os.getpid()))
     try:
         futures = [pool.submit(run_job, *a) for a in args]
         for future in as_completed(futures):
