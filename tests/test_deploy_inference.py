@@ -158,3 +158,36 @@ def test_gpu_backends(model, backend, dtype):
     assert rel_err(out2.cpu(), _ref(model, 2 * x)) < tol
     assert rel_err(fast(x[:3]).cpu(), _ref(model, x[:3])) < tol  # other shape: eager fallback
     assert not torch.backends.cudnn.benchmark  # PyTorch's default, left as found
+
+
+def _narrow_images(n: int, seed: int) -> torch.Tensor:
+    """Images in a narrow range (as preprocessed photos are, against unit noise): int8 ranges calibrated on them do
+    not cover standard-normal noise."""
+    return 0.05 * torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_int8_calibrated_on_images_is_verified_on_them(model):
+    """With calibration images the check runs on them, not on noise their ranges were never meant for (noise
+    saturates every calibrated range, and the check refused a sound int8 model); a generator is read once and
+    serves every backend asked for."""
+    calib = [_narrow_images(4, 0), _narrow_images(4, 1)]
+    clf = fast_inference(model, batch_size=2, image_size=32, backend="int8", calibration=calib)
+    x = _narrow_images(2, 0)
+    assert clf.max_rel_err == pytest.approx(rel_err(clf(x), _ref(model, x)), abs=1e-5)
+    assert clf.max_rel_err < 0.2
+    both = fast_inference(model, batch_size=2, image_size=32, backend=["int8", "int8"],
+                          calibration=(b for b in calib))
+    assert torch.equal(both(x), clf(x))
+
+
+@pytest.mark.parametrize("calibration,match", [
+    ([torch.rand(2, 3, 16, 16)], r"calibration batch 0 is \(2, 3, 16, 16\) torch.float32, not \(N, 3, 32, 32\)"),
+    ([torch.rand(2, 3, 32, 32), torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)],
+     r"batch 1 is \(2, 3, 32, 32\) torch.uint8, not .* floating point images"),
+    ([torch.rand(0, 3, 32, 32)], r"batch 0 is \(0, 3, 32, 32\)"),
+    (["image.jpg"], r"batch 0 is a str, not \(N, 3, 32, 32\)"),
+    ([], r"calibration holds no batch"),
+])
+def test_bad_calibration_batches_are_named(model, calibration, match):
+    with pytest.raises(ConfigError, match=match):
+        fast_inference(model, batch_size=2, image_size=32, backend="int8", calibration=calibration)

@@ -8,7 +8,9 @@ helps eager's depthwise conv and pooling. On a GPU, fp16/bf16 with channels_last
 graph removes the per-kernel launch cost that dominates at batch 1.
 
 The backends themselves are the table in ``backends.py``. Every path is checked against the fp32 NCHW eager output
-of the deploy form on a random batch; the relative error ``max |out - ref| / max |ref|`` is kept in
+of the deploy form on a batch: seeded noise, or the first calibration images where they are given (int8 ranges
+calibrated on real images do not cover noise, so noise would judge them on inputs they were not made for); the
+relative error ``max |out - ref| / max |ref|`` is kept in
 ``.max_rel_err``. The fast path serves the fixed shape it was built for (``batch_size`` x ``in_chans`` x
 ``image_size``^2); other shapes run eagerly in the same dtype and layout (backends with ``any_batch`` take any
 batch size). Inputs are prepared in the layout the backend takes and outputs copied only where a backend may reuse
@@ -149,9 +151,9 @@ def fast_inference(
     against the fp32 NCHW eager output of the deploy form on a random batch (TF32 off); above ``tol`` (default: the
     backend's own gate, 1.0 for int8; else 1e-4 for fp32, 1e-1 for fp16/bf16 and for fp32 on CUDA while TF32
     convolutions are allowed) an explicitly chosen backend raises ConversionError and ``auto`` skips it.
-    ``deploy=False`` keeps the train form (to benchmark it). ``calibration``: image batches for backends that
-    calibrate (``int8``, ``openvino_int8``, which ``auto`` never picks: without them their ranges come from noise,
-    fine for speed, not for accuracy). ``allow_large`` lifts the input-size limits (``data.images``). Every
+    ``deploy=False`` keeps the train form (to benchmark it). ``calibration``: image batches (N, in_chans,
+    image_size, image_size), read once, for backends that calibrate (``int8``, ``openvino_int8``, which ``auto``
+    never picks: without them their ranges come from noise, fine for speed, not for accuracy). ``allow_large`` lifts the input-size limits (``data.images``). Every
     argument is checked before any work (``checks.check_fast_inference_args``): TypeError or ValueError naming it.
     Global settings (cuDNN, TF32, matmul precision, threads, the RNG) are left as found.
     """
@@ -190,12 +192,42 @@ def _reference(model: nn.Module, device: torch.device, dtype: torch.dtype, batch
     base = reparameterize_model(model) if deploy else copy.deepcopy(model).eval()
     base = base.to(device=device, dtype=torch.float32)
     in_chans = int(getattr(base, "in_chans", 3))
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, in_chans, image_size, image_size, generator=gen).to(device)
+    shape = (batch_size, in_chans, image_size, image_size)
+    if calibration is not None:
+        calibration = calibration_batches(calibration, shape[1:])
+        x = first_images(calibration, batch_size).to(device)
+    else:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     with exact_fp32():
         ref = base(x)
     eager = base.to(dtype=dtype, memory_format=torch.channels_last)
     return _Verification(eager, x, ref, dtype, image_size, in_chans, by_dtype, calibration)
+
+
+def calibration_batches(batches: Iterable[torch.Tensor], image: tuple[int, int, int]) -> list[torch.Tensor]:
+    """The calibration batches as a list of fp32 CPU tensors (an iterator is read once), each checked to be
+    (N, *image); ConfigError naming the first that is not, or an empty set."""
+    out = []
+    for i, b in enumerate(batches):
+        try:
+            t = torch.as_tensor(b).detach()
+            what = f"{tuple(t.shape)} {t.dtype}"
+        except (TypeError, ValueError, RuntimeError):
+            t, what = None, f"a {type(b).__name__}"
+        if t is None or t.ndim != 4 or tuple(t.shape[1:]) != tuple(image) or not len(t) or not t.is_floating_point():
+            raise ConfigError(f"fast_inference: calibration batch {i} is {what}, not (N, "
+                              f"{', '.join(map(str, image))}) floating point images; pass preprocessed batches "
+                              "of the model's input size")
+        out.append(t.float().cpu())
+    if not out:
+        raise ConfigError("fast_inference: calibration holds no batch; pass at least one image batch or None")
+    return out
+
+
+def first_images(batches: Sequence[torch.Tensor], n: int) -> torch.Tensor:
+    """The first ``n`` images of ``batches`` (repeated in order when they hold fewer)."""
+    images = torch.cat(list(batches))
+    return images[torch.arange(n) % len(images)].contiguous()
 
 
 def build_verified(req: _Verification, candidates: Sequence[str], tol: float | None, *,
