@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import io
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -214,7 +215,8 @@ def report(records: list[dict], args: argparse.Namespace) -> str:
              + ", ".join(f"{k} {v:.1f}" for k, v in r["picked"].items()) + ")" for r in records if r["picked"]]
     return (f"CPU: {device_name(CPU)} (flags: {' '.join(flags) or 'none of ' + ', '.join(FLAGS_SHOWN)}), "
             f"{args.threads} threads, {versions}; vanillanet_5 deploy form, {args.img_size} px; {args.rounds} "
-            "interleaved rounds per batch size, one process, on a machine shared with other jobs.\n\n"
+            f"interleaved rounds per batch size, one process; 1-min load average {args.load_at_start:.2f} at the "
+            "start (2 cores: above ~0.5 other jobs were running).\n\n"
             + "\n".join(rows) + "\n\nTargets (ratios of medians, same run):\n\n" + "\n".join(targets(records))
             + "\n\n`auto` picked: " + "; ".join(picks) + ".")
 
@@ -233,13 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8-backends", default="int8,openvino_int8", help="... and the int8 ones (ranges from noise)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
+    args.load_at_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     model = random_deploy_model(args.img_size, args.width_mult)
     original = OriginalDeploy(model).eval()
     with kept_signal_stack():  # the peers call OpenVINO directly (openvino_model's docstring: why)
         records = [r for b in args.batches.split(",") for r in measure(model, original, int(b), args)]
     meta = {"cpu": device_name(CPU), "cpu_flags": cpu_flags(), "threads": args.threads, "img_size": args.img_size,
-            "rounds": args.rounds, **_versions()}
+            "rounds": args.rounds, "load_1min_at_start": round(args.load_at_start, 2), **_versions()}
     write_results(args.out, "cpu_fastpath", records + [meta], report(records, args))
     return 0
 
