@@ -147,14 +147,15 @@ def fast_inference(
     ``backend``: a name from ``backends.BACKENDS`` (eager = channels_last eager, compile, cudagraph, onnxruntime,
     ...) or ``auto``: every exact backend that runs here is built, verified and timed side by side on the fixed
     shape (interleaved rounds, medians) and the fastest kept, the simpler one on a near tie; a list of names does
-    the same among those. The output is checked
-    against the fp32 NCHW eager output of the deploy form on a random batch (TF32 off); above ``tol`` (default: the
-    backend's own gate, 1.0 for int8; else 1e-4 for fp32, 1e-1 for fp16/bf16 and for fp32 on CUDA while TF32
-    convolutions are allowed) an explicitly chosen backend raises ConversionError and ``auto`` skips it.
-    ``deploy=False`` keeps the train form (to benchmark it). ``calibration``: image batches (N, in_chans,
-    image_size, image_size), read once, for backends that calibrate (``int8``, ``openvino_int8``, which ``auto``
-    never picks: without them their ranges come from noise, fine for speed, not for accuracy). ``allow_large`` lifts the input-size limits (``data.images``). Every
-    argument is checked before any work (``checks.check_fast_inference_args``): TypeError or ValueError naming it.
+    the same among those. The output is checked against the fp32 NCHW eager output of the deploy form (TF32 off)
+    on a seeded random batch, or on the first ``batch_size`` calibration images when ``calibration`` is given;
+    above ``tol`` (default: the backend's own gate, 1.0 for int8; else 1e-4 for fp32, 1e-1 for fp16/bf16 and for
+    fp32 on CUDA while TF32 convolutions are allowed) an explicitly chosen backend raises ConversionError and
+    ``auto`` skips it. ``deploy=False`` keeps the train form (to benchmark it). ``calibration``: image batches (N,
+    in_chans, image_size, image_size), read once, for backends that calibrate (``int8``, ``openvino_int8``, which
+    ``auto`` never picks: without them their ranges come from noise, fine for speed, not for accuracy).
+    ``allow_large`` lifts the input-size limits (``data.images``). Every argument is checked before any work
+    (``checks.check_fast_inference_args``): TypeError or ValueError naming it.
     Global settings (cuDNN, TF32, matmul precision, threads, the RNG) are left as found.
     """
     device = check_fast_inference_args(model, device, dtype, batch_size, image_size, backend, tol=tol, seed=seed,
