@@ -152,8 +152,9 @@ def fast_inference(
     above ``tol`` (default: the backend's own gate, 1.0 for int8; else 1e-4 for fp32, 1e-1 for fp16/bf16 and for
     fp32 on CUDA while TF32 convolutions are allowed) an explicitly chosen backend raises ConversionError and
     ``auto`` skips it. ``deploy=False`` keeps the train form (to benchmark it). ``calibration``: image batches (N,
-    in_chans, image_size, image_size), read once, for backends that calibrate (``int8``, ``openvino_int8``, which
-    ``auto`` never picks: without them their ranges come from noise, fine for speed, not for accuracy).
+    in_chans, image_size, image_size), read once and kept in memory, for backends that calibrate (``int8``,
+    ``openvino_int8``, which ``auto`` never picks: without them their ranges come from noise, fine for speed, not
+    for accuracy).
     ``allow_large`` lifts the input-size limits (``data.images``). Every argument is checked before any work
     (``checks.check_fast_inference_args``): TypeError or ValueError naming it.
     Global settings (cuDNN, TF32, matmul precision, threads, the RNG) are left as found.
