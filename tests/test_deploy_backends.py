@@ -58,6 +58,25 @@ def test_openvino_fp32_is_exact_at_any_batch_and_layout(model):
 
 
 @needs_openvino
+def test_openvino_compiles_the_relu_before_pool_graph(model, monkeypatch):
+    """OpenVINO gets the exact ReLU-before-max-pool rewrite (so it fuses each ReLU into its conv), not the graph
+    as exported."""
+    onnx = pytest.importorskip("onnx")
+    seen = []
+
+    def spy(data, dtype, *args):
+        seen.append([n.op_type for n in onnx.load_from_string(data).graph.node])
+        return openvino_compiled(data, dtype, *args)
+
+    monkeypatch.setattr(backends, "openvino_compiled", spy)
+    fast = fast_inference(model, "cpu", torch.float32, batch_size=2, image_size=32, backend="openvino")
+    ops = seen[0]
+    assert sum(a == "Relu" and b == "MaxPool" for a, b in zip(ops, ops[1:])) >= 2
+    assert not any(a == "MaxPool" and b == "Relu" for a, b in zip(ops, ops[1:]))
+    assert fast.max_rel_err < 1e-5
+
+
+@needs_openvino
 @pytest.mark.skipif(not BF16, reason="needs a CPU with native bf16")
 def test_openvino_bf16_computes_in_bf16_with_fp32_in_and_out(model):
     fast = fast_inference(model, "cpu", torch.bfloat16, batch_size=2, image_size=32, backend="openvino")

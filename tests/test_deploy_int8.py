@@ -1,4 +1,4 @@
-"""deploy/int8.py: the exact conv -> ReLU -> max pool rewrite, the settings, calibration batches, and int8 ONNX
+"""deploy/int8.py: the settings, calibration batches, and int8 ONNX
 bytes that onnxruntime runs close to the fp32 model. (The ``quantize`` command and its accuracy:
 test_quantize.py.)"""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import build_variant, give_realistic_bn_stats
 
-from vanillanet.deploy.int8 import Int8Config, noise_batches, quantize_bytes, relu_before_maxpool
+from vanillanet.deploy.int8 import Int8Config, noise_batches, quantize_bytes
 from vanillanet.deploy.onnx_graph import onnx_bytes, onnx_runner, onnx_session
 from vanillanet.util.errors import ConfigError
 
@@ -32,21 +32,6 @@ def fp32():
 
 def ops(proto) -> list[str]:
     return [n.op_type for n in proto.graph.node]
-
-
-def test_relu_moves_before_every_max_pool_and_the_function_is_unchanged(fp32):
-    model, raw = fp32
-    proto = onnx.load_from_string(raw)
-    swapped = relu_before_maxpool(proto)
-    before, after = ops(proto), ops(swapped)
-    pairs = sum(a == "MaxPool" and b == "Relu" for a, b in zip(before, before[1:]))
-    assert pairs >= 2 and sum(a == "MaxPool" and b == "Relu" for a, b in zip(after, after[1:])) == 0
-    assert sum(a == "Relu" and b == "MaxPool" for a, b in zip(after, after[1:])) == pairs
-    assert ops(proto) == before  # the input is not changed
-    x = torch.randn(3, 3, 32, 32)
-    got = onnx_runner(onnx_session(swapped.SerializeToString(), threads=1))(x)
-    want = onnx_runner(onnx_session(raw, threads=1))(x)
-    assert torch.equal(got, want)
 
 
 def test_int8_graph_is_quantized_and_close_to_fp32(fp32):

@@ -17,6 +17,7 @@ from vanillanet.deploy.onnx_graph import (
     onnx_runner,
     onnx_session,
     quiet,
+    relu_before_maxpool,
 )
 from vanillanet.util.errors import ConfigError, ConversionError
 
@@ -81,3 +82,29 @@ def test_quiet_silences_file_descriptor_1_and_restores_it(capfd):
     assert capfd.readouterr().out == "after\n"
     with pytest.raises(ValueError, match="still raised"), quiet():
         raise ValueError("still raised")
+
+
+def _ops(proto) -> list[str]:
+    return [n.op_type for n in proto.graph.node]
+
+
+def test_relu_moves_before_every_max_pool_and_the_function_is_unchanged():
+    """The rewrite every runtime backend gets (``int8``, ``openvino``): each MaxPool -> Relu pair becomes Relu ->
+    MaxPool, the model stays valid ONNX, the input proto is untouched and the outputs are equal to the bit."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = build_variant("vanillanet_5", num_classes=10)
+    give_realistic_bn_stats(model, (4, 3, 32, 32))
+    raw = onnx_bytes(model.eval(), 32)
+    proto = onnx.load_from_string(raw)
+    before = _ops(proto)
+    swapped = relu_before_maxpool(proto)
+    after = _ops(swapped)
+    pairs = sum(a == "MaxPool" and b == "Relu" for a, b in zip(before, before[1:]))
+    assert pairs >= 2 and sum(a == "MaxPool" and b == "Relu" for a, b in zip(after, after[1:])) == 0
+    assert sum(a == "Relu" and b == "MaxPool" for a, b in zip(after, after[1:])) == pairs
+    assert _ops(proto) == before
+    onnx.checker.check_model(swapped, full_check=True)
+    x = torch.randn(3, 3, 32, 32)
+    got = onnx_runner(onnx_session(swapped.SerializeToString(), threads=1))(x)
+    assert torch.equal(got, onnx_runner(onnx_session(raw, threads=1))(x))

