@@ -153,10 +153,10 @@ def _openvino(req: BuildRequest) -> Runner:
     7-11 % faster than the graph as exported (same outputs to the bit)."""
     fp32 = req.model if req.dtype == torch.float32 else copy.deepcopy(req.model).float()
     onnx = onnx_bytes(fp32, req.example.shape[-1], in_chans=req.example.shape[1], deploy=getattr(fp32, "deploy", True))
-    return openvino_runner(openvino_compiled(relu_first(onnx), req.dtype))
+    return openvino_runner(openvino_compiled(_relu_first(onnx), req.dtype))
 
 
-def relu_first(onnx_data: bytes) -> bytes:
+def _relu_first(onnx_data: bytes) -> bytes:
     """ONNX bytes with ``onnx_graph.relu_before_maxpool`` applied."""
     import onnx
 

@@ -227,8 +227,15 @@ def calibration_batches(batches: Iterable[torch.Tensor], image: tuple[int, int, 
 
 
 def first_images(batches: Sequence[torch.Tensor], n: int) -> torch.Tensor:
-    """The first ``n`` images of ``batches`` (repeated in order when they hold fewer)."""
-    images = torch.cat(list(batches))
+    """The first ``n`` images of ``batches`` (repeated in order when they hold fewer); only the batches that hold
+    them are copied, not the whole calibration set."""
+    taken, count = [], 0
+    for b in batches:
+        taken.append(b)
+        count += len(b)
+        if count >= n:
+            break
+    images = torch.cat(taken)
     return images[torch.arange(n) % len(images)].contiguous()
 
 
