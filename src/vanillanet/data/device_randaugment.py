@@ -9,9 +9,10 @@ drew it, reproducing PIL's arithmetic: the look-up-table operations (posterize, 
 auto-contrast, equalize) exactly, the ``ImageEnhance`` blends (colour, contrast, brightness, sharpness) with PIL's
 grayscale weights, smoothing kernel and truncation, and the geometric ones (rotate, shear, translate) as PIL's
 inverse affine maps with its pixel-centre convention, fill colour and nearest/bilinear/bicubic sampling
-(``grid_sample``'s bicubic kernel, a = -0.75, where PIL's uses a = -0.5).
+(``grid_sample``'s bicubic kernel, a = -0.75, where PIL's transforms use a = -1; ``axis_affine`` has PIL's
+exact arithmetic for the workers).
 
-What it saves: RandAugment costs ~0.8 ms per 224 px sample in a worker (PIL's bicubic affine warps dominate); on
+What it saves: RandAugment costs ~0.85 ms per 224 px sample in a worker (its geometric operations dominate); on
 the GPU it is a few kernels per operation over the whole batch.
 """
 

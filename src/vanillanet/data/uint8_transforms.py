@@ -10,7 +10,9 @@ from the same distributions with the same random calls:
    interpolation) on the uint8 tensor.
 2. Horizontal flip with torchvision's draw (``torch.rand(1) < p``).
 3. timm's secondary transforms as timm builds them (RandAugment ``rand-m7-mstd0.5-inc1``, or colour jitter), on a
-   PIL view of the 224 px crop: the same ops, magnitudes and fill. With ``aa_on_device`` RandAugment's draws are
+   PIL view of the 224 px crop: the same ops, magnitudes and fill, and the same random calls; its translate and
+   shear operations are computed by ``axis_affine`` (PIL's arithmetic, 2-3.5x faster than PIL's per-pixel
+   transform: ~0.3 ms less per sample). With ``aa_on_device`` RandAugment's draws are
    made here by timm's code and its pixels are left to the device (``device_randaugment``); the sample is then
    (crop, table of operations).
 
@@ -35,6 +37,7 @@ from timm.data import create_transform
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision.transforms import InterpolationMode
 
+from .axis_affine import fast_geometry
 from .decode import Probe, decode, probe
 from .device_randaugment import record_ops
 
@@ -121,7 +124,7 @@ class FastTrainTransform:
         self.mode = "L" if in_chans == 1 else "RGB"
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
         self.interpolation = InterpolationMode(interpolation)
-        self.secondary, self.limit = secondary, not allow_large
+        self.secondary, self.limit = fast_geometry(secondary), not allow_large
         self.draw_ops = device_draws(secondary) if aa_on_device else None
         if self.draw_ops is not None:
             self.secondary = None
