@@ -40,7 +40,8 @@ def test_cpu_fastpath_script(tmp_path, capsys, monkeypatch):
     rows = [r for r in records if "path" in r]
     assert {r["batch_size"] for r in rows} == {1, 2}
     paths = [r["path"] for r in rows if r["batch_size"] == 1]
-    assert paths[:3] == [cpu_fastpath.PEER_ORT, cpu_fastpath.PEER_OV32, cpu_fastpath.PEER_OV]
+    assert paths[:4] == [cpu_fastpath.PEER_ORT, cpu_fastpath.PEER_OV32, cpu_fastpath.PEER_OV,
+                         cpu_fastpath.PEER_OV_COPY]
     assert "ours: fast_inference(backend='openvino')" in paths and "ours: fast_inference(backend='int8')" in paths
     assert any(p.startswith("ours: fast_inference(backend='auto') -> ") for p in paths)
     fp32 = [r for r in rows if r["kind"] == "fp32"]
@@ -48,6 +49,7 @@ def test_cpu_fastpath_script(tmp_path, capsys, monkeypatch):
     assert "cpu_flags" in records[-1] and records[-1]["openvino"]
     text = capsys.readouterr().out
     assert "| batch | path |" in text and "batch 1, fp32: our fastest" in text and "batch 2, int8" in text
+    assert "batch 2, noise floor: two copies of the same OpenVINO model" in text
 
 
 def test_int8_options_script(tmp_path):

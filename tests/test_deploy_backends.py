@@ -64,16 +64,21 @@ def test_openvino_compiles_the_relu_before_pool_graph(model, monkeypatch):
     onnx = pytest.importorskip("onnx")
     seen = []
 
-    def spy(data, dtype, *args):
-        seen.append([n.op_type for n in onnx.load_from_string(data).graph.node])
-        return openvino_compiled(data, dtype, *args)
+    def spy(data, dtype, *args, **kwargs):
+        seen.append(([n.op_type for n in onnx.load_from_string(data).graph.node], kwargs.get("shape")))
+        return openvino_compiled(data, dtype, *args, **kwargs)
 
     monkeypatch.setattr(backends, "openvino_compiled", spy)
     fast = fast_inference(model, "cpu", torch.float32, batch_size=2, image_size=32, backend="openvino")
-    ops = seen[0]
+    ops, shape = seen[0]
     assert sum(a == "Relu" and b == "MaxPool" for a, b in zip(ops, ops[1:])) >= 2
     assert not any(a == "MaxPool" and b == "Relu" for a, b in zip(ops, ops[1:]))
     assert fast.max_rel_err < 1e-5
+    assert shape == (2, 3, 32, 32) and len(seen) == 1  # compiled for the built shape; the dynamic one not yet
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+    assert len(seen) == 2 and seen[1][1] is None and seen[1][0] == ops  # another batch size: the same graph, dynamic
 
 
 @needs_openvino

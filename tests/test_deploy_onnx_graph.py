@@ -88,6 +88,20 @@ def _ops(proto) -> list[str]:
     return [n.op_type for n in proto.graph.node]
 
 
+def test_a_channels_last_model_exports_the_same_short_graph():
+    """fast_inference hands the backends a model prepared in channels_last; traced as it is, the exporter wrote
+    each conv's bias as a separate Add and the flatten through Shape/Gather/Range. make_exportable puts the weights
+    back in NCHW, so both layouts give one graph."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = build_variant("vanillanet_5", num_classes=10)
+    give_realistic_bn_stats(model, (4, 3, 32, 32))
+    plain = _ops(onnx.load_from_string(onnx_bytes(model.eval(), 32)))
+    last = _ops(onnx.load_from_string(onnx_bytes(model.to(memory_format=torch.channels_last), 32)))
+    assert last == plain and "Add" not in plain and "Range" not in plain
+    assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last)  # the model is untouched
+
+
 def test_relu_moves_before_every_max_pool_and_the_function_is_unchanged():
     """The rewrite every runtime backend gets (``int8``, ``openvino``): each MaxPool -> Relu pair becomes Relu ->
     MaxPool, the model stays valid ONNX, the input proto is untouched and the outputs are equal to the bit."""

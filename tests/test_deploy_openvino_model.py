@@ -46,6 +46,29 @@ def test_compiled_with_the_settings_asked_for_and_exact_in_fp32(model_and_bytes)
 
 
 @needs_openvino
+def test_a_model_compiled_for_one_shape_runs_other_shapes_on_a_dynamic_one(model_and_bytes):
+    """Static for the built shape; another batch size compiles the dynamic-batch model once, on first use; without
+    one it is a one-line error."""
+    model, raw = model_and_bytes
+    compiled = openvino_compiled(raw, torch.float32, threads=1, shape=(2, 3, 32, 32))
+    assert compiled.input(0).get_partial_shape().is_static
+    made = []
+
+    def other():
+        made.append(openvino_compiled(raw, torch.float32, threads=1))
+        return made[-1]
+
+    run = openvino_runner(compiled, other_shapes=other)
+    for batch in (2, 3, 1, 2):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), model(x), rtol=1e-4, atol=1e-5)
+    assert len(made) == 1 and not made[0].input(0).get_partial_shape().is_static
+    with pytest.raises(ConfigError, match=r"compiled for input shape \(2, 3, 32, 32\), not \(1, 3, 32, 32\); build"):
+        openvino_runner(compiled)(torch.zeros(1, 3, 32, 32))
+
+
+@needs_openvino
 def test_wrong_dtype_and_bad_bytes_are_one_line_errors(model_and_bytes):
     assert set(PRECISION_HINTS) == {torch.float32, torch.bfloat16}
     with pytest.raises(ConfigError, match=r"OpenVINO computes in fp32 or bf16 here, not torch.float16"):

@@ -21,6 +21,7 @@ import ctypes
 import io
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,9 +55,12 @@ def kept_signal_stack() -> Iterator[None]:
         _LIBC.sigaltstack(ctypes.byref(before), None)
 
 
-def openvino_compiled(onnx: bytes, dtype: torch.dtype = torch.float32, threads: int | None = None):
+def openvino_compiled(onnx: bytes, dtype: torch.dtype = torch.float32, threads: int | None = None,
+                      shape: tuple[int, ...] | None = None):
     """An OpenVINO model compiled for the CPU from ONNX bytes: latency mode (one stream), ``threads`` inference
-    threads (default: torch's), layers computed in ``dtype`` (``PRECISION_HINTS``; inputs and outputs are fp32)."""
+    threads (default: torch's), layers computed in ``dtype`` (``PRECISION_HINTS``; inputs and outputs are fp32);
+    for one input ``shape`` when given (static: OpenVINO plans its kernels and memory for it), else for the
+    export's own (a dynamic batch)."""
     try:
         import openvino as ov
     except ImportError:
@@ -68,23 +72,37 @@ def openvino_compiled(onnx: bytes, dtype: torch.dtype = torch.float32, threads: 
     try:
         with kept_signal_stack():
             model = ov.convert_model(io.BytesIO(onnx))
+            if shape is not None:
+                model.reshape(list(shape))
             return ov.Core().compile_model(model, "CPU", config)
     except Exception as err:  # OpenVINO raises its own RuntimeError subtypes for graphs it cannot take
         raise ConversionError(f"OpenVINO cannot compile the ONNX model ({first_line(err, 200)}); use another "
                               "backend") from None
 
 
-def openvino_runner(compiled) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``compiled`` as a function: image batch (any layout and batch size, on the CPU) -> fp32 logits, a CPU tensor
-    the caller owns. Only numpy runs around the call (see the module docstring); OpenVINO copies its output into a
-    fresh array, which is wrapped without a copy."""
+def openvino_runner(compiled, other_shapes: Callable[[], Any] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``compiled`` as a function: image batch (any layout, on the CPU) -> fp32 logits, a CPU tensor the caller
+    owns. A model compiled for one shape (``openvino_compiled(shape=...)``) runs that shape; other shapes run on
+    ``other_shapes()``, a dynamic-shape model compiled on the first such call. Only numpy runs around the call (see
+    the module docstring); OpenVINO copies its output into a fresh array, which is wrapped without a copy."""
     request = compiled.create_infer_request()
+    partial = compiled.input(0).get_partial_shape()
+    fixed = tuple(partial.to_shape()) if partial.is_static else None
+    dynamic: list[Any] = []  # the request of ``other_shapes()``, made on first use
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        a = (x if x.dtype == torch.float32 else x.float()).detach().cpu().numpy()
+        a = np.ascontiguousarray((x if x.dtype == torch.float32 else x.float()).detach().cpu().numpy())
+        req = request
+        if fixed is not None and a.shape != fixed:
+            if other_shapes is None:
+                raise ConfigError(f"this OpenVINO model was compiled for input shape {fixed}, not {a.shape}; "
+                                  "build it for that shape")
+            if not dynamic:
+                dynamic.append(other_shapes().create_infer_request())
+            req = dynamic[0]
         with kept_signal_stack():
-            out = request.infer(np.ascontiguousarray(a), share_inputs=True, share_outputs=False)
+            out = req.infer(a, share_inputs=True, share_outputs=False)
         return torch.from_numpy(out[0])
 
-    run.compiled = compiled  # for inspection (precision, threads)
+    run.compiled = compiled  # for inspection (precision, threads, shape)
     return run
