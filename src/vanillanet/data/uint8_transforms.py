@@ -11,8 +11,8 @@ from the same distributions with the same random calls:
 2. Horizontal flip with torchvision's draw (``torch.rand(1) < p``).
 3. timm's secondary transforms as timm builds them (RandAugment ``rand-m7-mstd0.5-inc1``, or colour jitter), on a
    PIL view of the 224 px crop: the same ops, magnitudes and fill, and the same random calls; its translate and
-   shear operations are computed by ``axis_affine`` (PIL's arithmetic, 2-3.5x faster than PIL's per-pixel
-   transform: ~0.3 ms less per sample). With ``aa_on_device`` RandAugment's draws are
+   shear operations are computed by ``axis_affine`` (PIL's arithmetic, 0.5-0.9 ms a call where PIL's per-pixel
+   transform takes ~1.85 ms: ~0.2 ms less per sample). With ``aa_on_device`` RandAugment's draws are
    made here by timm's code and its pixels are left to the device (``device_randaugment``); the sample is then
    (crop, table of operations).
 

@@ -158,8 +158,8 @@ def _openvino(req: BuildRequest) -> Runner:
 
 def _openvino_for_shape(onnx: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> Runner:
     """The runner of ``onnx`` compiled for the built input shape (static shapes run ~2.5 % faster in bf16 at batch
-    32 than the dynamic-batch graph, paired rounds; equal at batch 1), other batch sizes on a dynamic-batch model
-    compiled when first needed."""
+    32 than the dynamic-batch graph, two compiled copies of each, interleaved; equal at batch 1), other batch sizes
+    on a dynamic-batch model compiled when first needed."""
     return openvino_runner(openvino_compiled(onnx, dtype, shape=shape),
                            other_shapes=lambda: openvino_compiled(onnx, dtype))
 
