@@ -76,13 +76,12 @@ def shift_lines(pixels: np.ndarray, axis: int, coef: float, offset: float, resam
     out = v.clamp_(0, 255).to(torch.uint8).view(pixels.shape)  # PIL truncates
     lo, hi = (_first_at_least(bound, shift, offset, length) for bound in (0, length))  # columns read inside
     fill_t = torch.tensor(fill, dtype=torch.uint8)
-    lines_out = out if axis == 1 else out.transpose(0, 1)
+    lines_out = out if axis == 1 else out.transpose(0, 1)  # (lines, length, C)
     if coef == 0:  # a translation: the same positions in every line
         lines_out[:, :lo[0]], lines_out[:, hi[0]:] = fill_t, fill_t
     else:
         x = torch.arange(length)
-        outside = (x < torch.from_numpy(lo)[:, None]) | (x >= torch.from_numpy(hi)[:, None])  # (lines, length)
-        out[outside if axis == 1 else outside.T] = fill_t
+        lines_out[(x < torch.from_numpy(lo)[:, None]) | (x >= torch.from_numpy(hi)[:, None])] = fill_t
     return out.numpy()
 
 
@@ -178,7 +177,7 @@ def fast_geometry(transform: Any) -> Any:
         return transform
     transform = copy.deepcopy(transform)
     for step in getattr(transform, "transforms", [transform]):
-        for op in getattr(step, "ops", []) if isinstance(step, RandAugment) else []:
-            if op.name in _FAST_OPS:
-                op.aug_fn = _FAST_OPS[op.name]
+        if isinstance(step, RandAugment):
+            for op in step.ops:
+                op.aug_fn = _FAST_OPS.get(op.name, op.aug_fn)
     return transform

@@ -124,10 +124,9 @@ class FastTrainTransform:
         self.mode = "L" if in_chans == 1 else "RGB"
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
         self.interpolation = InterpolationMode(interpolation)
-        self.secondary, self.limit = fast_geometry(secondary), not allow_large
+        self.limit = not allow_large
         self.draw_ops = device_draws(secondary) if aa_on_device else None
-        if self.draw_ops is not None:
-            self.secondary = None
+        self.secondary = fast_geometry(secondary) if self.draw_ops is None else None
 
     def _box(self, info: Probe) -> tuple[int, int, int, int]:
         return crop_box(info.width, info.height, self.scale, self.ratio)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib.util
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ def _openvino(req: BuildRequest) -> Runner:
     ReLU-before-max-pool rewrite first (``onnx_graph.relu_before_maxpool``): OpenVINO then fuses each ReLU into its
     conv (same outputs to the bit)."""
     fp32 = req.model if req.dtype == torch.float32 else copy.deepcopy(req.model).float()
-    onnx = onnx_bytes(fp32, req.example.shape[-1], in_chans=req.example.shape[1], deploy=getattr(fp32, "deploy", True))
+    onnx = _onnx_fp32(dataclasses.replace(req, model=fp32))
     return _openvino_for_shape(_relu_first(onnx), req.dtype, tuple(req.example.shape))
 
 
