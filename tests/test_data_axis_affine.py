@@ -112,13 +112,53 @@ def test_randaugment_with_fast_geometry_gives_timms_images(interpolation):
         img = photo(rng, 224, 224)
         random.seed(seed), np.random.seed(seed)  # timm draws the operations with numpy, the rest with random
         expected, state = np.asarray(ref(img)).astype(int), random.getstate()
+        for given in (img, np.asarray(img)):  # a PIL image gives a PIL image, an array an array
+            random.seed(seed), np.random.seed(seed)
+            out = ours(given)
+            assert isinstance(out, type(given)) and random.getstate() == state, seed
+            diff = np.abs(np.asarray(out).astype(int) - expected)
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (seed, diff.max())
+            compared += 1
+    assert compared == 80
+
+
+def test_array_randaugment_stays_an_array_until_a_pil_operation_and_pickles():
+    """Operations drawn with probability 0: the input array itself comes back (no copy); rotations only: an array of
+    timm's result on the same seed; grayscale (H, W, 1) arrays work; the transform pickles (DataLoader workers) and
+    the copy draws the same."""
+    import pickle
+
+    def recipe(rotate_only, fill=(124, 116, 104)):
+        ra = rand_augment_transform("rand-m9-mstd0.5-inc1", dict(img_mean=fill))
+        for op in ra.ops:
+            op.prob = 1.0
+        if rotate_only:
+            ra.num_layers, ra.choice_weights = 1, [float(o.name == "Rotate") for o in ra.ops]
+        return ra
+
+    arr = np.asarray(photo(np.random.default_rng(5), 64, 48))
+    ra = aa.fast_geometry(recipe(False))
+    for op in ra.ops:
+        op.prob = 0.0
+    assert ra(arr) is arr
+    ref, ours = recipe(True), aa.fast_geometry(recipe(True))
+    for seed in range(3):
         random.seed(seed), np.random.seed(seed)
-        got = np.asarray(ours(img)).astype(int)
-        assert random.getstate() == state, seed
-        diff = np.abs(got - expected)
-        assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (seed, diff.max())
-        compared += 1
-    assert compared == 40
+        expected = np.asarray(ref(Image.fromarray(arr)))
+        random.seed(seed), np.random.seed(seed)
+        out = ours(arr)
+        assert isinstance(out, np.ndarray) and np.array_equal(out, expected) and not np.array_equal(out, arr)
+    gray = np.asarray(Image.fromarray(arr).convert("L"))[..., None]
+    random.seed(0), np.random.seed(0)
+    expected = np.asarray(recipe(True, (124,))(Image.fromarray(gray[..., 0])))
+    random.seed(0), np.random.seed(0)
+    assert np.array_equal(aa.fast_geometry(recipe(True, (124,)))(gray), expected[..., None])
+    ra = aa.fast_geometry(recipe(False))
+    twin = pickle.loads(pickle.dumps(ra))
+    random.seed(1), np.random.seed(1)
+    first = ra(arr)
+    random.seed(1), np.random.seed(1)
+    assert np.array_equal(twin(arr), first)
 
 
 def test_fast_geometry_leaves_other_transforms_alone():
@@ -132,6 +172,9 @@ def test_fast_geometry_leaves_other_transforms_alone():
     names = {o.name: o.aug_fn for o in wrapped.transforms[0].ops}
     assert names["ShearX"] is aa._FAST_OPS["ShearX"] and names["Rotate"] is not aa._FAST_OPS.get("Rotate")
     assert ra.ops[0].aug_fn is not aa._FAST_OPS.get(ra.ops[0].name)  # the original is untouched
+    assert wrapped.takes_arrays and aa.fast_geometry(ra).takes_arrays
+    mixed = aa.fast_geometry(Compose([ra, ColorJitter(0.4)]))  # a step that needs PIL images: PIL in and out
+    assert not mixed.takes_arrays and isinstance(mixed.transforms[1], ColorJitter)
 
 
 def test_it_is_faster_than_pils_transform(one_thread):

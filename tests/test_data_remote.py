@@ -67,6 +67,11 @@ def test_failures_are_described_with_their_fix():
     assert "check the credentials" in remote.describe(PermissionError("An error occurred (AccessDenied)"), where)
     assert "check the credentials" in remote.describe(OSError("InvalidAccessKeyId"), where)
     assert "cannot reach" in remote.describe(ConnectionError("Could not connect to the endpoint URL"), where)
+    # numbers and words inside the URL are not the error's: a bucket named vn-a0404403 is neither a 404 nor a 403
+    odd = "s3://vn-a0404403-not found/k"
+    refused = ConnectionError('Could not connect to the endpoint URL: "http://127.0.0.1:9/vn-a0404403/k"')
+    assert remote.describe(refused, odd).startswith(f"cannot reach {odd}")
+    assert remote.describe(OSError("Forbidden"), odd).startswith(f"access to {odd} was refused")
     assert remote.describe(ValueError("odd"), where).startswith("cannot read s3://b/k (odd)")
 
 

@@ -67,6 +67,37 @@ def test_inputs_of_every_kind_and_grayscale():
     assert (ev(data).float() / 255 - ref).abs().mean() < 0.03
 
 
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_batches_are_stacked_in_the_images_own_memory(jpeg_folder, in_chans):
+    """``collate_uint8`` gives the values torch's stack gives, as an (N, C, H, W) view of channels-last memory
+    (a copy, not a transposition), in the main process and from a worker, for plain and --aa-on-device samples;
+    the device then lays the batch out as asked, with the values of the contiguous batch."""
+    settings = dict(in_chans=in_chans, mean=(0.5,) * in_chans, auto_augment="rand-m9-mstd0.5-inc1", hflip=0.5)
+    for aa_on_device in (False, True):
+        tf = build_fast_transform(True, 32, aa_on_device=aa_on_device, **settings)
+        assert tf.collate is u8.collate_uint8
+        ds = build_dataset(str(jpeg_folder), "train", tf)
+        samples = [ds[i] for i in range(6)]
+        images, labels = u8.collate_uint8(samples)
+        pixels = images[0] if aa_on_device else images
+        single = [s[0][0] if aa_on_device else s[0] for s in samples]
+        assert pixels.shape == (6, in_chans, 32, 32) and torch.equal(pixels, torch.stack(single))
+        assert pixels.permute(0, 2, 3, 1).is_contiguous() and labels.tolist() == [s[1] for s in samples]
+        if aa_on_device:
+            assert torch.equal(images[1], torch.stack([s[0][1] for s in samples]))
+        aug = DeviceAugment((0.5,) * in_chans, (0.25,) * in_chans)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            placed = aug.place(images, layout)
+            assert placed.is_contiguous(memory_format=layout)
+            assert torch.equal(placed, aug.place([t.contiguous() for t in images] if aa_on_device
+                                                 else pixels.contiguous()))
+    ds = build_dataset(str(jpeg_folder), "val", build_fast_transform(False, 32, in_chans=in_chans))
+    expected = torch.stack([ds[i][0] for i in range(4)])
+    for workers in (0, 1):
+        first = next(iter(build_loader(ds, 4, is_training=False, num_workers=workers)))[0]
+        assert first.permute(0, 2, 3, 1).is_contiguous() and torch.equal(first, expected)
+
+
 def test_eval_transform_is_deterministic_and_centred():
     data = photo_jpeg(np.random.default_rng(2), 120, 60)
     ev = u8.FastEvalTransform(48, crop_pct=1.0)

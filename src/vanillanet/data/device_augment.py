@@ -33,10 +33,11 @@ class DeviceAugment:
         self.random_erasing = (RandomErasing(reprob, mode=remode, max_count=recount, device=str(self.device))
                                if reprob > 0 else None)
 
-    def place(self, x: Any) -> torch.Tensor:
-        """A loader batch on the device, normalised: a tensor is moved; (images, RandAugment tables) are moved and
-        the tables applied (``device_randaugment``); an encoded batch (``--decoder gpu``'s
-        ``gpu_decode.EncodedBatch``) is decoded there (and its tables applied)."""
+    def place(self, x: Any, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """A loader batch on the device in ``memory_format``, normalised: a tensor is moved; (images, RandAugment
+        tables) are moved and the tables applied (``device_randaugment``); an encoded batch (``--decoder gpu``'s
+        ``gpu_decode.EncodedBatch``) is decoded there (and its tables applied). The layout is set on the uint8
+        images (``uint8_transforms.collate_uint8`` sends them channels-last in memory)."""
         if isinstance(x, (list, tuple)):  # (uint8 images, RandAugment tables): --aa-on-device
             images, tables = x
             x = apply_ops(images.to(self.device, non_blocking=True), tables.to(self.device), self.fill)
@@ -44,7 +45,7 @@ class DeviceAugment:
             x = x.to(self.device, non_blocking=True)
         else:
             x = x.decode(self.device, self.fill)
-        return self.normalize(x)
+        return self.normalize(x.contiguous(memory_format=memory_format))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) on the device -> float32 ``(x - 255 mean) / (255 std)``; float input unchanged (the

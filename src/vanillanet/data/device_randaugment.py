@@ -110,7 +110,7 @@ def _equalize(img: torch.Tensor) -> torch.Tensor:
     """PIL's ImageOps.equalize per channel: lut[i] = (step // 2 + sum(h[:i])) // step, step = (N - h[last]) // 255;
     identity when at most one level is used or step is 0."""
     n, c, h, w = img.shape
-    flat = img.long().view(n * c, h * w)
+    flat = img.long().reshape(n * c, h * w)  # any layout (the loader's is channels-last)
     hist = torch.zeros(n * c, 256, dtype=torch.long, device=img.device).scatter_add_(1, flat, torch.ones_like(flat))
     levels = torch.arange(256, device=img.device)
     last = torch.where(hist > 0, levels, -1).max(1).values
@@ -132,7 +132,7 @@ def _autocontrast(img: torch.Tensor) -> torch.Tensor:
     scale = torch.full_like(hi, 255.0) / (hi - lo).clamp_min(1)  # a true division (255.0 / t is 255 * (1 / t))
     lut = (levels * scale + (-lo * scale)).trunc().clamp(0, 255)
     lut = torch.where(hi > lo, lut, levels).float()
-    return lut.gather(1, img.long().view(n * c, h * w)).view(n, c, h, w)
+    return lut.gather(1, img.long().reshape(n * c, h * w)).view(n, c, h, w)
 
 
 def _affine(img: torch.Tensor, matrix: torch.Tensor, resample: int, fill: torch.Tensor) -> torch.Tensor:

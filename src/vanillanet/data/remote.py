@@ -15,6 +15,7 @@ clients of s3fs/gcsfs are never shared across processes.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,8 @@ def filesystem(url: str) -> tuple[Any, str]:
 def describe(err: BaseException, location: str, *, writing: bool = False) -> str:
     """Why reading (``writing``: writing) ``location`` failed, and the fix, in one line."""
     text = first_line(err, 300)
-    low = f"{type(err).__name__} {text}".lower()
+    # the words of the error without its URLs and paths: a bucket named vn-a04044... must not read as an HTTP 404
+    low = re.sub(r"\S*[/\\]\S*", " ", f"{type(err).__name__} {text}".replace(str(location), " ")).lower()
     missing = isinstance(err, FileNotFoundError) or any(w in low for w in ("nosuchkey", "nosuchbucket", "not found",
                                                                            "404"))
     if missing and writing:

@@ -47,8 +47,10 @@ class BatchPrep:
     augment: DeviceAugment | None = None
 
     def images(self, x: Any) -> torch.Tensor:
-        x = self.augment.place(x) if self.augment is not None else x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.augment is not None:
+            return self.augment.place(x, layout)
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=layout)
 
 
 def to_device(images: Any, targets: torch.Tensor, prep: BatchPrep) -> DeviceBatch:
