@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -404,3 +405,36 @@ def s3_bucket(s3_store, monkeypatch):
     remote._FILESYSTEMS.clear()
     yield f"s3://{bucket}"
     remote._FILESYSTEMS.clear()
+
+
+# ---- ablation studies (tests/test_ablate_*.py) --------------------------------------------------------------------
+def ablation_study(tmp_path: Path, **base) -> Path:
+    """A study file of two tiny variations (base, relu) x two seeds on synthetic data, written in ``tmp_path``."""
+    study = {
+        "description": "two tiny variations",
+        "seeds": [0, 1],
+        "base": {"data": "synthetic", "synthetic_size": 32, "img_size": 32, "width_mult": 0.0625, "epochs": 2,
+                 "decay_epochs": 1, "warmup_epochs": 0.5, "batch_size": 8, "workers": 0, "mixup": 0.0,
+                 "cutmix": 0.0, "model_ema": False, "log_every": 100, **base},
+        "variations": {"base": {"group": "tricks", "paper": 76.36, "note": "both tricks"},
+                       "relu": {"group": "tricks", "set": {"series_act": False}, "note": "plain ReLU"}},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def ablation_rows(values: dict[str, list[float]]) -> list[dict]:
+    """runs.jsonl rows with these test top-1 values per variation (seeds 0, 1, ...)."""
+    return [dict(variation=name, seed=s, test_top1=v, deploy_top1=v if name != "relu" else None,
+                 deploy_agreement=1.0 if name != "relu" else None, params_train=1000, params_deploy=500,
+                 macs_train=2e6, macs_deploy=1e6, wall_seconds=10.0, cpu_seconds=9.0)
+            for name, vs in values.items() for s, v in enumerate(vs)]
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    """Any training run of an ablation study fails the test (what is checked must be refused before any run)."""
+    import vanillanet.ablate.runs
+
+    monkeypatch.setattr(vanillanet.ablate.runs, "_execute", lambda cfg: pytest.fail(f"a run started: {cfg.output}"))

@@ -66,3 +66,53 @@ def test_welch_interval_degenerate_samples():
 
 def test_quantile_source_is_named():
     assert stats.T_QUANTILE_SOURCE in ("scipy.stats.t", "own implementation (scipy not installed)")
+
+
+T975_DF4 = 2.7764451051977987  # Student's t, 97.5 % quantile, 4 degrees of freedom
+
+
+def test_mean_std_known_numbers():
+    assert mean_std([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]) == pytest.approx((5.0, math.sqrt(32 / 7)), rel=1e-15)
+    mean, std = mean_std([3.5])
+    assert mean == 3.5 and math.isnan(std)
+    assert all(math.isnan(v) for v in mean_std([]))
+
+
+@pytest.mark.parametrize("quantile", [t_quantile, t_quantile_own])
+def test_t_quantile_closed_forms(quantile):
+    for p in (0.6, 0.9, 0.975, 0.995):
+        assert quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)  # Cauchy
+        assert quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+    assert quantile(0.975, 4) == pytest.approx(T975_DF4, rel=1e-9)
+    assert quantile(0.025, 4) == pytest.approx(-T975_DF4, rel=1e-9)
+    assert quantile(0.975, 1e9) == pytest.approx(1.959963984540054, rel=1e-6)
+    assert t_quantile_own(0.975, math.inf) == pytest.approx(1.959963984540054, rel=1e-12)
+    with pytest.raises(ValueError, match=r"p must lie in \(0, 1\), got 1.0"):
+        quantile(1.0, 3)
+
+
+def test_own_t_quantile_agrees_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (0.7, 1.5, 2.3, 3.0, 4.96, 7.5, 30.0, 300.0):
+        for p in (0.55, 0.8, 0.975, 0.999):
+            assert t_quantile_own(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+def test_welch_interval_known_numbers():
+    # equal sizes and variances: df = 2 (n - 1) = 4, se = sqrt(1/3 + 1/3)
+    iv = welch_interval([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
+    half = T975_DF4 * math.sqrt(2 / 3)
+    assert (iv.diff, iv.df) == (-1.0, pytest.approx(4.0, rel=1e-12))
+    assert (iv.low, iv.high) == (pytest.approx(-1 - half, rel=1e-9), pytest.approx(-1 + half, rel=1e-9))
+    assert not iv.excludes_zero
+    # unequal: a = [1, 2, 3, 4] (var 5/3), b = [10, 12] (var 2): se^2 = 5/12 + 1, df = se^4 / ((5/12)^2/3 + 1)
+    iv = welch_interval([1.0, 2.0, 3.0, 4.0], [10.0, 12.0])
+    se2 = 5 / 12 + 1
+    df = se2**2 / ((5 / 12) ** 2 / 3 + 1)
+    assert iv.df == pytest.approx(df, rel=1e-12) and iv.diff == -8.5
+    assert iv.high == pytest.approx(-8.5 + t_quantile_own(0.975, df) * math.sqrt(se2), rel=1e-9)
+    assert iv.excludes_zero
+    # no spread on either side: a zero-width interval; one value: no interval
+    iv = welch_interval([1.0, 1.0], [0.5, 0.5])
+    assert (iv.low, iv.high, iv.excludes_zero) == (0.5, 0.5, True)
+    assert math.isnan(welch_interval([1.0], [0.5, 0.7]).low)
