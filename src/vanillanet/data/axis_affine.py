@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 __all__ = ["ArrayRandAugment", "as_array", "as_image", "fast_geometry", "shift_lines",
-           "transform_along_axis"]
+           "timm_resample", "transform_along_axis"]
 
 _BILINEAR, _BICUBIC = int(Image.Resampling.BILINEAR), int(Image.Resampling.BICUBIC)
 _TAPS = {_BILINEAR: 2, _BICUBIC: 4}
@@ -138,7 +138,8 @@ def _along_axis(img: Image.Image | np.ndarray, axis: int, coef: float, offset: f
     return shift_lines(as_array(img), axis, coef, offset, resample, fill)
 
 
-_ARRAY_MODES = {3: "RGB", 1: "L"}  # an (H, W, C) array's PIL mode
+_BANDS = {"RGB": 3, "L": 1}  # the PIL modes this module computes, by their bands
+_ARRAY_MODES = {bands: mode for mode, bands in _BANDS.items()}  # an (H, W, C) array's PIL mode
 
 
 def _size(img: Image.Image | np.ndarray) -> tuple[int, int]:
@@ -163,7 +164,7 @@ def as_array(img: Image.Image | np.ndarray) -> np.ndarray:
 
 def _fill(mode: str, fillcolor: Any) -> tuple[int, ...] | None:
     """The fill as one uint8 per band, or None where this module leaves the image to PIL."""
-    bands = {"RGB": 3, "L": 1}.get(mode)
+    bands = _BANDS.get(mode)
     if bands is None:
         return None
     if fillcolor is None:
@@ -177,8 +178,9 @@ def _fill(mode: str, fillcolor: Any) -> tuple[int, ...] | None:
 
 
 # ---- timm's operations ------------------------------------------------------------------------------------------
-def _resample(kwargs: dict[str, Any]) -> int:
-    """timm's ``_interpolation``: the op's resample, drawn with ``random.choice`` when it is a list (same call)."""
+def timm_resample(kwargs: dict[str, Any]) -> int:
+    """timm's ``_interpolation`` for a geometric operation's ``kwargs``: its resample, drawn with ``random.choice``
+    when it is a list (the same call, so the same draw)."""
     resample = kwargs.get("resample", _BICUBIC)
     return int(random.choice(resample) if isinstance(resample, (list, tuple)) else resample)
 
@@ -192,7 +194,7 @@ def _one_axis_op(img: Image.Image | np.ndarray, level: float, *, axis: int, shea
         coef, offset = level, 0.0
     else:
         coef, offset = 0.0, level * (_size(img)[0 if axis == 1 else 1] if relative else 1)
-    return _along_axis(img, axis, coef, offset, _resample(kwargs), kwargs.get("fillcolor"))
+    return _along_axis(img, axis, coef, offset, timm_resample(kwargs), kwargs.get("fillcolor"))
 
 
 def _fast(axis: int, shear: bool = False, relative: bool = False) -> functools.partial:

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .axis_affine import timm_resample
+
 __all__ = ["OPS", "apply_ops", "record_ops"]
 
 # the operations timm's RandAugment may draw; a row's first value is the index here (-1: nothing applied)
@@ -44,11 +46,8 @@ class _Recorder:
         self.index, self.geometric, self.rows = OPS.index(name), name in _GEOMETRIC, rows
 
     def __call__(self, img: Any, *args: Any, **kwargs: Any) -> Any:
-        import random
-
-        resample = kwargs.get("resample", 3)
-        if self.geometric and isinstance(resample, (list, tuple)):
-            resample = random.choice(resample)  # timm's _interpolation draws here, inside the operation
+        # timm's _interpolation draws a random interpolation inside the geometric operations only
+        resample = timm_resample(kwargs) if self.geometric else kwargs.get("resample", 3)
         self.rows.append((float(self.index), float(args[0]) if args else 0.0, float(int(resample))))
         return img
 
