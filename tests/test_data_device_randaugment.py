@@ -99,6 +99,34 @@ def test_the_draws_are_timms():
     assert {op.name for op in ra.ops} == set(seen)  # every one of the 15 operations drawn
 
 
+def test_random_interpolation_is_drawn_by_the_geometric_operations_only(images):
+    """A recipe whose interpolation is random (timm: a list for every operation) draws one for the geometric
+    operations with timm's call; the others record 0 (the tables used to fail on the list)."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    ra = rand_augment_transform("rand-m7-mstd0.5-inc1", dict(img_mean=FILL))
+    assert isinstance(ra.ops[0].kwargs["resample"], (list, tuple))
+    for op in ra.ops:
+        op.prob = 1.0
+    draw, sampled = record_ops(ra), set()
+    for seed in range(100):
+        random.seed(seed)
+        np.random.seed(seed)
+        table = draw()
+        after = (random.random(), np.random.random())
+        random.seed(seed)
+        np.random.seed(seed)
+        ra(Image.fromarray(images[0]))
+        assert after == (random.random(), np.random.random())
+        for op_id, _, resample in table.tolist():
+            geometric = OPS[int(op_id)] in ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+            assert resample in ((2, 3) if geometric else (0,))
+            sampled |= {resample} if geometric else set()
+    assert sampled == {2, 3}
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    assert apply_ops(x, torch.stack([draw() for _ in range(len(images))]), FILL).shape == x.shape
+
+
 def test_tables_apply_per_sample_and_skip_empty_rows(images):
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     tables = torch.full((4, 2, 3), -1.0)

@@ -46,8 +46,9 @@ class _Recorder:
         self.index, self.geometric, self.rows = OPS.index(name), name in _GEOMETRIC, rows
 
     def __call__(self, img: Any, *args: Any, **kwargs: Any) -> Any:
-        # timm's _interpolation draws a random interpolation inside the geometric operations only
-        resample = timm_resample(kwargs) if self.geometric else kwargs.get("resample", 3)
+        # only the geometric operations sample (timm's _interpolation draws a random interpolation there); the
+        # others record 0, whatever their kwargs hold (a list of interpolations when the recipe's is random)
+        resample = timm_resample(kwargs) if self.geometric else 0
         self.rows.append((float(self.index), float(args[0]) if args else 0.0, float(int(resample))))
         return img
 
